@@ -1,0 +1,196 @@
+"""Command line: onnxopt run / inspect / list-passes / demo.
+
+Every error a user can cause ends in one line on stderr and a documented exit code (see
+onnxopt.errors); outputs are written atomically, so a failed or interrupted run leaves no file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import io as model_io
+from .errors import OnnxoptError, StrictFailure, UsageError
+from .pipeline import Pipeline, RunResult
+from .registry import available_passes, load_config, parse_spec
+from .report import format_inspect, format_run, human_bytes, inspect_model, table
+from .runtime import parse_input_shape
+
+
+def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    return dict(parse_input_shape(v) for v in values)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return lambda what, done, total: None
+
+    def show(what: str, done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        click.echo(f"\r[{done}/{total}] {what:<40}", nl=False, err=True)
+        if end:
+            click.echo("", err=True)
+    return show
+
+
+input_shape_option = click.option(
+    "--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,..",
+    help="Static shape for an input with dynamic dims (repeatable), e.g. input:1,3,224,224.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="onnxopt")
+def cli() -> None:
+    """onnxopt: make CNNs smaller and faster for deployment, with every rewrite verified."""
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--passes", "spec", metavar="SPEC", help="Comma list of passes with options, e.g. fold-bn,cleanup.")
+@click.option("--config", type=click.Path(path_type=Path), help="Pipeline file (.yaml/.yml/.json) instead of --passes.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the result (default: MODEL with .opt.onnx).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the run report as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
+@input_shape_option
+@click.option("--verify/--no-verify", default=None, help="Compare outputs after every pass (default on).")
+@click.option("--rtol", type=float, default=None, help="Max relative output error an exact pass may cause [1e-4].")
+@click.option("--samples", type=click.IntRange(1, 64), default=None, help="Random samples for verification [2].")
+@click.option("--seed", type=int, default=None, help="Seed for verification inputs [0].")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime intra-op threads [1].")
+@click.option("--overwrite", is_flag=True, help="Allow the output path to be the input model.")
+@click.option("--strict", is_flag=True, help="Exit 4 and write nothing if any pass was rolled back or failed.")
+@click.option("-v", "--verbose", is_flag=True, help="List every declined region.")
+def run(model: Path, spec: str | None, config: Path | None, output: Path | None, report_path: Path | None,
+        as_json: bool, input_shapes: tuple[str, ...], verify: bool | None, rtol: float | None, samples: int | None,
+        seed: int | None, threads: int | None, overwrite: bool, strict: bool, verbose: bool) -> None:
+    """Optimize MODEL with a pipeline of passes and write the result."""
+    if bool(spec) == bool(config):
+        raise UsageError("give exactly one of --passes SPEC or --config FILE")
+    passes, settings = load_config(config) if config else (parse_spec(spec), {})
+    flags = {"verify": verify, "rtol": rtol, "samples": samples, "seed": seed, "threads": threads}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    shapes = {k: tuple(v) for k, v in settings.pop("input_shapes", {}).items()}
+    shapes.update(_shapes(input_shapes))
+    output = output or model.with_name(model.name.removesuffix(".onnx") + ".opt.onnx")
+    model_io.check_output_path(model, output, overwrite)
+    if report_path is not None:
+        model_io.check_output_path(model, report_path, False)
+    source = model_io.load_model(model)
+    pipeline = Pipeline(passes, input_shapes=shapes, progress=_progress(sys.stderr.isatty() and not as_json), **settings)
+    result = pipeline.run(source)
+    _finish(result, model, output, report_path, as_json, strict, verbose)
+
+
+def _finish(result: RunResult, model: Path, output: Path | None, report_path: Path | None, as_json: bool,
+            strict: bool, verbose: bool) -> None:
+    report = result.report
+    data = report.as_dict()
+    data.update({"input": str(model), "output": str(output) if output else None})
+    if strict and report.problems:
+        names = ", ".join(f"{p.name} ({p.status})" for p in report.problems)
+        raise StrictFailure(f"--strict: {names}; nothing written")
+    if output is not None:
+        model_io.save_model(result.model, output)
+    if report_path is not None:
+        model_io.atomic_write_text(report_path, json.dumps(data, indent=2, default=str) + "\n")
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    click.echo(format_run(report, verbose=verbose))
+    if output is not None:
+        click.echo(f"wrote {output} ({human_bytes(output.stat().st_size)})")
+    for p in report.problems:
+        click.echo(f"warning: {p.name} was {p.status}: {p.message}", err=True)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool) -> None:
+    """Show opset, inputs/outputs, op histogram, params, MACs and weight bytes of MODEL."""
+    info = inspect_model(model_io.load_model(model), _shapes(input_shapes))
+    info["file_bytes"] = model.stat().st_size
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else f"{model}\n{format_inspect(info)}")
+
+
+@cli.command("list-passes")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_passes(as_json: bool) -> None:
+    """Every registered pass with its options, defaults and a one-line description."""
+    from .options import describe
+
+    registry = available_passes()
+    entries = []
+    for name, cls in sorted(registry.items(), key=lambda kv: (kv[1].stage, kv[0])):
+        entries.append({"name": name, "summary": cls.summary, "exact": cls.exact, "idempotent": cls.idempotent,
+                        "needs_data": cls.needs_data, "options": describe(cls.Options)})
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, default=str))
+        return
+    for e in entries:
+        kind = "exact" if e["exact"] else "lossy"
+        click.echo(f"{e['name']}  ({kind}{', needs data' if e['needs_data'] else ''})\n    {e['summary']}")
+        rows = [[f"{o['name']}={o['default']}", o["type"], o["help"]] for o in e["options"]]
+        if rows:
+            click.echo(table(rows, indent="    ", align="lll"))
+        click.echo("")
+
+
+@cli.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Run on this model instead of the bundled one.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the result.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+def demo(model_path: Path | None, output: Path | None, as_json: bool) -> None:
+    """Run every pass that needs no data on a bundled model and show before/after."""
+    from .models import fixture_path
+
+    path = model_path or fixture_path("demo")
+    passes = [cls() for cls in sorted(available_passes().values(), key=lambda c: (c.stage, c.name))
+              if not cls.needs_data]
+    if output is not None:
+        model_io.check_output_path(path, output, False)
+    source = model_io.load_model(path)
+    if not as_json:
+        click.echo(f"model: {path.name}; pipeline: {','.join(p.spec for p in passes)}\n")
+    result = Pipeline(passes, progress=_progress(sys.stderr.isatty() and not as_json)).run(source)
+    _finish(result, path, output, None, as_json, False, False)
+
+
+# click >= 8.2 signals "no arguments: show help" with an exception of its own
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors and documented exit codes instead of tracebacks."""
+    try:
+        cli.main(args=argv, prog_name="onnxopt", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("onnxopt: interrupted; no output written", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("onnxopt: interrupted; no output written", err=True)
+        sys.exit(130)
+    except _NO_ARGS_IS_HELP as exc:  # bare `onnxopt`: help, not an error
+        click.echo(exc.ctx.get_help() if exc.ctx else "")
+        sys.exit(0)
+    except click.ClickException as exc:
+        command = f" {exc.ctx.command_path.split(' ', 1)[1]}" if getattr(exc, "ctx", None) and " " in exc.ctx.command_path else ""
+        click.echo(f"onnxopt: error: {exc.format_message()} (see `onnxopt{command} --help`)", err=True)
+        sys.exit(2)
+    except OnnxoptError as exc:
+        click.echo(f"onnxopt: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - last resort: a bug, reported in one line
+        if os.environ.get("ONNXOPT_DEBUG"):
+            raise
+        click.echo(f"onnxopt: internal error: {type(exc).__name__}: {exc} (set ONNXOPT_DEBUG=1 for the traceback)",
+                   err=True)
+        sys.exit(1)
+    sys.exit(0)

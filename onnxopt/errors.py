@@ -1,0 +1,59 @@
+"""Errors a user can act on. Each carries a one-line message and the exit code the CLI returns.
+
+Exit codes (stable, for CI jobs):
+  0  success
+  1  internal error (a bug in onnxopt: please report it)
+  2  usage error: unknown pass, bad option, bad flag, output path equal to input
+  3  bad input: missing/corrupt model, unsupported opset, dynamic shapes, bad data file
+  4  --strict and a pass was rolled back or failed
+  130 interrupted (Ctrl-C); no output file is left behind
+"""
+from __future__ import annotations
+
+
+class OnnxoptError(Exception):
+    """Base class: `str(err)` is a complete one-line message for the user."""
+
+    exit_code = 1
+
+
+class UsageError(OnnxoptError):
+    exit_code = 2
+
+
+class UnknownPass(UsageError):
+    pass
+
+
+class BadOption(UsageError):
+    pass
+
+
+class BadInput(OnnxoptError):
+    exit_code = 3
+
+
+class BadModel(BadInput):
+    pass
+
+
+class UnsupportedOpset(BadInput):
+    pass
+
+
+class DynamicShape(BadInput):
+    pass
+
+
+class BadData(BadInput):
+    pass
+
+
+class PreconditionError(OnnxoptError):
+    """A pass cannot run on this model at all (raised from Pass.requires)."""
+
+    exit_code = 3
+
+
+class StrictFailure(OnnxoptError):
+    exit_code = 4

@@ -1,0 +1,116 @@
+"""Loading with clear errors and atomic saving.
+
+A failed or interrupted save never leaves a half-written file: the model is written to a temporary
+file beside the target and moved into place with os.replace, which is atomic on POSIX and Windows.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import BadModel, UnsupportedOpset, UsageError
+
+# Oldest default-domain opset we accept: older graphs use Gemm/BatchNormalization semantics that
+# the passes do not model (broadcast attributes, spatial BN).
+MIN_OPSET = 7
+
+
+def max_opset() -> int:
+    return onnx.defs.onnx_opset_version()
+
+
+def default_opset(model: onnx.ModelProto) -> int | None:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return None
+
+
+def check_opset(model: onnx.ModelProto, where: str = "model") -> int:
+    opset = default_opset(model)
+    if opset is None:
+        raise UnsupportedOpset(f"{where}: no default-domain opset_import; not a model onnxopt can read")
+    if opset < MIN_OPSET or opset > max_opset():
+        raise UnsupportedOpset(
+            f"{where}: opset {opset} is not supported (supported: {MIN_OPSET}..{max_opset()}); "
+            "convert it with onnx.version_converter first"
+        )
+    return opset
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file, or raise BadModel/UnsupportedOpset with a one-line reason."""
+    p = Path(path)
+    if not p.exists():
+        raise BadModel(f"{p}: no such file")
+    if p.is_dir():
+        raise BadModel(f"{p}: is a directory, expected an .onnx file")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise BadModel(f"{p}: cannot read ({exc.strerror})") from None
+    if not data:
+        raise BadModel(f"{p}: file is empty")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise BadModel(f"{p}: not a valid ONNX protobuf (corrupt or truncated): {str(exc)[:120]}") from None
+    # Arbitrary bytes sometimes parse as an (almost) empty message; a real model has these.
+    if model.ir_version == 0 or not model.HasField("graph") or not model.opset_import:
+        raise BadModel(f"{p}: not an ONNX model (no ir_version, graph or opset_import)")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        try:
+            onnx.load_external_data_for_model(model, str(p.parent))
+        except (OSError, ValueError) as exc:
+            raise BadModel(f"{p}: external weight data cannot be read: {exc}") from None
+    check_opset(model, str(p))
+    return model
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return os.path.samefile(pa, pb)
+    return pa.resolve() == pb.resolve()
+
+
+def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike, overwrite: bool) -> None:
+    if not overwrite and same_file(input_path, output_path):
+        raise UsageError(f"{output_path}: output would overwrite the input model; pass --overwrite to allow it")
+    parent = Path(output_path).resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{output_path}: directory {parent} does not exist")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.resolve().parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:  # includes KeyboardInterrupt: never leave the temp file behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Serialize and write atomically. Models over protobuf's 2 GB limit are refused clearly."""
+    try:
+        data = model.SerializeToString()
+    except ValueError as exc:  # protobuf refuses messages > 2 GB
+        raise BadModel(f"{path}: model too large to serialize as one protobuf ({exc})") from None
+    atomic_write_bytes(path, data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

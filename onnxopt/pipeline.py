@@ -1,0 +1,296 @@
+"""The pass contract and the pipeline that runs passes with verification.
+
+A pass is `run(graph, ctx) -> PassResult`: it edits the graph through `onnxopt.graph` only and
+counts what it did (torch.fx -> onnx-ir lineage, with `stats` and `skipped` added so a user learns
+what happened and where the pass declined). Each pass declares whether it is exact and idempotent.
+
+The pipeline never mutates the caller's model. After every pass that changed something it runs
+onnx.checker, then compares outputs with the previous model in onnxruntime (optimizations
+disabled) on seeded inputs: an exact pass whose outputs moved beyond `rtol` is rolled back and the
+report says so; a lossy pass keeps its result and reports how far outputs moved.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar, Protocol
+
+import onnx
+
+from . import options as _options
+from .analysis.cost import ModelStats, model_stats
+from .errors import OnnxoptError, PreconditionError
+from .graph import Graph, Node
+from .runtime import Feed, random_feeds, resolve_input_shapes, run_model
+from .verify import Fidelity, compare
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    """A region a pass left alone: where (a node or tensor, as the user sees it) and why (one line)."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+@dataclasses.dataclass
+class PassResult:
+    changed: bool = False
+    stats: dict[str, float] = dataclasses.field(default_factory=dict)
+    skipped: list[Skip] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def count(self, key: str, n: float = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    def skip(self, where: Node | str, reason: str) -> None:
+        self.skipped.append(Skip(where.label if isinstance(where, Node) else str(where), reason))
+
+
+class Progress(Protocol):
+    def __call__(self, what: str, done: int, total: int) -> None: ...
+
+
+def _no_progress(what: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What a pass may read besides the graph. `calibration` is any re-iterable of feed dicts
+    (prune and quantize iterate it several times); `input_shapes` are static shapes resolved by the
+    pipeline (batch 1 unless the user gave --input-shape)."""
+
+    seed: int = 0
+    input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    calibration: Iterable[Feed] | None = None
+    progress: Progress = _no_progress
+    threads: int = 1
+
+
+class Pass(abc.ABC):
+    """Subclass, set the class attributes, define `Options` if the pass takes any, implement run()."""
+
+    name: ClassVar[str]              # CLI spelling, kebab-case: "fold-bn"
+    summary: ClassVar[str] = ""      # one line for list-passes
+    exact: ClassVar[bool] = True     # exact passes are verified and rolled back on mismatch
+    idempotent: ClassVar[bool] = True
+    needs_data: ClassVar[bool] = False  # True: needs ctx.calibration (excluded from `onnxopt demo`)
+    stage: ClassVar[int] = 50        # position in the demo pipeline (lower runs first)
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        pass
+
+    def __init__(self, options: Any = None, /, **overrides: Any) -> None:
+        base = options if options is not None else self.Options()
+        self.options = _options.build_options(self.name, type(base), overrides, base) if overrides else base
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> "Pass":
+        """Build from untyped values (CLI strings, YAML/JSON)."""
+        return cls(_options.build_options(cls.name, cls.Options, values))
+
+    def requires(self, graph: Graph, ctx: PassContext) -> None:
+        """Raise PreconditionError (one line) when the pass cannot run on this model at all."""
+
+    @abc.abstractmethod
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        """Edit `graph` in place through the graph layer; count what you did."""
+
+    @property
+    def spec(self) -> str:
+        """The pass as a pipeline string: name plus the options that differ from the defaults."""
+        default = _options.to_dict(self.Options())
+        diff = {k: v for k, v in _options.to_dict(self.options).items() if default.get(k) != v}
+        if not diff:
+            return self.name
+        text = ",".join(f"{k}={'|'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in diff.items())
+        return f"{self.name}:{text}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec}>"
+
+
+class Instrument(Protocol):
+    """Hooks around each pass (TVM's PassInstrument, reduced): timing, dumps, custom checks."""
+
+    def before_pass(self, p: Pass, model: onnx.ModelProto) -> None: ...
+    def after_pass(self, p: Pass, model: onnx.ModelProto, report: "PassReport") -> None: ...
+
+
+@dataclasses.dataclass
+class PassReport:
+    name: str
+    spec: str
+    status: str          # applied | unchanged | rolled-back | failed
+    exact: bool
+    seconds: float
+    stats: dict[str, float]
+    skipped: list[Skip]
+    notes: list[str]
+    message: str = ""    # why it was rolled back or failed
+    fidelity: Fidelity | None = None  # vs the model before this pass (when verified)
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["skipped"] = [dataclasses.asdict(s) for s in self.skipped]
+        return d
+
+
+@dataclasses.dataclass
+class RunReport:
+    passes: list[PassReport]
+    before: ModelStats
+    after: ModelStats
+    fidelity: Fidelity | None      # final model vs the original
+    verified: bool
+    input_shapes: dict[str, tuple[int, ...]]
+    seconds: float
+
+    @property
+    def changed(self) -> bool:
+        return any(p.status == "applied" for p in self.passes)
+
+    @property
+    def problems(self) -> list[PassReport]:
+        return [p for p in self.passes if p.status in ("rolled-back", "failed")]
+
+    def as_dict(self) -> dict:
+        return {
+            "schema": "onnxopt.run/1",
+            "changed": self.changed,
+            "verified": self.verified,
+            "seconds": round(self.seconds, 4),
+            "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
+            "before": self.before.as_dict(),
+            "after": self.after.as_dict(),
+            "fidelity": self.fidelity.as_dict() if self.fidelity else None,
+            "passes": [p.as_dict() for p in self.passes],
+        }
+
+
+@dataclasses.dataclass
+class RunResult:
+    model: onnx.ModelProto
+    report: RunReport
+
+
+def _check(model: onnx.ModelProto, full: bool) -> str | None:
+    try:
+        onnx.checker.check_model(model, full_check=full)
+    except Exception as exc:  # noqa: BLE001 - checker raises ValidationError and friends
+        return str(exc).strip().splitlines()[0][:300]
+    return None
+
+
+class Pipeline:
+    """Run passes in order with checking and verification. See the module docstring."""
+
+    def __init__(self, passes: Sequence[Pass], *, verify: bool = True, rtol: float = 1e-4, samples: int = 2,
+                 seed: int = 0, input_shapes: dict[str, Sequence[int]] | None = None,
+                 calibration: Iterable[Feed] | None = None, instruments: Sequence[Instrument] = (),
+                 progress: Progress = _no_progress, threads: int = 1) -> None:
+        self.passes = list(passes)
+        self.verify = verify
+        self.rtol = rtol
+        self.samples = samples
+        self.seed = seed
+        self.input_shapes = dict(input_shapes or {})
+        self.calibration = calibration
+        self.instruments = list(instruments)
+        self.progress = progress
+        self.threads = threads
+
+    @classmethod
+    def parse(cls, spec: str, **kwargs: Any) -> "Pipeline":
+        from .registry import parse_spec
+        return cls(parse_spec(spec), **kwargs)
+
+    def run(self, model: onnx.ModelProto) -> RunResult:
+        start = time.perf_counter()
+        needs_shapes = self.verify or any(getattr(p, "needs_static_shapes", False) for p in self.passes)
+        shapes = resolve_input_shapes(model, self.input_shapes) if needs_shapes else {
+            k: tuple(v) for k, v in self.input_shapes.items()}
+        ctx = PassContext(seed=self.seed, input_shapes=shapes, calibration=self.calibration,
+                          progress=self.progress, threads=self.threads)
+        full_check = _check(model, True) is None  # hold later models to the level the input meets
+        current = model
+        feeds: list[Feed] = []
+        reference = current_out = None
+        if self.verify:
+            feeds = random_feeds(model, shapes, seed=self.seed, count=self.samples)
+            reference = current_out = run_model(model, feeds, threads=self.threads)
+        reports = []
+        for i, p in enumerate(self.passes):
+            self.progress(f"{p.name}", i, len(self.passes))
+            for inst in self.instruments:
+                inst.before_pass(p, current)
+            t0 = time.perf_counter()
+            graph = Graph(current, input_shapes=shapes)
+            p.requires(graph, ctx)
+            try:
+                result = p.run(graph, ctx)
+            except OnnxoptError as exc:
+                if isinstance(exc, PreconditionError):
+                    raise
+                report = self._report(p, "failed", t0, PassResult(), f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a bug in one pass must not lose the run
+                tb = traceback.extract_tb(exc.__traceback__)[-1]
+                where = f" ({tb.filename.rsplit('/', 1)[-1]}:{tb.lineno})"
+                report = self._report(p, "failed", t0, PassResult(), f"{type(exc).__name__}: {exc}{where}")
+            else:
+                if not result.changed:
+                    report = self._report(p, "unchanged", t0, result)
+                else:
+                    candidate = graph.to_model()
+                    report, accepted, out = self._accept(p, candidate, result, t0, full_check, feeds, current_out)
+                    if accepted:
+                        current, current_out = candidate, out
+            reports.append(report)
+            for inst in self.instruments:
+                inst.after_pass(p, current, report)
+        self.progress("done", len(self.passes), len(self.passes))
+        changed = current is not model
+        final_fid = compare(reference, current_out) if self.verify and changed else None
+        before = model_stats(model, shapes)
+        after = model_stats(current, shapes) if changed else before
+        run_report = RunReport(reports, before, after, final_fid, self.verify, shapes, time.perf_counter() - start)
+        return RunResult(current, run_report)
+
+    def _report(self, p: Pass, status: str, t0: float, result: PassResult, message: str = "",
+                fidelity: Fidelity | None = None) -> PassReport:
+        return PassReport(p.name, p.spec, status, p.exact, time.perf_counter() - t0, dict(result.stats),
+                          list(result.skipped), list(result.notes), message, fidelity)
+
+    def _accept(self, p: Pass, candidate: onnx.ModelProto, result: PassResult, t0: float, full_check: bool,
+                feeds: list[Feed], previous_out: list[Feed] | None):
+        problem = _check(candidate, full_check)
+        if problem:
+            return self._report(p, "rolled-back", t0, result, f"onnx.checker rejected the result: {problem}"), False, None
+        if not self.verify:
+            return self._report(p, "applied", t0, result), True, None
+        try:
+            out = run_model(candidate, feeds, threads=self.threads)
+        except OnnxoptError as exc:
+            return self._report(p, "rolled-back", t0, result, str(exc)), False, None
+        fid = compare(previous_out, out)
+        if p.exact and not fid.within(self.rtol):
+            msg = f"outputs changed (max rel error {fid.max_rel:.3g} > {self.rtol:g}); result discarded"
+            return self._report(p, "rolled-back", t0, result, msg, fid), False, None
+        return self._report(p, "applied", t0, result, fidelity=fid), True, out
+
+
+def run_passes(model: onnx.ModelProto, passes: Sequence[Pass] | str, **kwargs: Any) -> RunResult:
+    """Convenience: `run_passes(model, "fold-bn,cleanup")`."""
+    pipeline = Pipeline.parse(passes, **kwargs) if isinstance(passes, str) else Pipeline(passes, **kwargs)
+    return pipeline.run(model)
+
+
+Callback = Callable[[str, int, int], None]

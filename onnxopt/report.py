@@ -1,0 +1,156 @@
+"""Human-readable tables for run reports, model inspection and the pass list (JSON comes from the
+reports' as_dict())."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx
+
+from .analysis.cost import ModelStats, model_stats
+from .errors import DynamicShape
+from .pipeline import RunReport
+from .runtime import input_specs, resolve_input_shapes
+from .verify import Fidelity
+
+MAX_SKIPS_SHOWN = 8
+
+
+def human(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return "?"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}{unit}"
+    return f"{n:g}{unit}" if isinstance(n, float) else f"{n}{unit}"
+
+
+def human_bytes(n: int) -> str:
+    for div, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= div:
+            return f"{n / div:.1f} {suffix}"
+    return f"{n} B"
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None, indent: str = "",
+          align: str = "") -> str:
+    """Plain-text table. `align` has one letter per column, l or r (default: first l, rest r)."""
+    all_rows = [list(map(str, header))] if header else []
+    all_rows += [list(map(str, r)) for r in rows]
+    if not all_rows:
+        return ""
+    widths = [max(len(r[i]) if i < len(r) else 0 for r in all_rows) for i in range(max(map(len, all_rows)))]
+    lines = []
+    for k, r in enumerate(all_rows):
+        cells = [c.rjust(widths[i]) if (align[i:i + 1] or ("r" if i else "l")) == "r" else c.ljust(widths[i])
+                 for i, c in enumerate(r)]
+        lines.append(indent + "  ".join(cells).rstrip())
+        if header and k == 0:
+            lines.append(indent + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def fidelity_line(fid: Fidelity | None) -> str:
+    if fid is None:
+        return "not measured"
+    top1 = f", top-1 agreement {fid.top1_agreement:.1%}" if fid.top1_agreement is not None else ""
+    return (f"max abs {fid.max_abs:.3g}, max rel {fid.max_rel:.3g}, cosine {fid.cosine:.6f}{top1} "
+            f"({fid.samples} samples)")
+
+
+def compare_stats(before: ModelStats, after: ModelStats, ops: Sequence[str] | None = None) -> str:
+    ops = ops or sorted(set(before.ops) | set(after.ops), key=lambda o: -max(before.ops.get(o, 0), after.ops.get(o, 0)))
+    rows = [["nodes", before.nodes, after.nodes, _delta(before.nodes, after.nodes)]]
+    rows += [[f"  {op}", before.ops.get(op, 0), after.ops.get(op, 0),
+              _delta(before.ops.get(op, 0), after.ops.get(op, 0))] for op in ops]
+    rows += [["params", human(before.params), human(after.params), _pct(before.params, after.params)],
+             ["MACs", human(before.macs), human(after.macs), _pct(before.macs, after.macs)],
+             ["weights", human_bytes(before.weight_bytes), human_bytes(after.weight_bytes),
+              _pct(before.weight_bytes, after.weight_bytes)]]
+    return table(rows, ["", "before", "after", "change"])
+
+
+def _delta(a: int, b: int) -> str:
+    return "" if a == b else f"{b - a:+d}"
+
+
+def _pct(a: float | None, b: float | None) -> str:
+    if a is None or b is None or a == b or not a:
+        return ""
+    return f"{(b - a) / a:+.1%}"
+
+
+def format_run(report: RunReport, *, verbose: bool = False) -> str:
+    out = []
+    rows = []
+    for p in report.passes:
+        did = " ".join(f"{k}={v:g}" for k, v in p.stats.items() if v) or "-"
+        rows.append([p.spec, p.status, f"{p.seconds:.2f}s", did])
+    out.append(table(rows, ["pass", "status", "time", "what it did"], align="llrl"))
+    for p in report.passes:
+        if p.message:
+            out.append(f"  {p.name} {p.status}: {p.message}")
+        for note in p.notes:
+            out.append(f"  {p.name}: {note}")
+    skips = [(p.name, s) for p in report.passes for s in p.skipped]
+    if skips:
+        out.append(f"\ndeclined ({len(skips)}):")
+        shown = skips if verbose else skips[:MAX_SKIPS_SHOWN]
+        out.extend(f"  {name}: {s.where}: {s.reason}" for name, s in shown)
+        if len(shown) < len(skips):
+            out.append(f"  ... and {len(skips) - len(shown)} more (--verbose or --report FILE lists all)")
+    out.append("")
+    out.append(compare_stats(report.before, report.after))
+    out.append("")
+    if report.verified:
+        shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.input_shapes.items())
+        out.append(f"fidelity vs original: {fidelity_line(report.fidelity) if report.changed else 'unchanged model'}")
+        out.append(f"verified in onnxruntime (optimizations off) on seeded random inputs: {shapes}")
+    else:
+        out.append("verification off (--no-verify): outputs were not compared")
+    return "\n".join(out)
+
+
+def inspect_model(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict:
+    note = None
+    try:
+        shapes = resolve_input_shapes(model, input_shapes)
+    except DynamicShape as exc:
+        shapes, note = {}, f"MACs need static shapes: {exc}"
+    stats = model_stats(model, shapes)
+    opset = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
+    outputs = []
+    for o in model.graph.output:
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in o.type.tensor_type.shape.dim]
+        outputs.append({"name": o.name, "dtype": onnx.TensorProto.DataType.Name(o.type.tensor_type.elem_type).lower(),
+                        "shape": dims})
+    return {
+        "schema": "onnxopt.inspect/1",
+        "ir_version": model.ir_version,
+        "opset": opset,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": [{"name": s.name, "dtype": str(s.dtype), "shape": [d if d is not None else "?" for d in s.shape]}
+                   for s in input_specs(model)],
+        "outputs": outputs,
+        "stats": stats.as_dict(),
+        "static_input_shapes": {k: list(v) for k, v in shapes.items()},
+        "note": note,
+    }
+
+
+def format_inspect(info: dict) -> str:
+    st = info["stats"]
+    lines = [
+        f"ir_version {info['ir_version']}, opsets {', '.join(f'{k} {v}' for k, v in info['opset'].items())}"
+        + (f", producer {info['producer']}" if info["producer"] else ""),
+        "inputs:",
+        *[f"  {i['name']}: {i['dtype']} {i['shape']}" for i in info["inputs"]],
+        "outputs:",
+        *[f"  {o['name']}: {o['dtype']} {o['shape']}" for o in info["outputs"]],
+        f"nodes {st['nodes']}, params {human(st['params'])}, MACs {human(st['macs'])}"
+        f" (batch {next(iter(info['static_input_shapes'].values()), ['?'])[0]}), weights {human_bytes(st['weight_bytes'])}",
+        "ops:",
+        table(sorted(st["ops"].items(), key=lambda kv: (-kv[1], kv[0])), indent="  "),
+    ]
+    if info["note"]:
+        lines.append(f"note: {info['note']}")
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""onnxruntime sessions and input feeds built from a model's input specs.
+
+Verification runs with ORT's graph optimizations disabled so that ORT's own fusions (it folds
+Conv+BN at load time, for example) cannot hide a wrong rewrite.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import BadData, BadModel, DynamicShape
+
+OptLevel = Literal["disabled", "basic", "extended", "all"]
+_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple  # ints, or str/None for symbolic and unknown dims
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+        )
+        specs.append(InputSpec(vi.name, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type), dims))
+    return specs
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse `name:1,3,224,224` (the --input-shape flag)."""
+    name, sep, dims = text.rpartition(":")
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or any(d <= 0 for d in shape):
+        raise BadData(f"--input-shape '{text}': expected NAME:D1,D2,... with positive integers, e.g. input:1,3,224,224")
+    return name, shape
+
+
+def resolve_input_shapes(model: onnx.ModelProto, overrides: dict[str, Sequence[int]] | None = None) -> dict[str, tuple[int, ...]]:
+    """Static shapes for every graph input: known dims as declared, an unknown batch (first) dim as 1,
+    anything else from `overrides`, or a DynamicShape error naming the flag to use."""
+    overrides = dict(overrides or {})
+    specs = input_specs(model)
+    unknown = set(overrides) - {s.name for s in specs}
+    if unknown:
+        raise BadData(f"--input-shape names no model input: {', '.join(sorted(unknown))} "
+                      f"(inputs: {', '.join(s.name for s in specs)})")
+    shapes = {}
+    for s in specs:
+        if s.name in overrides:
+            shape = tuple(int(d) for d in overrides[s.name])
+            if len(shape) != len(s.shape) or any(isinstance(d, int) and d != g for d, g in zip(s.shape, shape)):
+                raise BadData(f"--input-shape {s.name}: {list(shape)} does not fit the model's declared shape "
+                              f"{[d if isinstance(d, int) else '?' for d in s.shape]}")
+            shapes[s.name] = shape
+            continue
+        resolved = []
+        for axis, d in enumerate(s.shape):
+            if isinstance(d, int) and d > 0:
+                resolved.append(d)
+            elif axis == 0:
+                resolved.append(1)
+            else:
+                dims = ",".join(str(x) if isinstance(x, int) and x > 0 else "?" for x in s.shape)
+                raise DynamicShape(f"input '{s.name}' has dynamic dims [{dims}]; give static ones with "
+                                   f"--input-shape {s.name}:{','.join(str(x) if isinstance(x, int) and x > 0 else 'N' for x in s.shape)}")
+        shapes[s.name] = tuple(resolved)
+    return shapes
+
+
+def random_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], *, seed: int = 0, count: int = 1) -> list[Feed]:
+    """Seeded random inputs: standard normal floats, small non-negative integers, random booleans."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for s in input_specs(model):
+            shape = shapes[s.name]
+            if np.issubdtype(s.dtype, np.floating):
+                feed[s.name] = rng.standard_normal(shape).astype(s.dtype)
+            elif s.dtype == np.bool_:
+                feed[s.name] = rng.integers(0, 2, shape).astype(bool)
+            else:
+                feed[s.name] = rng.integers(0, 4, shape).astype(s.dtype)
+        feeds.append(feed)
+    return feeds
+
+
+def check_feeds(model: onnx.ModelProto, feeds: Iterable[Feed], where: str = "data") -> None:
+    """Refuse feeds whose names, dtypes or ranks do not match the model's inputs, in one line."""
+    specs = {s.name: s for s in input_specs(model)}
+    for i, feed in enumerate(feeds):
+        missing = set(specs) - set(feed)
+        extra = set(feed) - set(specs)
+        if missing or extra:
+            raise BadData(f"{where}: sample {i} has inputs {sorted(feed)}, the model wants {sorted(specs)}")
+        for name, arr in feed.items():
+            spec = specs[name]
+            if arr.dtype != spec.dtype:
+                raise BadData(f"{where}: input '{name}' has dtype {arr.dtype}, the model wants {spec.dtype}")
+            if len(arr.shape) != len(spec.shape) or any(
+                    isinstance(d, int) and d > 0 and d != a for d, a in zip(spec.shape, arr.shape)):
+                raise BadData(f"{where}: input '{name}' has shape {list(arr.shape)}, the model wants "
+                              f"{[d if isinstance(d, int) and d > 0 else '?' for d in spec.shape]}")
+
+
+def make_session(model: onnx.ModelProto | bytes, *, optimization: OptLevel = "disabled", threads: int = 1,
+                 optimized_model_path: str | None = None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _LEVELS[optimization]
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if optimized_model_path:
+        so.optimized_model_filepath = optimized_model_path
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types
+        raise BadModel(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:200]}") from None
+
+
+def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed]:
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, session.run(names, feed))) for feed in feeds]
+
+
+def run_model(model: onnx.ModelProto, feeds: Sequence[Feed], *, optimization: OptLevel = "disabled",
+              threads: int = 1) -> list[Feed]:
+    return run_feeds(make_session(model, optimization=optimization, threads=threads), feeds)

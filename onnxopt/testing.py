@@ -1,0 +1,48 @@
+"""Helpers for tests of onnxopt and of user passes: seeded feeds, exactness checks, op counts."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+
+from .pipeline import Pass, PassContext, PassResult
+from .graph import Graph
+from .runtime import random_feeds, resolve_input_shapes, run_model
+from .verify import Fidelity, compare
+
+
+def count_ops(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(collections.Counter(n.op_type for n in model.graph.node))
+
+
+def parse_model(text: str, seed: int = 0, **initializers: np.ndarray) -> onnx.ModelProto:
+    """A model from ONNX text syntax; keyword arrays become initializers (names as keywords)."""
+    model = onnx.parser.parse_model(text)
+    for name, value in initializers.items():
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), name))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def fidelity(before: onnx.ModelProto, after: onnx.ModelProto, *, samples: int = 2, seed: int = 0,
+             input_shapes: dict | None = None) -> Fidelity:
+    """Run both models in ORT (optimizations off) on the same seeded random inputs and compare."""
+    shapes = resolve_input_shapes(before, input_shapes)
+    feeds = random_feeds(before, shapes, seed=seed, count=samples)
+    return compare(run_model(before, feeds), run_model(after, feeds))
+
+
+def assert_exact(before: onnx.ModelProto, after: onnx.ModelProto, rtol: float = 1e-5, **kwargs) -> Fidelity:
+    fid = fidelity(before, after, **kwargs)
+    assert fid.max_rel <= rtol, f"outputs differ: max rel {fid.max_rel:.3g} > {rtol:g} (max abs {fid.max_abs:.3g})"
+    return fid
+
+
+def apply(p: Pass, model: onnx.ModelProto, **ctx) -> tuple[onnx.ModelProto, PassResult]:
+    """Run one pass directly (no pipeline, no verification); returns the new model and the result.
+    When the pass reports no change the input model itself is returned."""
+    shapes = ctx.pop("input_shapes", None)
+    graph = Graph(model, input_shapes=shapes or resolve_input_shapes(model))
+    result = p.run(graph, PassContext(input_shapes=graph.input_shapes, **ctx))
+    return (graph.to_model() if result.changed else model), result

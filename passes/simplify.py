@@ -1,0 +1,48 @@
+"""Run onnxsim (constant folding, shape-driven simplification) as a pass, under onnxopt's own
+verification. onnxsim's own check is left off: the pipeline compares outputs after every pass."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+from onnxopt.graph import Graph
+from onnxopt.options import option
+from onnxopt.pipeline import Pass, PassContext, PassResult
+from onnxopt.registry import register_pass
+
+
+@register_pass
+class Simplify(Pass):
+    name = "simplify"
+    summary = "onnxsim: constant folding and shape simplification (verified like every exact pass)"
+    exact = True
+    stage = 95
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        fuse_bn: bool = option(False, "let onnxsim fuse BN too (fold-bn does it numerically and reports it)")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        import onnxsim  # imported here: it is slow to import and only this pass needs it
+
+        result = PassResult()
+        model = graph.to_model()
+        try:
+            simplified, ok = onnxsim.simplify(model, check_n=0, skip_fuse_bn=not self.options.fuse_bn)
+        except Exception as exc:  # noqa: BLE001 - onnxsim raises many types, all mean "no result"
+            result.skip("model", f"onnxsim failed: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}")
+            return result
+        if not ok:
+            result.skip("model", "onnxsim reported its result invalid")
+            return result
+        if simplified.graph.SerializeToString(deterministic=True) == model.graph.SerializeToString(deterministic=True):
+            return result
+        before = collections.Counter(n.op_type for n in model.graph.node)
+        after = collections.Counter(n.op_type for n in simplified.graph.node)
+        graph.reset(simplified)
+        result.count("nodes_removed", sum(before.values()) - sum(after.values()))
+        for op in sorted(set(before) | set(after)):
+            if before[op] != after[op]:
+                result.notes.append(f"{op}: {before[op]} -> {after[op]}")
+        result.changed = True
+        return result
