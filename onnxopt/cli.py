@@ -80,9 +80,9 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
     model_io.check_output_path(model, output, overwrite)
     if report_path is not None:
         model_io.check_output_path(model, report_path, False)
-    source = model_io.load_model(model)
+    source, data = model_io.load_model_and_bytes(model)
     pipeline = Pipeline(passes, input_shapes=shapes, progress=_progress(sys.stderr.isatty() and not as_json), **settings)
-    result = pipeline.run(source)
+    result = pipeline.run(source, serialized=data)
     _finish(result, model, output, report_path, as_json, strict, verbose)
 
 
@@ -95,7 +95,7 @@ def _finish(result: RunResult, model: Path, output: Path | None, report_path: Pa
         names = ", ".join(f"{p.name} ({p.status})" for p in report.problems)
         raise StrictFailure(f"--strict: {names}; nothing written")
     if output is not None:
-        model_io.save_model(result.model, output)
+        model_io.save_model(result.model, output, result.serialized)
     if report_path is not None:
         model_io.atomic_write_text(report_path, json.dumps(data, indent=2, default=str) + "\n")
     if as_json:

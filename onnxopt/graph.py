@@ -120,6 +120,47 @@ def _constant_node_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return None
 
 
+SKELETON_MAX_ELEMENTS = 256
+
+
+def _small(t: onnx.TensorProto) -> bool:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n <= SKELETON_MAX_ELEMENTS
+
+
+def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of everything but the graph's initializers (the bulk of a model's bytes)."""
+    out = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, field, getattr(model, field))
+    out.opset_import.extend(model.opset_import)
+    out.metadata_props.extend(model.metadata_props)
+    out.functions.extend(model.functions)
+    src, g = model.graph, out.graph
+    g.name, g.doc_string = src.name, src.doc_string
+    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(g, field).extend(getattr(src, field))
+    return out
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every large initializer replaced by a graph input of the same type and shape.
+
+    Shape inference and the structural checks of onnx.checker need shapes, not weight values
+    (small constants such as Reshape targets stay, for data propagation), and serializing 100 MB of
+    weights for them would cost most of a ResNet-50 run."""
+    out = _copy_without_initializers(model)
+    declared = {i.name for i in out.graph.input}
+    for t in model.graph.initializer:
+        if _small(t):
+            out.graph.initializer.append(t)
+        elif t.name not in declared:
+            out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return out
+
+
 class Graph:
     """A mutable ONNX graph with incremental producer/consumer indexes.
 
@@ -129,8 +170,9 @@ class Graph:
     """
 
     def __init__(self, model: onnx.ModelProto, *, input_shapes: dict[str, Sequence[int]] | None = None) -> None:
-        self._source = onnx.ModelProto()
-        self._source.CopyFrom(model)
+        # Initializers are shared with the caller's model, never modified in place (set_constant
+        # makes a new tensor): copying 100 MB of weights per pass would dominate a run.
+        self._source = _copy_without_initializers(model)
         g = self._source.graph
         self.input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
         self._ids = itertools.count()
@@ -138,7 +180,7 @@ class Graph:
         self._producer: dict[str, Node] = {}
         self._consumers: dict[str, dict[int, Node]] = {}
         self._implicit: dict[int, set[str]] = {}  # node id -> outer names its subgraphs read
-        self._inits: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
+        self._inits: dict[str, onnx.TensorProto] = {t.name: t for t in model.graph.initializer}
         self._arrays: dict[str, np.ndarray] = {}
         self._inputs = list(g.input)
         self._outputs = list(g.output)
@@ -260,6 +302,13 @@ class Graph:
     def constant_names(self) -> list[str]:
         return list(self._inits)
 
+    def constant_spec(self, tensor: str) -> tuple[tuple[int, ...], np.dtype] | None:
+        """Shape and dtype of a constant without decoding its data."""
+        t = self._inits.get(tensor)
+        if t is None:
+            return None
+        return tuple(t.dims), helper.tensor_dtype_to_np_dtype(t.data_type)
+
     def sole_consumer(self, tensor: str) -> Node | None:
         """The only node reading `tensor`, if exactly one does and it is not a graph output."""
         users = self._consumers.get(tensor, {})
@@ -270,7 +319,7 @@ class Graph:
     # ------------------------------------------------------------------ shapes
     def refresh_shapes(self) -> None:
         """Run ONNX shape inference on the current graph (with the pipeline's static input shapes)."""
-        model = self.to_model(refresh_value_info=False)
+        model = self.to_model(refresh_value_info=False, weights=False)
         for vi in model.graph.input:
             if vi.name in self.input_shapes:
                 dims = vi.type.tensor_type.shape.dim
@@ -528,9 +577,10 @@ class Graph:
                 frontier.extend(o for o in n.proto.output if o not in dirty)
         return dirty
 
-    def to_model(self, *, refresh_value_info: bool = True) -> onnx.ModelProto:
+    def to_model(self, *, refresh_value_info: bool = True, weights: bool = True) -> onnx.ModelProto:
         """A new ModelProto: nodes in topological order, constants that edits left unused dropped,
-        value_info entries refreshed for tensors the edits changed (same coverage as the source)."""
+        value_info entries refreshed for tensors the edits changed (same coverage as the source).
+        weights=False leaves large constants out (see `skeleton`): for analyses, not for saving."""
         src = self._source
         model = onnx.ModelProto()
         for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
@@ -543,20 +593,27 @@ class Graph:
         nodes = self.topological_nodes()
         g.node.extend(n.proto for n in nodes)
         used = set(self._consumers) | self._output_names
-        for name, t in self._inits.items():
-            # Keep constants the source already had unused (cleanup's job, not ours); drop the
-            # ones our edits orphaned.
-            if name in used or name not in self._touched:
+        # Keep constants the source already had unused (cleanup's job, not ours); drop the ones
+        # our edits orphaned.
+        kept = [name for name in self._inits if name in used or name not in self._touched]
+        declared_inputs = {i.name for i in self._inputs}
+        weight_inputs = []
+        for name in kept:
+            t = self._inits[name]
+            if weights or _small(t):
                 g.initializer.append(t)
-        kept_inits = {t.name for t in g.initializer}
+            elif name not in declared_inputs:
+                weight_inputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+        kept_set = set(kept)
         for vi in self._inputs:
-            if vi.name in self._inits and vi.name not in kept_inits:
+            if vi.name in self._inits and vi.name not in kept_set:
                 continue
             new_vi = g.input.add()
             new_vi.CopyFrom(vi)
             if vi.name in self._inits:  # legacy initializer-as-input: keep its declared type current
                 t = self._inits[vi.name]
                 new_vi.type.CopyFrom(helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+        g.input.extend(weight_inputs)
         g.output.extend(self._outputs)
         g.sparse_initializer.extend(src.graph.sparse_initializer)
         existing = set(self._producer) | set(self._inits) | {i.name for i in self._inputs}
@@ -566,7 +623,7 @@ class Graph:
         if refresh_value_info and stale:
             wanted = set(stale) & existing
             try:
-                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+                inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
                 g.value_info.extend(vi for vi in inferred.graph.value_info if vi.name in wanted)
             except Exception:  # noqa: BLE001 - without inference the entries are simply left out
                 pass

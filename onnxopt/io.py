@@ -45,6 +45,12 @@ def check_opset(model: onnx.ModelProto, where: str = "model") -> int:
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX file, or raise BadModel/UnsupportedOpset with a one-line reason."""
+    return load_model_and_bytes(path)[0]
+
+
+def load_model_and_bytes(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes | None]:
+    """Like load_model, plus the file's bytes when they are the whole model (no external data):
+    onnxruntime can take them without serializing the model again."""
     p = Path(path)
     if not p.exists():
         raise BadModel(f"{p}: no such file")
@@ -69,8 +75,9 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
             onnx.load_external_data_for_model(model, str(p.parent))
         except (OSError, ValueError) as exc:
             raise BadModel(f"{p}: external weight data cannot be read: {exc}") from None
+        data = None
     check_opset(model, str(p))
-    return model
+    return model, data
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -103,10 +110,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, serialized: bytes | None = None) -> None:
     """Serialize and write atomically. Models over protobuf's 2 GB limit are refused clearly."""
     try:
-        data = model.SerializeToString()
+        data = serialized if serialized is not None else model.SerializeToString()
     except ValueError as exc:  # protobuf refuses messages > 2 GB
         raise BadModel(f"{path}: model too large to serialize as one protobuf ({exc})") from None
     atomic_write_bytes(path, data)

@@ -23,7 +23,7 @@ import onnx
 from . import options as _options
 from .analysis.cost import ModelStats, model_stats
 from .errors import OnnxoptError, PreconditionError
-from .graph import Graph, Node
+from .graph import Graph, Node, skeleton
 from .runtime import Feed, random_feeds, resolve_input_shapes, run_model
 from .verify import Fidelity, compare
 
@@ -180,11 +180,17 @@ class RunReport:
 class RunResult:
     model: onnx.ModelProto
     report: RunReport
+    serialized: bytes | None = None  # the model's bytes when verification already made them
+
+    def to_bytes(self) -> bytes:
+        return self.serialized if self.serialized is not None else self.model.SerializeToString()
 
 
 def _check(model: onnx.ModelProto, full: bool) -> str | None:
+    """onnx.checker on the model's skeleton: structure, attributes, order and (full) shape
+    inference, without serializing every weight (the graph layer writes well-formed tensors)."""
     try:
-        onnx.checker.check_model(model, full_check=full)
+        onnx.checker.check_model(skeleton(model), full_check=full)
     except Exception as exc:  # noqa: BLE001 - checker raises ValidationError and friends
         return str(exc).strip().splitlines()[0][:300]
     return None
@@ -213,7 +219,9 @@ class Pipeline:
         from .registry import parse_spec
         return cls(parse_spec(spec), **kwargs)
 
-    def run(self, model: onnx.ModelProto) -> RunResult:
+    def run(self, model: onnx.ModelProto, *, serialized: bytes | None = None) -> RunResult:
+        """Run every pass on a copy of `model`. `serialized` may pass the model's bytes when the
+        caller has them (saves serializing large models again for onnxruntime)."""
         start = time.perf_counter()
         needs_shapes = self.verify or any(getattr(p, "needs_static_shapes", False) for p in self.passes)
         shapes = resolve_input_shapes(model, self.input_shapes) if needs_shapes else {
@@ -226,7 +234,8 @@ class Pipeline:
         reference = current_out = None
         if self.verify:
             feeds = random_feeds(model, shapes, seed=self.seed, count=self.samples)
-            reference = current_out = run_model(model, feeds, threads=self.threads)
+            reference = current_out = run_model(serialized or model, feeds, threads=self.threads)
+        current_bytes = serialized
         reports = []
         for i, p in enumerate(self.passes):
             self.progress(f"{p.name}", i, len(self.passes))
@@ -250,9 +259,10 @@ class Pipeline:
                     report = self._report(p, "unchanged", t0, result)
                 else:
                     candidate = graph.to_model()
-                    report, accepted, out = self._accept(p, candidate, result, t0, full_check, feeds, current_out)
+                    report, accepted, out, data = self._accept(p, candidate, result, t0, full_check, feeds,
+                                                               current_out)
                     if accepted:
-                        current, current_out = candidate, out
+                        current, current_out, current_bytes = candidate, out, data
             reports.append(report)
             for inst in self.instruments:
                 inst.after_pass(p, current, report)
@@ -262,7 +272,7 @@ class Pipeline:
         before = model_stats(model, shapes)
         after = model_stats(current, shapes) if changed else before
         run_report = RunReport(reports, before, after, final_fid, self.verify, shapes, time.perf_counter() - start)
-        return RunResult(current, run_report)
+        return RunResult(current, run_report, current_bytes)
 
     def _report(self, p: Pass, status: str, t0: float, result: PassResult, message: str = "",
                 fidelity: Fidelity | None = None) -> PassReport:
@@ -271,20 +281,23 @@ class Pipeline:
 
     def _accept(self, p: Pass, candidate: onnx.ModelProto, result: PassResult, t0: float, full_check: bool,
                 feeds: list[Feed], previous_out: list[Feed] | None):
+        """Check and verify a pass's result: (report, accepted, outputs on the feeds, serialized)."""
         problem = _check(candidate, full_check)
         if problem:
-            return self._report(p, "rolled-back", t0, result, f"onnx.checker rejected the result: {problem}"), False, None
+            msg = f"onnx.checker rejected the result: {problem}"
+            return self._report(p, "rolled-back", t0, result, msg), False, None, None
         if not self.verify:
-            return self._report(p, "applied", t0, result), True, None
+            return self._report(p, "applied", t0, result), True, None, None
+        data = candidate.SerializeToString()
         try:
-            out = run_model(candidate, feeds, threads=self.threads)
+            out = run_model(data, feeds, threads=self.threads)
         except OnnxoptError as exc:
-            return self._report(p, "rolled-back", t0, result, str(exc)), False, None
+            return self._report(p, "rolled-back", t0, result, str(exc)), False, None, None
         fid = compare(previous_out, out)
         if p.exact and not fid.within(self.rtol):
             msg = f"outputs changed (max rel error {fid.max_rel:.3g} > {self.rtol:g}); result discarded"
-            return self._report(p, "rolled-back", t0, result, msg, fid), False, None
-        return self._report(p, "applied", t0, result, fidelity=fid), True, out
+            return self._report(p, "rolled-back", t0, result, msg, fid), False, None, None
+        return self._report(p, "applied", t0, result, fidelity=fid), True, out, data
 
 
 def run_passes(model: onnx.ModelProto, passes: Sequence[Pass] | str, **kwargs: Any) -> RunResult:

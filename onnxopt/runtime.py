@@ -148,6 +148,6 @@ def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed
     return [dict(zip(names, session.run(names, feed))) for feed in feeds]
 
 
-def run_model(model: onnx.ModelProto, feeds: Sequence[Feed], *, optimization: OptLevel = "disabled",
+def run_model(model: onnx.ModelProto | bytes, feeds: Sequence[Feed], *, optimization: OptLevel = "disabled",
               threads: int = 1) -> list[Feed]:
     return run_feeds(make_session(model, optimization=optimization, threads=threads), feeds)

@@ -205,10 +205,10 @@ class FoldBatchNorm(Pass):
         reason = self._exclusive(graph, target.node.outputs[0], via or bn)
         if reason is None and via is not None:
             reason = self._exclusive(graph, z, bn) or self._keeps_channels(graph, via, target)
-        if reason is None and target.channels != affine.scale.size:
-            reason = f"BN has {affine.scale.size} channels, {target.node.label} produces {target.channels}"
         if reason is None and target.node.op == "MatMul" and len(graph.shape(z) or ()) != 2:
             reason = "BN after a MatMul whose output is not 2-D normalizes another axis"
+        if reason is None and target.channels != affine.scale.size:
+            reason = f"BN has {affine.scale.size} channels, {target.node.label} produces {target.channels}"
         if reason is not None:
             result.skip(bn, reason)
             return

@@ -69,10 +69,13 @@ def model_stats(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
     for name in graph.constant_names():
         if name not in read:
             continue
-        arr = graph.constant(name)
-        weight_bytes += arr.nbytes
-        if arr.dtype.kind == "f" or arr.dtype.kind in "iu" and arr.ndim >= 1 and arr.size > 16:
-            params += arr.size
+        shape, dtype = graph.constant_spec(name)
+        size = math.prod(shape)
+        weight_bytes += size * dtype.itemsize
+        # integer constants count as parameters only when they look like weights (quantized), not
+        # like shapes or axes
+        if dtype.kind == "f" or dtype.kind in "iu" and size > 16:
+            params += size
     macs: int | None = 0
     for n in graph.nodes():
         if n.op in _MAC_OPS:
