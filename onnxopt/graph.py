@@ -190,6 +190,7 @@ class Graph:
         self._dtypes: dict[str, int] = {}
         self._tensor_names: set[str] = {i.name for i in g.input} | set(self._inits)
         self._node_names: set[str] = set()
+        self._suffix: dict[str, int] = {}
         self.mutations = 0  # edits since construction: lets the pipeline cross-check PassResult.changed
         for proto in g.node:
             if proto.op_type == "Constant" and proto.domain in ("", "ai.onnx"):
@@ -362,17 +363,18 @@ class Graph:
     # ------------------------------------------------------------------ names
     def unique_name(self, hint: str) -> str:
         """A tensor name not used anywhere in the graph, derived from `hint`."""
-        name, k = hint, 1
-        while name in self._tensor_names:
-            name, k = f"{hint}_{k}", k + 1
-        self._tensor_names.add(name)
-        return name
+        return self._unique(hint, self._tensor_names)
 
     def unique_node_name(self, hint: str) -> str:
-        name, k = hint, 1
-        while name in self._node_names:
+        return self._unique(hint, self._node_names)
+
+    def _unique(self, hint: str, taken: set[str]) -> str:
+        # Counters per hint keep a thousand requests for the same hint linear, not quadratic.
+        name, k = hint, self._suffix.get(hint, 1)
+        while name in taken:
             name, k = f"{hint}_{k}", k + 1
-        self._node_names.add(name)
+        self._suffix[hint] = k
+        taken.add(name)
         return name
 
     # ------------------------------------------------------------------ constants

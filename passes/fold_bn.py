@@ -146,7 +146,7 @@ def _set_bias(graph: Graph, node: Node, index: int, value: np.ndarray) -> None:
     if name:
         graph.set_constant(name, value)
     else:
-        graph.set_input(node, index, graph.add_constant(f"{node.name or node.op}.bias", value))
+        graph.set_input(node, index, graph.add_constant(f"{node.name or node.outputs[0]}.bias", value))
 
 
 def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:

@@ -1,0 +1,10 @@
+"""Run every benchmark suite: `python -m benchmarks [--quick]`."""
+import sys
+
+from . import foundation
+
+SUITES = [foundation]
+
+if __name__ == "__main__":
+    for suite in SUITES:
+        suite.main(sys.argv[1:])

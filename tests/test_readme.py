@@ -1,0 +1,32 @@
+"""The README is the front door: its Python example runs, and .ci/run runs its test command."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_python_example_runs(tmp_path, monkeypatch, capsys):
+    block = re.search(r"```python\n(.*?)```", README, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    run = namespace["run"]
+    statuses = {p.name: (p.status, p.stats) for p in run.report.passes}
+    assert statuses["fold-bn"][0] == "applied" and statuses["fold-bn"][1]["bn_folded"] > 0
+    assert run.report.fidelity.max_rel <= 1e-5
+    assert (tmp_path / "resnet18-tiny.opt.onnx").is_file()
+    dry = namespace["report"].passes[1]
+    assert dry.name == "drop-double-relu" and dry.status == "unchanged"
+    assert "fold-bn" in capsys.readouterr().out
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = re.search(r"```bash\n(.*?)```", README, re.S).group(1).splitlines()
+    demo, tests = (c.split("#")[0].strip() for c in commands[:2])
+    assert demo == "pip install -e . && onnxopt demo"
+    assert tests == 'pip install -e ".[test]" && pytest'
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1].strip() == tests
