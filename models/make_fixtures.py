@@ -1,0 +1,21 @@
+"""Regenerate the committed fixtures: ``python -m onnxopt.models.make_fixtures``."""
+
+from __future__ import annotations
+
+import onnx
+
+from . import FIXTURES, build
+
+# fixture name -> (model name, seed)
+FIXTURE_MODELS = {"demo": ("resnet18-tiny", 0)}
+
+
+def main() -> None:
+    for fixture, (name, seed) in FIXTURE_MODELS.items():
+        path = FIXTURES / f"{fixture}.onnx"
+        onnx.save(build(name, seed=seed), path)
+        print(f"wrote {path} ({name}, seed {seed}, {path.stat().st_size:,} bytes)")
+
+
+if __name__ == "__main__":
+    main()
