@@ -48,7 +48,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--passes", "spec", metavar="SPEC", help="Comma list of passes with options, e.g. fold-bn,cleanup.")
 @click.option("--config", type=click.Path(path_type=Path), help="Pipeline file (.yaml/.yml/.json) instead of --passes.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -79,7 +79,9 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".opt.onnx")
     model_io.check_output_path(model, output, overwrite)
     if report_path is not None:
-        model_io.check_output_path(model, report_path, False)
+        model_io.check_output_path(model, report_path, False, what="report")
+        if model_io.same_file(report_path, output):
+            raise UsageError(f"{report_path}: --report and -o name the same file")
     source, data = model_io.load_model_and_bytes(model)
     pipeline = Pipeline(passes, input_shapes=shapes, progress=_progress(sys.stderr.isatty() and not as_json), **settings)
     result = pipeline.run(source, serialized=data)
@@ -94,10 +96,13 @@ def _finish(result: RunResult, model: Path, output: Path | None, report_path: Pa
     if strict and report.problems:
         names = ", ".join(f"{p.name} ({p.status})" for p in report.problems)
         raise StrictFailure(f"--strict: {names}; nothing written")
+    files = []  # model and report appear together or not at all
     if output is not None:
-        model_io.save_model(result.model, output, result.serialized)
+        files.append((output, result.serialized if result.serialized is not None
+                      else model_io.serialize(result.model, output)))
     if report_path is not None:
-        model_io.atomic_write_text(report_path, json.dumps(data, indent=2, default=str) + "\n")
+        files.append((report_path, (json.dumps(data, indent=2, default=str) + "\n").encode()))
+    model_io.atomic_write_files(files)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -109,7 +114,7 @@ def _finish(result: RunResult, model: Path, output: Path | None, report_path: Pa
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool) -> None:
@@ -143,7 +148,7 @@ def list_passes(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
               help="Run on this model instead of the bundled one.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
@@ -167,21 +172,26 @@ def demo(model_path: Path | None, output: Path | None, as_json: bool) -> None:
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors and documented exit codes instead of tracebacks."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli.main(args=argv, prog_name="onnxopt", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("onnxopt: interrupted; no output written", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+        # make_context/invoke rather than cli.main: click's main prints a stray blank line on
+        # Ctrl-C, and we want every error as exactly one line.
+        with cli.make_context("onnxopt", args) as ctx:
+            cli.invoke(ctx)
+    except click.exceptions.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("onnxopt: interrupted; no output written", err=True)
         sys.exit(130)
     except _NO_ARGS_IS_HELP as exc:  # bare `onnxopt`: help, not an error
         click.echo(exc.ctx.get_help() if exc.ctx else "")
         sys.exit(0)
     except click.ClickException as exc:
-        command = f" {exc.ctx.command_path.split(' ', 1)[1]}" if getattr(exc, "ctx", None) and " " in exc.ctx.command_path else ""
+        ctx = getattr(exc, "ctx", None)
+        command = f" {ctx.command_path.split(' ', 1)[1]}" if ctx and " " in ctx.command_path else ""
         click.echo(f"onnxopt: error: {exc.format_message()} (see `onnxopt{command} --help`)", err=True)
         sys.exit(2)
     except OnnxoptError as exc:

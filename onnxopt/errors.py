@@ -6,6 +6,7 @@ Exit codes (stable, for CI jobs):
   2  usage error: unknown pass, bad option, bad flag, output path equal to input
   3  bad input: missing/corrupt model, unsupported opset, dynamic shapes, bad data file
   4  --strict and a pass was rolled back or failed
+  5  an output cannot be written (disk full, permission denied)
   130 interrupted (Ctrl-C); no output file is left behind
 """
 from __future__ import annotations
@@ -57,3 +58,7 @@ class PreconditionError(OnnxoptError):
 
 class StrictFailure(OnnxoptError):
     exit_code = 4
+
+
+class CannotWrite(OnnxoptError):
+    exit_code = 5

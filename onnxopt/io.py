@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import BadModel, UnsupportedOpset, UsageError
+from .errors import BadModel, CannotWrite, UnsupportedOpset, UsageError
 
 # Oldest default-domain opset we accept: older graphs use Gemm/BatchNormalization semantics that
 # the passes do not model (broadcast attributes, spatial BN).
@@ -73,8 +73,9 @@ def load_model_and_bytes(path: str | os.PathLike) -> tuple[onnx.ModelProto, byte
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
-        except (OSError, ValueError) as exc:
-            raise BadModel(f"{p}: external weight data cannot be read: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - onnx raises OSError, ValueError or ValidationError
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadModel(f"{p}: external weight data cannot be read: {first}") from None
         data = None
     check_opset(model, str(p))
     return model, data
@@ -87,37 +88,64 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return pa.resolve() == pb.resolve()
 
 
-def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike, overwrite: bool) -> None:
-    if not overwrite and same_file(input_path, output_path):
-        raise UsageError(f"{output_path}: output would overwrite the input model; pass --overwrite to allow it")
+def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike, overwrite: bool,
+                      what: str = "output") -> None:
+    """Refuse an output that would replace the input model (unless `overwrite`) or whose folder is
+    missing. For outputs that are never models (reports), pass overwrite=False and a `what`."""
+    if same_file(input_path, output_path) and not overwrite:
+        hint = "; pass --overwrite to allow it" if what == "output" else ""
+        raise UsageError(f"{output_path}: {what} would overwrite the input model{hint}")
     parent = Path(output_path).resolve().parent
     if not parent.is_dir():
         raise UsageError(f"{output_path}: directory {parent} does not exist")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.resolve().parent)
+def _file_mode(path: Path) -> int:
+    """The mode a new file would get (0666 less the umask), or the existing file's mode."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:  # includes KeyboardInterrupt: never leave the temp file behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def atomic_write_files(items: list[tuple[str | os.PathLike, bytes]]) -> None:
+    """Write several files so that either all of them appear or none does: every file goes to a
+    temporary file beside its target first; only when all are on disk are they moved into place."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in items:
+            p = Path(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.resolve().parent)
+            staged.append((tmp, p))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, _file_mode(p))
+        for tmp, p in staged:
+            os.replace(tmp, p)
+    except OSError as exc:
+        raise CannotWrite(f"{exc.filename or items[0][0]}: cannot write ({exc.strerror or exc}); nothing written") \
+            from None
+    finally:  # includes KeyboardInterrupt: never leave a temporary file behind
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write_files([(path, data)])
+
+
+def serialize(model: onnx.ModelProto, path: str | os.PathLike = "model") -> bytes:
+    try:
+        return model.SerializeToString()
+    except ValueError as exc:  # protobuf refuses messages > 2 GB
+        raise BadModel(f"{path}: model too large to serialize as one protobuf ({exc})") from None
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, serialized: bytes | None = None) -> None:
     """Serialize and write atomically. Models over protobuf's 2 GB limit are refused clearly."""
-    try:
-        data = serialized if serialized is not None else model.SerializeToString()
-    except ValueError as exc:  # protobuf refuses messages > 2 GB
-        raise BadModel(f"{path}: model too large to serialize as one protobuf ({exc})") from None
-    atomic_write_bytes(path, data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, serialized if serialized is not None else serialize(model, path))

@@ -93,11 +93,19 @@ RUN_SETTINGS = {"verify", "rtol", "samples", "seed", "input_shapes", "threads"}
 
 def load_config(path: str | Path) -> tuple[list[Pass], dict[str, Any]]:
     """Read a pipeline file (.yaml/.yml/.json). Returns the passes and any run settings it sets."""
-    p = Path(path)
+    try:
+        return _load_config(Path(path))
+    except (UsageError, BadInput) as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise type(exc)(f"{path}: {exc}") from None
+
+
+def _load_config(p: Path) -> tuple[list[Pass], dict[str, Any]]:
     if not p.is_file():
         raise BadInput(f"{p}: no such pipeline file")
-    text = p.read_text(encoding="utf-8")
     try:
+        text = p.read_text(encoding="utf-8")
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml
             data = yaml.safe_load(text)

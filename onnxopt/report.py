@@ -121,7 +121,7 @@ def inspect_model(model: onnx.ModelProto, input_shapes: dict | None = None) -> d
     outputs = []
     for o in model.graph.output:
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in o.type.tensor_type.shape.dim]
-        outputs.append({"name": o.name, "dtype": onnx.TensorProto.DataType.Name(o.type.tensor_type.elem_type).lower(),
+        outputs.append({"name": o.name, "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type)),
                         "shape": dims})
     return {
         "schema": "onnxopt.inspect/1",
