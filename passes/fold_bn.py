@@ -32,6 +32,7 @@ from onnxopt.registry import register_pass
 
 _AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 _RESHAPES = ("Squeeze", "Unsqueeze", "Reshape", "Flatten")
+_SHAPE_READERS = ("Shape", "Size")
 
 
 @dataclasses.dataclass
@@ -82,9 +83,11 @@ def _target(graph: Graph, producer: Node | None) -> _Target | str:
     w = _float_constant(graph, w_name)
     if w is None:
         return f"the weight of {producer.label} is not a float constant"
-    for name in (w_name, producer.input(2)):
-        if name and len(graph.consumers(name)) > 1:
-            return f"'{name}' of {producer.label} is shared with another node"
+    # Readers of the weight's shape alone (exporters emit Shape(weight)) see no change from a fold.
+    # A shared bias is no obstacle: the fold gives this node a bias of its own.
+    others = [c for c in graph.consumers(w_name) if c is not producer and c.op not in _SHAPE_READERS]
+    if others:
+        return f"the weight '{w_name}' of {producer.label} is shared with {others[0].label}"
     if producer.input(2) and _float_constant(graph, producer.input(2)) is None:
         return f"the bias of {producer.label} is not a float constant"
     if op == "Conv":
@@ -143,7 +146,7 @@ def _apply(graph: Graph, target: _Target, affine: _Affine) -> None:
 
 def _set_bias(graph: Graph, node: Node, index: int, value: np.ndarray) -> None:
     name = node.input(index)
-    if name:
+    if name and len(graph.consumers(name)) == 1:
         graph.set_constant(name, value)
     else:
         graph.set_input(node, index, graph.add_constant(f"{node.name or node.outputs[0]}.bias", value))

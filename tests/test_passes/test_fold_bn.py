@@ -327,3 +327,17 @@ def test_full_size_zoo(name):
     out, _ = fold(model)
     assert "BatchNormalization" not in count_ops(out)
     assert_exact(model, out, rtol=1e-5, samples=1)
+
+
+def test_shared_bias_gets_a_bias_of_its_own_and_shape_readers_do_not_block():
+    # Two convs share one zero bias (as deduplicating tools leave it); a Shape node reads the weight.
+    nodes = [helper.make_node("Conv", ["x", "w", "zero"], ["c"], kernel_shape=[1, 1]), bn("c", "b", "bn"),
+             helper.make_node("Conv", ["b", "w2", "zero"], ["c2"], kernel_shape=[1, 1]),
+             helper.make_node("Shape", ["w"], ["ws"]), helper.make_node("Cast", ["ws"], ["wsf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["wsf"], ["s"], keepdims=0),
+             helper.make_node("Add", ["c2", "s"], ["y"])]
+    inits = {"w": arr(4, 4, 1, 1), "w2": arr(4, 4, 1, 1), "zero": np.zeros(4, np.float32), **bn_params("bn", 4)}
+    model = make(nodes, inits, [("x", [1, 4, 3, 3])], [("y", [1, 4, 3, 3])])
+    out, result = fold(model)
+    assert result.stats["bn_folded"] == 1 and "BatchNormalization" not in count_ops(out)
+    assert_exact(model, out)

@@ -34,3 +34,16 @@ def test_keeps_batchnorm_for_fold_bn_by_default():
     out, _ = apply(Simplify(), model)
     assert count_ops(out).get("BatchNormalization") == count_ops(model)["BatchNormalization"]
     assert onnx.checker.check_model(out, full_check=True) is None
+
+
+def test_castlike_of_a_constant_becomes_a_folded_constant():
+    # torch's dynamo exporter (optimize=False) builds a zero Conv bias at run time this way
+    graph = helper.make_graph(
+        [helper.make_node("CastLike", ["zero", "x"], ["z"]), helper.make_node("Add", ["x", "z"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.array(0.5, dtype=np.float64), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    out, result = apply(Simplify(), model)
+    assert result.stats["castlike_resolved"] == 1 and count_ops(out) == {"Add": 1}
+    assert_exact(model, out)
