@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import io as model_io
+from .data import load_feeds
 from .errors import OnnxoptError, StrictFailure, UsageError
 from .pipeline import Pipeline, RunResult
 from .registry import available_passes, load_config, parse_spec
@@ -57,6 +58,8 @@ def cli() -> None:
               help="Also write the run report as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
 @input_shape_option
+@click.option("--calib", type=click.Path(path_type=Path), metavar="DATA",
+              help="Sample inputs for passes that calibrate: .npz/.npy, or a folder of them.")
 @click.option("--verify/--no-verify", default=None, help="Compare outputs after every pass (default on).")
 @click.option("--rtol", type=float, default=None, help="Max relative output error an exact pass may cause [1e-4].")
 @click.option("--samples", type=click.IntRange(1, 64), default=None, help="Random samples for verification [2].")
@@ -66,7 +69,7 @@ def cli() -> None:
 @click.option("--strict", is_flag=True, help="Exit 4 and write nothing if any pass was rolled back or failed.")
 @click.option("-v", "--verbose", is_flag=True, help="List every declined region.")
 def run(model: Path, spec: str | None, config: Path | None, output: Path | None, report_path: Path | None,
-        as_json: bool, input_shapes: tuple[str, ...], verify: bool | None, rtol: float | None, samples: int | None,
+        as_json: bool, input_shapes: tuple[str, ...], calib: Path | None, verify: bool | None, rtol: float | None, samples: int | None,
         seed: int | None, threads: int | None, overwrite: bool, strict: bool, verbose: bool) -> None:
     """Optimize MODEL with a pipeline of passes and write the result."""
     if bool(spec) == bool(config):
@@ -82,7 +85,10 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
         model_io.check_output_path(model, report_path, False, what="report")
         if model_io.same_file(report_path, output):
             raise UsageError(f"{report_path}: --report and -o name the same file")
+    calib = calib or settings.pop("calib", None)
     source, data = model_io.load_model_and_bytes(model)
+    if calib is not None:
+        settings["calibration"] = load_feeds(calib, source)
     pipeline = Pipeline(passes, input_shapes=shapes, progress=_progress(sys.stderr.isatty() and not as_json), **settings)
     result = pipeline.run(source, serialized=data)
     _finish(result, model, output, report_path, as_json, strict, verbose)

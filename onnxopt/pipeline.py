@@ -22,7 +22,7 @@ import onnx
 
 from . import options as _options
 from .analysis.cost import ModelStats, model_stats
-from .errors import OnnxoptError, PreconditionError
+from .errors import BadData, OnnxoptError, PreconditionError
 from .graph import Graph, Node, skeleton
 from .runtime import Feed, random_feeds, resolve_input_shapes, run_model
 from .verify import Fidelity, compare
@@ -82,6 +82,7 @@ class Pass(abc.ABC):
     exact: ClassVar[bool] = True     # exact passes are verified and rolled back on mismatch
     idempotent: ClassVar[bool] = True
     needs_data: ClassVar[bool] = False  # True: needs ctx.calibration (excluded from `onnxopt demo`)
+    needs_static_shapes: ClassVar[bool] = False  # True: input shapes are resolved even without verify
     stage: ClassVar[int] = 50        # position in the demo pipeline (lower runs first)
 
     @dataclasses.dataclass(frozen=True)
@@ -223,7 +224,10 @@ class Pipeline:
         """Run every pass on a copy of `model`. `serialized` may pass the model's bytes when the
         caller has them (saves serializing large models again for onnxruntime)."""
         start = time.perf_counter()
-        needs_shapes = self.verify or any(getattr(p, "needs_static_shapes", False) for p in self.passes)
+        hungry = [p.name for p in self.passes if p.needs_data]
+        if hungry and self.calibration is None:
+            raise BadData(f"pass {', '.join(hungry)} needs calibration data: give --calib FILE (.npz/.npy or a folder)")
+        needs_shapes = self.verify or any(p.needs_static_shapes for p in self.passes)
         shapes = resolve_input_shapes(model, self.input_shapes) if needs_shapes else {
             k: tuple(v) for k, v in self.input_shapes.items()}
         ctx = PassContext(seed=self.seed, input_shapes=shapes, calibration=self.calibration,

@@ -88,7 +88,7 @@ def parse_spec(spec: str) -> list[Pass]:
     return [make_pass(name, values) for name, values in items]
 
 
-RUN_SETTINGS = {"verify", "rtol", "samples", "seed", "input_shapes", "threads"}
+RUN_SETTINGS = {"verify", "rtol", "samples", "seed", "input_shapes", "threads", "calib"}
 
 
 def load_config(path: str | Path) -> tuple[list[Pass], dict[str, Any]]:
@@ -143,6 +143,8 @@ def _load_config(p: Path) -> tuple[list[Pass], dict[str, Any]]:
 
 def _settings(p: Path, data: dict) -> dict[str, Any]:
     settings = {k.replace("-", "_"): v for k, v in data.items() if k != "passes"}
+    if "calib" in settings:  # relative to the pipeline file, like an include
+        settings["calib"] = p.parent / str(settings["calib"])
     unknown = set(settings) - RUN_SETTINGS
     if unknown:
         raise BadInput(f"{p}: unknown setting(s) {', '.join(sorted(unknown))} (known: passes, "
