@@ -22,7 +22,7 @@ import onnx
 
 from . import options as _options
 from .analysis.cost import ModelStats, model_stats
-from .errors import BadData, OnnxoptError, PreconditionError
+from .errors import BadData, BadModel, OnnxoptError, PreconditionError
 from .graph import Graph, Node, skeleton
 from .runtime import Feed, random_feeds, resolve_input_shapes, run_model
 from .verify import Fidelity, compare
@@ -238,7 +238,11 @@ class Pipeline:
         reference = current_out = None
         if self.verify:
             feeds = random_feeds(model, shapes, seed=self.seed, count=self.samples)
-            reference = current_out = run_model(serialized or model, feeds, threads=self.threads)
+            try:
+                reference = current_out = run_model(serialized or model, feeds, threads=self.threads)
+            except BadModel as exc:
+                raise BadModel(f"{exc}; verification needs onnxruntime to run the input model "
+                               "(--no-verify optimizes without it)") from None
         current_bytes = serialized
         reports = []
         for i, p in enumerate(self.passes):
