@@ -11,6 +11,9 @@ initializers, as some real exports do (BatchNormalization parameters stay initia
 
 from __future__ import annotations
 
+if __name__ != "onnxopt.models":  # the repo root on sys.path would import us a second time
+    raise ImportError(f"import this package as 'onnxopt.models', not {__name__!r}")
+
 import pathlib
 
 import onnx

@@ -100,6 +100,18 @@ def _subgraph_outer_names(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def _subgraph_defined_names(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            names.update(i.name for i in g.input)
+            names.update(t.name for t in g.initializer)
+            for n in g.node:
+                names.update(n.output)
+                names.update(_subgraph_defined_names(n))
+    return names
+
+
 def _constant_node_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
     """The tensor a Constant node holds, or None for forms we leave as nodes (sparse, strings)."""
     if len(node.attribute) != 1:
@@ -215,25 +227,45 @@ class Graph:
 
     # ------------------------------------------------------------------ indexes
     def _index(self, node: Node) -> None:
+        """Register a node: validated first, so a refused node leaves every index untouched."""
+        outputs = [t for t in node.proto.output if t]
+        clash = next((t for t in outputs if t in self._producer), None)
+        if clash is None and len(set(outputs)) != len(outputs):
+            clash = next(t for t in outputs if outputs.count(t) > 1)
+        if clash is not None:
+            raise GraphError(f"tensor '{clash}' would have two producers")
         self._nodes[node.id] = node
         if node.proto.name:
             self._node_names.add(node.proto.name)
         for t in node.proto.input:
             if t:
                 self._consumers.setdefault(t, {})[node.id] = node
-        implicit = _subgraph_outer_names(node.proto) if any(
-            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.proto.attribute
-        ) else set()
+        self._index_subgraphs(node)
+        for t in outputs:
+            self._producer[t] = node
+            self._tensor_names.add(t)
+
+    def _index_subgraphs(self, node: Node) -> None:
+        """Record what a node's subgraphs read from this scope (they count as uses) and the names
+        they define (unique_name must not hand those out: ONNX names are global across scopes)."""
+        if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.proto.attribute):
+            return
+        implicit = _subgraph_outer_names(node.proto)
         if implicit:
             self._implicit[node.id] = implicit
             for t in implicit:
                 self._consumers.setdefault(t, {})[node.id] = node
-        for t in node.proto.output:
-            if t:
-                if t in self._producer:
-                    raise GraphError(f"tensor '{t}' would have two producers")
-                self._producer[t] = node
-                self._tensor_names.add(t)
+        self._tensor_names.update(_subgraph_defined_names(node.proto))
+
+    def _unindex_subgraphs(self, node: Node) -> None:
+        for t in self._implicit.pop(node.id, set()):
+            if t in node.proto.input:
+                continue
+            users = self._consumers.get(t)
+            if users is not None:
+                users.pop(node.id, None)
+                if not users:
+                    del self._consumers[t]
 
     def _drop_use(self, t: str, node: Node) -> None:
         if not t or t in node.proto.input or t in self._implicit.get(node.id, ()):
@@ -491,6 +523,8 @@ class Graph:
                 break
         if value is not None:
             attrs.append(helper.make_attribute(key, value))
+        self._unindex_subgraphs(node)  # a new branch may read other outer tensors
+        self._index_subgraphs(node)
         self._edit(*node.proto.output)
 
     def replace_all_uses(self, old: str, new: str) -> None:
@@ -499,9 +533,11 @@ class Graph:
         no producer left and `new` is an unshared node output), else an Identity is inserted."""
         if old == new:
             return
-        for n in self.consumers(old):
-            if old in self._implicit.get(n.id, ()):
-                raise GraphError(f"'{old}' is read inside a subgraph of {n.label}; not rewired")
+        readers = self.consumers(old)
+        inside = next((n for n in readers if old in self._implicit.get(n.id, ())), None)
+        if inside is not None:  # checked before any edit: a refused call changes nothing
+            raise GraphError(f"'{old}' is read inside a subgraph of {inside.label}; not rewired")
+        for n in readers:
             for i, t in enumerate(n.proto.input):
                 if t == old:
                     n.proto.input[i] = new

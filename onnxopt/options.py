@@ -44,10 +44,14 @@ def _coerce(pass_name: str, key: str, tp: Any, value: Any) -> Any:
         return _coerce(pass_name, key, args[0], value)
     if origin is Literal:
         choices = get_args(tp)
-        text = str(value).lower() if isinstance(value, str) else value
-        if text not in choices:
-            raise BadOption(f"{where} must be one of {', '.join(map(str, choices))}, got {value!r}")
-        return text
+        if value in choices and not isinstance(value, bool):
+            return value
+        text = str(value)
+        for match in (lambda c: str(c) == text, lambda c: str(c).lower() == text.lower()):
+            found = [c for c in choices if match(c)]
+            if len(found) == 1:
+                return found[0]
+        raise BadOption(f"{where} must be one of {', '.join(map(str, choices))}, got {value!r}")
     if origin in (tuple, list):
         (item_tp, *_rest) = get_args(tp) or (str,)
         items = value.split("|") if isinstance(value, str) else list(value)
@@ -65,7 +69,7 @@ def _coerce(pass_name: str, key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, bool):
             raise BadOption(f"{where} expects a number, got {value!r}")
         try:
-            number = tp(value) if tp is float else int(str(value), 0) if isinstance(value, str) else int(value)
+            number = tp(value) if tp is float else int(str(value).strip()) if isinstance(value, str) else int(value)
         except (TypeError, ValueError):
             raise BadOption(f"{where} expects {'an integer' if tp is int else 'a number'}, got {value!r}") from None
         if tp is int and isinstance(value, float) and value != int(value):

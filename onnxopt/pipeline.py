@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -164,6 +165,10 @@ class RunReport:
         return [p for p in self.passes if p.status in ("rolled-back", "failed")]
 
     def as_dict(self) -> dict:
+        """Strict JSON: non-finite numbers (a pass that produced NaN) become null."""
+        return _finite(self._as_dict())
+
+    def _as_dict(self) -> dict:
         return {
             "schema": "onnxopt.run/1",
             "changed": self.changed,
@@ -175,6 +180,16 @@ class RunReport:
             "fidelity": self.fidelity.as_dict() if self.fidelity else None,
             "passes": [p.as_dict() for p in self.passes],
         }
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 @dataclasses.dataclass
@@ -299,8 +314,9 @@ class Pipeline:
         data = candidate.SerializeToString()
         try:
             out = run_model(data, feeds, threads=self.threads)
-        except OnnxoptError as exc:
-            return self._report(p, "rolled-back", t0, result, str(exc)), False, None, None
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own types at run time
+            msg = f"onnxruntime cannot run the result: {str(exc).strip().splitlines()[0][:200]}"
+            return self._report(p, "rolled-back", t0, result, msg), False, None, None
         fid = compare(previous_out, out)
         if p.exact and not fid.within(self.rtol):
             msg = f"outputs changed (max rel error {fid.max_rel:.3g} > {self.rtol:g}); result discarded"

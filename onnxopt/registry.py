@@ -130,11 +130,14 @@ def _load_config(p: Path) -> tuple[list[Pass], dict[str, Any]]:
         elif isinstance(entry, dict) and "name" in entry:
             values = {k: v for k, v in entry.items() if k != "name"}
             nested = values.pop("options", None)
-            if isinstance(nested, dict):
-                values.update(nested)
+            if nested is not None and not isinstance(nested, dict):
+                raise BadInput(f"{p}: 'options' of pass {entry['name']!r} must be a mapping, got {nested!r}")
+            values.update(nested or {})
             passes.append(make_pass(str(entry["name"]), values))
         elif isinstance(entry, dict) and len(entry) == 1:  # {"prune": {"ratio": 0.3}}
             (name, values), = entry.items()
+            if values is not None and not isinstance(values, dict):
+                raise BadInput(f"{p}: options of pass {name!r} must be a mapping, got {values!r}")
             passes.append(make_pass(str(name), values or {}))
         else:
             raise BadInput(f"{p}: cannot read pass entry {entry!r}")
@@ -142,7 +145,7 @@ def _load_config(p: Path) -> tuple[list[Pass], dict[str, Any]]:
 
 
 def _settings(p: Path, data: dict) -> dict[str, Any]:
-    settings = {k.replace("-", "_"): v for k, v in data.items() if k != "passes"}
+    settings = {str(k).replace("-", "_"): v for k, v in data.items() if k != "passes"}
     if "calib" in settings:  # relative to the pipeline file, like an include
         settings["calib"] = p.parent / str(settings["calib"])
     unknown = set(settings) - RUN_SETTINGS
