@@ -142,16 +142,22 @@ def _small(t: onnx.TensorProto) -> bool:
     return n <= SKELETON_MAX_ELEMENTS
 
 
-def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of everything but the graph's initializers (the bulk of a model's bytes)."""
+def _empty_like(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A model with `model`'s header (versions, opsets, metadata, functions) and an empty graph."""
     out = onnx.ModelProto()
     for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(out, field, getattr(model, field))
     out.opset_import.extend(model.opset_import)
     out.metadata_props.extend(model.metadata_props)
     out.functions.extend(model.functions)
+    out.graph.name, out.graph.doc_string = model.graph.name, model.graph.doc_string
+    return out
+
+
+def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of everything but the graph's initializers (the bulk of a model's bytes)."""
+    out = _empty_like(model)
     src, g = model.graph, out.graph
-    g.name, g.doc_string = src.name, src.doc_string
     for field in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(g, field).extend(getattr(src, field))
     return out
@@ -620,14 +626,8 @@ class Graph:
         value_info entries refreshed for tensors the edits changed (same coverage as the source).
         weights=False leaves large constants out (see `skeleton`): for analyses, not for saving."""
         src = self._source
-        model = onnx.ModelProto()
-        for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
-            setattr(model, field, getattr(src, field))
-        model.opset_import.extend(src.opset_import)
-        model.metadata_props.extend(src.metadata_props)
-        model.functions.extend(src.functions)
+        model = _empty_like(src)
         g = model.graph
-        g.name, g.doc_string = src.graph.name, src.graph.doc_string
         nodes = self.topological_nodes()
         g.node.extend(n.proto for n in nodes)
         used = set(self._consumers) | self._output_names
