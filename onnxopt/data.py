@@ -5,7 +5,8 @@ A data file holds arrays whose first axis counts samples:
          the key `labels` is reserved for class labels)
   .npy   one array, for a single-input model
   folder every .npz/.npy file in it, in name order, each as above
-Samples are fed in batches of the model's static batch size (1 where the batch dim is dynamic).
+Samples are fed in batches of the model's static batch size (1 where the batch dim is dynamic);
+samples left over after the last full batch are not used.
 Iterating a FeedSet reads nothing new: it slices the arrays, so passes may iterate it many times.
 """
 from __future__ import annotations
@@ -45,6 +46,12 @@ class FeedSet:
 
     def take(self, n: int) -> list[Feed]:
         return [feed for _, feed in zip(range(n), self)]
+
+    def tail(self, n: int) -> list[Feed]:
+        """The last n batches: verification judges lossy passes on these."""
+        stop = len(self) * self.batch
+        starts = range(max(0, stop - n * self.batch), stop, self.batch)
+        return [{k: a[s:s + self.batch] for k, a in self.arrays.items()} for s in starts]
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:

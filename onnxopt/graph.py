@@ -158,7 +158,7 @@ def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of everything but the graph's initializers (the bulk of a model's bytes)."""
     out = _empty_like(model)
     src, g = model.graph, out.graph
-    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+    for field in ("node", "input", "output", "value_info", "sparse_initializer", "quantization_annotation"):
         getattr(g, field).extend(getattr(src, field))
     return out
 
@@ -200,7 +200,7 @@ class Graph:
         self._implicit: dict[int, set[str]] = {}  # node id -> outer names its subgraphs read
         self._inits: dict[str, onnx.TensorProto] = {t.name: t for t in model.graph.initializer}
         self._arrays: dict[str, np.ndarray] = {}
-        self._inputs = list(g.input)
+        self._inputs: dict[str, onnx.ValueInfoProto] = {i.name: i for i in g.input}
         self._outputs = list(g.output)
         self._output_names = {o.name for o in self._outputs}
         self._touched: set[str] = set()  # tensors whose value or shape an edit may have changed
@@ -209,7 +209,7 @@ class Graph:
         self._tensor_names: set[str] = {i.name for i in g.input} | set(self._inits)
         self._node_names: set[str] = set()
         self._suffix: dict[str, int] = {}
-        self.mutations = 0  # edits since construction: lets the pipeline cross-check PassResult.changed
+        self.mutations = 0  # edits since construction: the pipeline cross-checks PassResult.changed
         for proto in g.node:
             if proto.op_type == "Constant" and proto.domain in ("", "ai.onnx"):
                 value = _constant_node_value(proto)
@@ -294,6 +294,25 @@ class Graph:
                 return imp.version
         return 0
 
+    def opset_of(self, domain: str) -> int | None:
+        for imp in self._source.opset_import:
+            if (imp.domain or "") == (domain or "") or {imp.domain, domain} <= {"", "ai.onnx"}:
+                return imp.version
+        return None
+
+    def require_opset(self, domain: str, version: int = 1) -> None:
+        """Declare (or raise to at least `version`) the opset of a domain that new nodes use.
+        Raising the default domain's version does not convert existing nodes: use onnx's
+        version_converter for that."""
+        for imp in self._source.opset_import:
+            if (imp.domain or "") == (domain or "") or {imp.domain, domain} <= {"", "ai.onnx"}:
+                if imp.version < version:
+                    imp.version = version
+                    self.mutations += 1
+                return
+        self._source.opset_import.append(helper.make_opsetid(domain, version))
+        self.mutations += 1
+
     def nodes(self, op: str | None = None) -> list[Node]:
         """Live nodes in insertion order (a snapshot: safe to edit the graph while iterating)."""
         return [n for n in self._nodes.values() if op is None or n.op == op]
@@ -314,11 +333,11 @@ class Graph:
         return tensor in self._output_names
 
     def is_graph_input(self, tensor: str) -> bool:
-        return any(i.name == tensor for i in self._inputs) and tensor not in self._inits
+        return tensor in self._inputs and tensor not in self._inits
 
     @property
     def input_names(self) -> list[str]:
-        return [i.name for i in self._inputs if i.name not in self._inits]
+        return [name for name in self._inputs if name not in self._inits]
 
     @property
     def output_names(self) -> list[str]:
@@ -348,6 +367,12 @@ class Graph:
             return None
         return tuple(t.dims), helper.tensor_dtype_to_np_dtype(t.data_type)
 
+    def is_private_output(self, tensor: str) -> bool:
+        """Produced by a node and read by exactly one node, not a graph output: such a tensor can
+        be renamed or rewired without anyone else noticing."""
+        return tensor in self._producer and len(self._consumers.get(tensor, {})) == 1 \
+            and tensor not in self._output_names
+
     def sole_consumer(self, tensor: str) -> Node | None:
         """The only node reading `tensor`, if exactly one does and it is not a graph output."""
         users = self._consumers.get(tensor, {})
@@ -357,7 +382,12 @@ class Graph:
 
     # ------------------------------------------------------------------ shapes
     def refresh_shapes(self) -> None:
-        """Run ONNX shape inference on the current graph (with the pipeline's static input shapes)."""
+        """Run ONNX shape inference on the current graph (with the pipeline's static input shapes).
+
+        shape() calls this lazily the first time, and again after a constant changed shape. Edits
+        that keep shapes (folding, rewiring) keep the cache; tensors added since the last run are
+        unknown (None) until the next refresh. One refresh costs one linear inference: batch your
+        edits, then query."""
         model = self.to_model(refresh_value_info=False, weights=False)
         for vi in model.graph.input:
             if vi.name in self.input_shapes:
@@ -426,8 +456,13 @@ class Graph:
         """Replace the value of an existing constant, keeping its name (all its readers see it)."""
         if tensor not in self._inits:
             raise GraphError(f"'{tensor}' is not a constant")
+        old_dims = tuple(self._inits[tensor].dims)
         self._inits[tensor] = numpy_helper.from_array(np.asarray(array), tensor)
         self._arrays.pop(tensor, None)
+        if tuple(np.shape(array)) != old_dims:
+            # Shapes downstream may all change (prune slicing channels): recompute on next query
+            # rather than ever answer with a stale shape.
+            self._shapes = None
         self._edit(tensor, *(o for n in self.consumers(tensor) for o in n.proto.output))
 
     def remove_constant(self, tensor: str) -> None:
@@ -435,13 +470,13 @@ class Graph:
             raise GraphError(f"constant '{tensor}' is still used")
         self._inits.pop(tensor, None)
         self._arrays.pop(tensor, None)
-        self._inputs = [i for i in self._inputs if i.name != tensor]
+        self._inputs.pop(tensor, None)
         self.mutations += 1
 
     def remove_graph_input(self, tensor: str) -> None:
         if self.is_used(tensor):
             raise GraphError(f"graph input '{tensor}' is still used")
-        self._inputs = [i for i in self._inputs if i.name != tensor]
+        self._inputs.pop(tensor, None)
         self.mutations += 1
 
     # ------------------------------------------------------------------ node edits
@@ -456,6 +491,8 @@ class Graph:
                 if t in self._producer or t in self._inits or self.is_graph_input(t):
                     raise GraphError(f"tensor '{t}' already has a producer")
                 self._tensor_names.add(t)
+        if domain and self.opset_of(domain) is None:
+            self.require_opset(domain, 1)
         proto = helper.make_node(op, list(inputs), list(outputs), name=node_name, domain=domain or None,
                                  **{k: v for k, v in attrs.items() if v is not None})
         node = Node(proto, next(self._ids))
@@ -492,8 +529,13 @@ class Graph:
             n.alive = False
             self._edit(*n.proto.output)
 
+    def _live(self, node: Node) -> None:
+        if not node.alive or self._nodes.get(node.id) is not node:
+            raise GraphError(f"{node.label} is not in this graph (removed?)")
+
     def set_input(self, node: Node, index: int, tensor: str) -> None:
         """Make input slot `index` of `node` read `tensor` ('' to drop a trailing optional input)."""
+        self._live(node)
         proto = node.proto
         while len(proto.input) <= index:
             proto.input.append("")
@@ -510,6 +552,7 @@ class Graph:
 
     def set_output(self, node: Node, index: int, tensor: str) -> None:
         """Make output slot `index` of `node` produce `tensor`, which must have no producer yet."""
+        self._live(node)
         if tensor in self._producer or tensor in self._inits or self.is_graph_input(tensor):
             raise GraphError(f"tensor '{tensor}' already has a producer")
         old = node.proto.output[index]
@@ -522,6 +565,7 @@ class Graph:
 
     def set_attr(self, node: Node, key: str, value: Any) -> None:
         """Set (or with value=None, delete) an attribute."""
+        self._live(node)
         attrs = node.proto.attribute
         for i, a in enumerate(attrs):
             if a.name == key:
@@ -543,6 +587,8 @@ class Graph:
         inside = next((n for n in readers if old in self._implicit.get(n.id, ())), None)
         if inside is not None:  # checked before any edit: a refused call changes nothing
             raise GraphError(f"'{old}' is read inside a subgraph of {inside.label}; not rewired")
+        if old in self._output_names and old in self._producer:
+            raise GraphError(f"graph output '{old}' still has a producer; remove it first")
         for n in readers:
             for i, t in enumerate(n.proto.input):
                 if t == old:
@@ -556,10 +602,8 @@ class Graph:
             if (old not in self._producer and prod is not None and new not in self._output_names
                     and not self._consumers.get(new)):
                 self.set_output(prod, list(prod.proto.output).index(new), old)
-            elif old not in self._producer:
-                self.add_node("Identity", [new], [old], name=f"{old}_identity")
             else:
-                raise GraphError(f"graph output '{old}' still has a producer; remove it first")
+                self.add_node("Identity", [new], [old], name=f"{old}_identity")
 
     def bypass(self, node: Node, input_index: int = 0) -> None:
         """Remove a one-output node whose output equals its input `input_index` (Identity, a folded
@@ -567,8 +611,7 @@ class Graph:
         it has no other reader, otherwise readers are rewired to the input."""
         src, dst = node.proto.input[input_index], node.proto.output[0]
         prod = self._producer.get(src)
-        can_rename = (prod is not None and len(self._consumers.get(src, {})) == 1
-                      and src not in self._output_names)
+        can_rename = self.is_private_output(src)
         self.remove(node, safe=False)
         if can_rename:
             self.set_output(prod, list(prod.proto.output).index(src), dst)
@@ -621,10 +664,12 @@ class Graph:
                 frontier.extend(o for o in n.proto.output if o not in dirty)
         return dirty
 
-    def to_model(self, *, refresh_value_info: bool = True, weights: bool = True) -> onnx.ModelProto:
+    def to_model(self, *, refresh_value_info: bool = True, weights: bool = True,
+                 extra_outputs: Sequence[str] = ()) -> onnx.ModelProto:
         """A new ModelProto: nodes in topological order, constants that edits left unused dropped,
         value_info entries refreshed for tensors the edits changed (same coverage as the source).
-        weights=False leaves large constants out (see `skeleton`): for analyses, not for saving."""
+        weights=False leaves large constants out (see `skeleton`): for analyses, not for saving.
+        extra_outputs exposes intermediate tensors as graph outputs (calibration reads them)."""
         src = self._source
         model = _empty_like(src)
         g = model.graph
@@ -634,7 +679,7 @@ class Graph:
         # Keep constants the source already had unused (cleanup's job, not ours); drop the ones
         # our edits orphaned.
         kept = [name for name in self._inits if name in used or name not in self._touched]
-        declared_inputs = {i.name for i in self._inputs}
+        declared_inputs = set(self._inputs)
         weight_inputs = []
         for name in kept:
             t = self._inits[name]
@@ -643,7 +688,7 @@ class Graph:
             elif name not in declared_inputs:
                 weight_inputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
         kept_set = set(kept)
-        for vi in self._inputs:
+        for vi in self._inputs.values():
             if vi.name in self._inits and vi.name not in kept_set:
                 continue
             new_vi = g.input.add()
@@ -654,7 +699,13 @@ class Graph:
         g.input.extend(weight_inputs)
         g.output.extend(self._outputs)
         g.sparse_initializer.extend(src.graph.sparse_initializer)
-        existing = set(self._producer) | set(self._inits) | {i.name for i in self._inputs}
+        g.quantization_annotation.extend(src.graph.quantization_annotation)
+        if src.ir_version < 4:  # before IR 4 every initializer must also be declared as an input
+            g.input.extend(helper.make_tensor_value_info(n, self._inits[n].data_type, list(self._inits[n].dims))
+                           for n in kept if n not in declared_inputs and (weights or _small(self._inits[n])))
+        for name in extra_outputs:
+            g.output.append(helper.make_empty_tensor_value_info(name))
+        existing = set(self._producer) | set(self._inits) | set(self._inputs)
         dirty = self._dirty_tensors() if self._touched else set()
         stale = [vi.name for vi in src.graph.value_info if vi.name in dirty]
         g.value_info.extend(vi for vi in src.graph.value_info if vi.name in existing and vi.name not in dirty)
@@ -669,15 +720,21 @@ class Graph:
 
     # ------------------------------------------------------------------ analyses
     def to_networkx(self) -> nx.MultiDiGraph:
-        """A read-only snapshot for analyses: nodes are Node ids (attr `node`), edges carry the
-        tensor name. Rebuild after editing."""
+        """A read-only snapshot for analyses: nodes are Node ids (attr `node`); one edge per input
+        slot, carrying the tensor name and the slot index (Concat(a, b, a) has three edges).
+        Rebuild after editing."""
         dg = nx.MultiDiGraph()
         for n in self._nodes.values():
             dg.add_node(n.id, node=n)
-        for n in self._nodes.values():
-            for t in n.proto.output:
-                for c in self._consumers.get(t, {}).values():
-                    dg.add_edge(n.id, c.id, tensor=t)
+        for c in self._nodes.values():
+            for slot, t in enumerate(c.proto.input):
+                p = self._producer.get(t) if t else None
+                if p is not None:
+                    dg.add_edge(p.id, c.id, tensor=t, slot=slot)
+            for t in self._implicit.get(c.id, ()):
+                p = self._producer.get(t)
+                if p is not None:
+                    dg.add_edge(p.id, c.id, tensor=t, slot=None)  # read inside a subgraph
         return dg
 
     def check_indexes(self) -> None:

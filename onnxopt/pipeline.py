@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import onnx
 
 from . import options as _options
@@ -155,6 +156,7 @@ class RunReport:
     verified: bool
     input_shapes: dict[str, tuple[int, ...]]
     seconds: float
+    verified_on: str | None = None  # "2 seeded random samples" or "2 calibration samples"
 
     @property
     def changed(self) -> bool:
@@ -173,6 +175,7 @@ class RunReport:
             "schema": "onnxopt.run/1",
             "changed": self.changed,
             "verified": self.verified,
+            "verified_on": self.verified_on,
             "seconds": round(self.seconds, 4),
             "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
             "before": self.before.as_dict(),
@@ -215,7 +218,7 @@ def _check(model: onnx.ModelProto, full: bool) -> str | None:
 class Pipeline:
     """Run passes in order with checking and verification. See the module docstring."""
 
-    def __init__(self, passes: Sequence[Pass], *, verify: bool = True, rtol: float = 1e-4, samples: int = 2,
+    def __init__(self, passes: Sequence[Pass], *, verify: bool = True, rtol: float = 1e-5, samples: int = 2,
                  seed: int = 0, input_shapes: dict[str, Sequence[int]] | None = None,
                  calibration: Iterable[Feed] | None = None, instruments: Sequence[Instrument] = (),
                  progress: Progress = _no_progress, threads: int = 1) -> None:
@@ -252,7 +255,7 @@ class Pipeline:
         feeds: list[Feed] = []
         reference = current_out = None
         if self.verify:
-            feeds = random_feeds(model, shapes, seed=self.seed, count=self.samples)
+            feeds = self._verification_feeds(model, shapes)
             try:
                 reference = current_out = run_model(serialized or model, feeds, threads=self.threads)
             except BadModel as exc:
@@ -266,8 +269,8 @@ class Pipeline:
                 inst.before_pass(p, current)
             t0 = time.perf_counter()
             graph = Graph(current, input_shapes=shapes)
-            p.requires(graph, ctx)
             try:
+                p.requires(graph, ctx)
                 result = p.run(graph, ctx)
             except OnnxoptError as exc:
                 if isinstance(exc, PreconditionError):
@@ -278,7 +281,10 @@ class Pipeline:
                 where = f" ({tb.filename.rsplit('/', 1)[-1]}:{tb.lineno})"
                 report = self._report(p, "failed", t0, PassResult(), f"{type(exc).__name__}: {exc}{where}")
             else:
-                if not result.changed:
+                if not result.changed and graph.mutations:
+                    report = self._report(p, "failed", t0, result, "the pass edited the graph but reported no "
+                                          "change (PassResult.changed); its edits were discarded")
+                elif not result.changed:
                     report = self._report(p, "unchanged", t0, result)
                 else:
                     candidate = graph.to_model()
@@ -294,8 +300,28 @@ class Pipeline:
         final_fid = compare(reference, current_out) if self.verify and changed else None
         before = model_stats(model, shapes)
         after = model_stats(current, shapes) if changed else before
-        run_report = RunReport(reports, before, after, final_fid, self.verify, shapes, time.perf_counter() - start)
+        run_report = RunReport(reports, before, after, final_fid, self.verify, shapes, time.perf_counter() - start,
+                               self._feeds_origin if self.verify else None)
         return RunResult(current, run_report, current_bytes)
+
+    def _verification_feeds(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[Feed]:
+        """Real samples when there are any (the last ones of the calibration data: lossy passes are
+        judged on the data they are for), seeded random ones otherwise."""
+        if self.calibration is not None:
+            tail = getattr(self.calibration, "tail", None)
+            feeds = tail(self.samples) if tail else [f for _, f in zip(range(self.samples), self.calibration)]
+            if feeds:
+                self._feeds_origin = f"{len(feeds)} calibration samples"
+                return feeds
+        self._feeds_origin = f"{self.samples} seeded random samples"
+        return random_feeds(model, shapes, seed=self.seed, count=self.samples)
+
+    def _tolerance(self, fid: Fidelity, outputs: list[Feed]) -> float:
+        """rtol, but never below what the outputs' precision can show: a float16 model cannot
+        reproduce itself to 1e-5 after any arithmetic change."""
+        dtypes = [np.asarray(v).dtype for v in (outputs[0].values() if outputs else ())]
+        floor = max((8 * float(np.finfo(d).eps) for d in dtypes if np.issubdtype(d, np.floating)), default=0.0)
+        return max(self.rtol, floor)
 
     def _report(self, p: Pass, status: str, t0: float, result: PassResult, message: str = "",
                 fidelity: Fidelity | None = None) -> PassReport:
@@ -318,8 +344,10 @@ class Pipeline:
             msg = f"onnxruntime cannot run the result: {str(exc).strip().splitlines()[0][:200]}"
             return self._report(p, "rolled-back", t0, result, msg), False, None, None
         fid = compare(previous_out, out)
-        if p.exact and not fid.within(self.rtol):
-            msg = f"outputs changed (max rel error {fid.max_rel:.3g} > {self.rtol:g}); result discarded"
+        tol = self._tolerance(fid, out)
+        if p.exact and not fid.within(tol):
+            msg = (f"outputs changed (max rel error {fid.max_rel:.3g} > {tol:g}, worst output '{fid.worst}'); "
+                   "result discarded")
             return self._report(p, "rolled-back", t0, result, msg, fid), False, None, None
         return self._report(p, "applied", t0, result, fidelity=fid), True, out, data
 
@@ -330,4 +358,3 @@ def run_passes(model: onnx.ModelProto, passes: Sequence[Pass] | str, **kwargs: A
     return pipeline.run(model)
 
 
-Callback = Callable[[str, int, int], None]

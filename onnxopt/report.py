@@ -104,7 +104,7 @@ def format_run(report: RunReport, *, verbose: bool = False) -> str:
     if report.verified:
         shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.input_shapes.items())
         out.append(f"fidelity vs original: {fidelity_line(report.fidelity) if report.changed else 'unchanged model'}")
-        out.append(f"verified in onnxruntime (optimizations off) on seeded random inputs: {shapes}")
+        out.append(f"verified in onnxruntime (optimizations off) on {report.verified_on}: {shapes}")
     else:
         out.append("verification off (--no-verify): outputs were not compared")
     return "\n".join(out)

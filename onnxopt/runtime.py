@@ -144,8 +144,11 @@ def make_session(model: onnx.ModelProto | bytes, *, optimization: OptLevel = "di
 
 
 def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed]:
+    """Outputs per feed. Feed entries the model does not take are dropped, so the same feeds serve
+    a model and its optimized form after cleanup removed an unused input."""
     names = [o.name for o in session.get_outputs()]
-    return [dict(zip(names, session.run(names, feed))) for feed in feeds]
+    wanted = {i.name for i in session.get_inputs()}
+    return [dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in wanted}))) for feed in feeds]
 
 
 def run_model(model: onnx.ModelProto | bytes, feeds: Sequence[Feed], *, optimization: OptLevel = "disabled",

@@ -36,6 +36,11 @@ class Fidelity:
     def within(self, rtol: float) -> bool:
         return self.max_rel <= rtol and np.isfinite(self.max_abs)
 
+    @property
+    def worst(self) -> str | None:
+        """The output that moved most (by max_rel)."""
+        return max(self.outputs, key=lambda k: self.outputs[k].max_rel, default=None)
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -50,31 +55,35 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Fidelity:
-    """Compare outputs sample by sample. Outputs are matched by position (names may differ after a
-    rewrite only if a pass renamed a graph output, which onnxopt never does)."""
+    """Compare outputs sample by sample, matched by position (onnxopt never renames graph outputs).
+
+    A shape change counts as total disagreement. Positions where both models give the same
+    non-finite value (NaN and NaN, inf and inf: Log of a negative random input) agree; the error
+    is measured over the finite rest, and a non-finite value on one side only is an infinite error."""
     if len(reference) != len(candidate):
         raise ValueError("reference and candidate ran on different numbers of samples")
     names = list(reference[0]) if reference else []
     per: dict[str, OutputFidelity] = {}
     for k, name in enumerate(names):
-        ref = np.concatenate([np.asarray(list(r.values())[k], dtype=np.float64).ravel() for r in reference])
-        got = np.concatenate([np.asarray(list(c.values())[k], dtype=np.float64).ravel() for c in candidate])
-        if ref.shape != got.shape:
+        refs = [np.asarray(list(r.values())[k]) for r in reference]
+        gots = [np.asarray(list(c.values())[k]) for c in candidate]
+        if any(r.shape != g.shape for r, g in zip(refs, gots)):
             per[name] = OutputFidelity(float("inf"), float("inf"), 0.0, 0.0)
             continue
-        diff = np.abs(ref - got)
-        max_abs = float(diff.max()) if diff.size else 0.0
-        if not np.all(np.isfinite(got)):
+        ref = np.concatenate([r.astype(np.float64).ravel() for r in refs])
+        got = np.concatenate([g.astype(np.float64).ravel() for g in gots])
+        same_nonfinite = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
+        finite = np.isfinite(ref) & np.isfinite(got)
+        if np.any(~(finite | same_nonfinite)):
             max_abs = float("inf")
-        scale = float(np.abs(ref).max()) if ref.size else 0.0
+        else:
+            max_abs = float(np.abs(ref[finite] - got[finite]).max()) if finite.any() else 0.0
+        scale = float(np.abs(ref[finite]).max()) if finite.any() else 0.0
         max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
         top1 = None
-        first = np.asarray(list(reference[0].values())[k])
-        if first.ndim == 2 and first.shape[1] > 1:
-            agree = [np.argmax(np.asarray(list(r.values())[k]), 1) == np.argmax(np.asarray(list(c.values())[k]), 1)
-                     for r, c in zip(reference, candidate)]
-            top1 = float(np.concatenate(agree).mean())
-        per[name] = OutputFidelity(max_abs, max_rel, _cosine(ref, got), top1)
+        if refs[0].ndim == 2 and refs[0].shape[1] > 1:
+            top1 = float(np.concatenate([np.argmax(r, 1) == np.argmax(g, 1) for r, g in zip(refs, gots)]).mean())
+        per[name] = OutputFidelity(max_abs, max_rel, _cosine(ref[finite], got[finite]), top1)
     tops = [o.top1_agreement for o in per.values() if o.top1_agreement is not None]
     return Fidelity(
         max_abs=max((o.max_abs for o in per.values()), default=0.0),

@@ -41,10 +41,7 @@ class Cleanup(Pass):
         result = PassResult()
         for node in graph.nodes():
             if node.alive and _is_passthrough(graph, node):
-                src, dst = node.input(0), node.outputs[0]
-                renameable = (graph.producer(src) is not None and len(graph.consumers(src)) == 1
-                              and not graph.is_graph_output(src))
-                if graph.is_graph_output(dst) and not renameable:
+                if graph.is_graph_output(node.outputs[0]) and not graph.is_private_output(node.input(0)):
                     continue  # it gives a graph output its name; removing it would only move it
                 graph.bypass(node)
                 result.count(f"{node.op.lower()}_removed")
@@ -65,5 +62,7 @@ class Cleanup(Pass):
                 if not graph.is_used(name):
                     graph.remove_graph_input(name)
                     result.count("inputs_removed")
+                    result.notes.append(f"removed unused graph input '{name}': the model's interface changed "
+                                        "(cleanup:inputs=false keeps it)")
         result.changed = any(result.stats.values())
         return result

@@ -83,6 +83,8 @@ def _target(graph: Graph, producer: Node | None) -> _Target | str:
     w = _float_constant(graph, w_name)
     if w is None:
         return f"the weight of {producer.label} is not a float constant"
+    if graph.is_graph_output(w_name):
+        return f"the weight '{w_name}' of {producer.label} is also a graph output"
     # Readers of the weight's shape alone (exporters emit Shape(weight)) see no change from a fold.
     # A shared bias is no obstacle: the fold gives this node a bias of its own.
     others = [c for c in graph.consumers(w_name) if c is not producer and c.op not in _SHAPE_READERS]
@@ -146,7 +148,7 @@ def _apply(graph: Graph, target: _Target, affine: _Affine) -> None:
 
 def _set_bias(graph: Graph, node: Node, index: int, value: np.ndarray) -> None:
     name = node.input(index)
-    if name and len(graph.consumers(name)) == 1:
+    if name and graph.sole_consumer(name) is node:
         graph.set_constant(name, value)
     else:
         graph.set_input(node, index, graph.add_constant(f"{node.name or node.outputs[0]}.bias", value))
@@ -231,11 +233,27 @@ class FoldBatchNorm(Pass):
 
     @staticmethod
     def _keeps_channels(graph: Graph, reshape: Node, target: _Target) -> str | None:
+        """Does `reshape` keep axes 0 (batch) and 1 (channels) in place for every batch size?
+        Shapes are inferred at one batch size, so the op's own arguments must show it too."""
         before, after = graph.static_shape(reshape.input(0)), graph.static_shape(reshape.outputs[0])
         if before is None or after is None:
             return f"shapes around {reshape.label} are unknown"
+        moved = f"{reshape.label} does not keep the channel axis in place ({list(before)} -> {list(after)})"
         if len(before) < 2 or len(after) < 2 or before[:2] != after[:2] or target.channel_axis != 1:
-            return f"{reshape.label} does not keep the channel axis in place ({list(before)} -> {list(after)})"
+            return moved
+        if reshape.op in ("Squeeze", "Unsqueeze"):
+            axes = graph.constant(reshape.input(1)) if reshape.input(1) else reshape.attr("axes")
+            rank = len(before) if reshape.op == "Squeeze" else len(after)
+            if axes is None or any(int(a) % rank in (0, 1) for a in np.ravel(axes)):
+                return moved
+        elif reshape.op == "Flatten":
+            if int(reshape.attr("axis", 1)) != 1:
+                return moved
+        else:  # Reshape: the batch entry must follow the batch (0 copies it, -1 infers it)
+            shape = graph.constant(reshape.input(1))
+            if shape is None or shape.size < 2 or shape[0] not in (0, -1) or shape[1] not in (0, before[1]) \
+                    or (shape[0] == -1 and np.any(shape[1:] < 0)) or int(reshape.attr("allowzero", 0)):
+                return f"{moved[:-1]}; its target shape must start with 0 or -1 and keep the channel count)"
         return None
 
     def _lone_bn(self, graph: Graph, bn: Node, affine: _Affine, why: str, result: PassResult) -> None:

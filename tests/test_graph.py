@@ -977,3 +977,82 @@ def test_shape_and_dtype_from_inference_with_input_shapes_overriding_batch():
     graph.refresh_shapes()
     assert graph.shape(relu.outputs[0]) == (2, 4, 8, 8)
     assert graph.dtype(relu.outputs[0]) == TensorProto.FLOAT
+
+
+# ---------------------------------------------------------------------------------------------
+# Found in review
+
+
+def test_legacy_ir3_model_keeps_initializers_declared_as_inputs():
+    from onnxopt.passes import Cleanup, FoldBatchNorm
+    from onnxopt.pipeline import Pipeline
+    rng = np.random.default_rng(0)
+    inits = {"W": rng.standard_normal((4, 3, 1, 1)), "g": rng.uniform(0.5, 1.5, 4), "b": rng.standard_normal(4),
+             "m": rng.standard_normal(4), "v": rng.uniform(0.5, 1.5, 4)}
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["y"]), helper.make_node("BatchNormalization", ["y", "g", "b", "m", "v"], ["z"]),
+         helper.make_node("Identity", ["z"], ["out"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])]
+        + [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in inits.items()],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
+    onnx.checker.check_model(model, full_check=True)
+    run = Pipeline([FoldBatchNorm(), Cleanup()]).run(model)
+    assert [p.status for p in run.report.passes] == ["applied", "applied"]
+    declared = {i.name for i in run.model.graph.input}
+    assert {t.name for t in run.model.graph.initializer} <= declared
+
+
+def test_refused_replace_all_uses_changes_nothing_and_removed_nodes_cannot_be_edited():
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] a, float[2] z) { a = Neg(x)  b = Relu(x)  z = Abs(a) }""")
+    graph = Graph(model)
+    with pytest.raises(GraphError, match="still has a producer"):
+        graph.replace_all_uses("a", "b")
+    assert graph.mutations == 0 and graph.consumers("a")[0].op == "Abs"
+    relu = graph.producer("b")
+    graph.remove(relu)
+    for edit in (lambda: graph.set_input(relu, 0, "x"), lambda: graph.set_output(relu, 0, "q"),
+                 lambda: graph.set_attr(relu, "alpha", 1.0)):
+        with pytest.raises(GraphError, match="not in this graph"):
+            edit()
+    graph.check_indexes()
+
+
+def test_shapes_are_recomputed_after_a_constant_changes_shape():
+    rng = np.random.default_rng(0)
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,3,4,4] x) => (float[1,8,4,4] y) { c = Conv(x, W)  y = Relu(c) }""")
+    model.graph.initializer.append(numpy_helper.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "W"))
+    graph = Graph(model)
+    assert graph.shape("c") == (1, 8, 4, 4)
+    graph.set_constant("W", rng.standard_normal((5, 3, 1, 1)).astype(np.float32))
+    assert graph.shape("W") == (5, 3, 1, 1) and graph.shape("c") == (1, 5, 4, 4)
+
+
+def test_networkx_snapshot_has_one_edge_per_input_slot():
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,2] x) => (float[1,6] y) { a = Relu(x)  b = Neg(x)  y = Concat<axis=1>(a, b, a) }""")
+    graph = Graph(model)
+    dg = graph.to_networkx()
+    concat = graph.nodes("Concat")[0].id
+    slots = sorted((d["tensor"], d["slot"]) for _, v, d in dg.in_edges(concat, data=True))
+    assert slots == [("a", 0), ("a", 2), ("b", 1)]
+
+
+def test_custom_domain_nodes_declare_their_opset_and_extra_outputs_are_exposed():
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) { h = Relu(x)  y = Neg(h) }""")
+    graph = Graph(model)
+    graph.add_node("Gelu", ["x"], 1, domain="com.microsoft")
+    graph.require_opset("", 19)
+    out = graph.to_model(extra_outputs=["h"])
+    opsets = {i.domain: i.version for i in out.opset_import}
+    assert opsets == {"": 19, "com.microsoft": 1}
+    assert [o.name for o in out.graph.output] == ["y", "h"]
+    assert model.opset_import[0].version == 17  # the caller's model is untouched

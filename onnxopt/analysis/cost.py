@@ -38,12 +38,11 @@ def node_macs(graph: Graph, node: Node) -> int | None:
         y = graph.static_shape(node.outputs[0])
         if w is None or y is None or x is None:
             return None
-        group = int(node.attr("group", 1))
         kernel = math.prod(w[2:])
         if node.op == "Conv":  # each output element sums Cin/group * kernel products
             return math.prod(y) * w[1] * kernel
         # ConvTranspose: each input element scatters into Cout/group * kernel outputs
-        return math.prod(x) * w[1] * kernel if group else None
+        return math.prod(x) * w[1] * kernel
     if node.op == "Gemm":
         a = graph.static_shape(node.input(0))
         y = graph.static_shape(node.outputs[0])

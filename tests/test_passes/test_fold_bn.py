@@ -341,3 +341,49 @@ def test_shared_bias_gets_a_bias_of_its_own_and_shape_readers_do_not_block():
     out, result = fold(model)
     assert result.stats["bn_folded"] == 1 and "BatchNormalization" not in count_ops(out)
     assert_exact(model, out)
+
+
+def _reshape_then_bn(target):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
+             helper.make_node("Reshape", ["c", "shape"], ["r"]), bn("r", "y", "bn")]
+    inits = {"w": arr(4, 3, 1, 1), "shape": np.array(target, dtype=np.int64), **bn_params("bn", 4)}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "T"])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_reshape_with_a_hard_coded_batch_is_declined_and_batch_following_one_folds():
+    # [1, C, -1] is right at batch 1 only: at batch 2 it would mix samples into channels
+    out, result = fold(_reshape_then_bn([1, 4, -1]))
+    assert not result.changed and "target shape must start with 0 or -1" in result.skipped[0].reason
+    model = _reshape_then_bn([0, 4, -1])
+    out, result = fold(model)
+    assert result.stats["bn_folded"] == 1
+    assert_exact(model, out, input_shapes={"x": (3, 3, 2, 2)})
+
+
+def test_weight_that_is_also_a_graph_output_is_not_touched():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]), bn("c", "y", "bn"),
+             helper.make_node("Identity", ["w"], ["w_out"])]
+    model = make(nodes, {"w": arr(4, 4, 1, 1), **bn_params("bn", 4)}, [("x", [1, 4, 3, 3])],
+                 [("y", [1, 4, 3, 3]), ("w_out", [4, 4, 1, 1])])
+    model.graph.node.pop()  # the weight itself as a graph output
+    model.graph.output[1].name = "w"
+    onnx.checker.check_model(model, full_check=True)
+    out, result = fold(model)
+    assert not result.changed and "also a graph output" in result.skipped[0].reason
+
+
+def test_float16_weights_fold_within_half_precision():
+    model = conv_bn_model()
+    for t in model.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for vi in (*model.graph.input, *model.graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.checker.check_model(model, full_check=True)
+    run = Pipeline([FoldBatchNorm()]).run(model)
+    assert run.report.passes[0].status == "applied"  # tolerance follows the output dtype
+    assert "BatchNormalization" not in count_ops(run.model)
+    assert run.report.fidelity.max_rel <= 8 * np.finfo(np.float16).eps
