@@ -215,10 +215,16 @@ def _check(model: onnx.ModelProto, full: bool) -> str | None:
     return None
 
 
+# Rollback threshold for exact passes. Not 1e-5: a deep float32 net is only that accurate to begin
+# with (zoo ResNet-50 vs its float64 evaluation: 1.4e-5; ORT's own Conv+BN fusion moves it 1.8e-5),
+# so a correct fold there would be rolled back. Real rewrite bugs move outputs by 1e-2 and more.
+DEFAULT_RTOL = 1e-4
+
+
 class Pipeline:
     """Run passes in order with checking and verification. See the module docstring."""
 
-    def __init__(self, passes: Sequence[Pass], *, verify: bool = True, rtol: float = 1e-5, samples: int = 2,
+    def __init__(self, passes: Sequence[Pass], *, verify: bool = True, rtol: float = DEFAULT_RTOL, samples: int = 2,
                  seed: int = 0, input_shapes: dict[str, Sequence[int]] | None = None,
                  calibration: Iterable[Feed] | None = None, instruments: Sequence[Instrument] = (),
                  progress: Progress = _no_progress, threads: int = 1) -> None:
