@@ -61,17 +61,6 @@ def time_fold(path: Path, out: Path) -> tuple[float, int]:
     return time.perf_counter() - t0, int(result.stats.get("bn_folded", 0))
 
 
-def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    for t in model.graph.initializer:
-        if t.data_type == TensorProto.FLOAT:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
-    for v in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
-            v.type.tensor_type.elem_type = TensorProto.DOUBLE
-    return model
-
-
 def fold_zoo(names: list[str]) -> list[dict]:
     """fold-bn on each zoo model: BN left, max rel error vs the original, and each model's error vs
     a float64 evaluation (onnx.reference) next to onnxruntime's own Conv+BN fusion."""
@@ -79,7 +68,7 @@ def fold_zoo(names: list[str]) -> list[dict]:
 
     from onnxopt.pipeline import Pipeline
     from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
-    from onnxopt.testing import count_ops
+    from onnxopt.testing import as_float64, count_ops
     from onnxopt.verify import compare
 
     rows = []

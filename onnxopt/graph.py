@@ -265,22 +265,20 @@ class Graph:
 
     def _unindex_subgraphs(self, node: Node) -> None:
         for t in self._implicit.pop(node.id, set()):
-            if t in node.proto.input:
-                continue
-            users = self._consumers.get(t)
-            if users is not None:
-                users.pop(node.id, None)
-                if not users:
-                    del self._consumers[t]
+            self._drop_use(t, node)
 
     def _drop_use(self, t: str, node: Node) -> None:
-        if not t or t in node.proto.input or t in self._implicit.get(node.id, ()):
-            return
+        """`node` stopped reading `t` in one place; forget the use unless it reads `t` elsewhere."""
+        if t and t not in node.proto.input and t not in self._implicit.get(node.id, ()):
+            self._forget_use(t, node)
+
+    def _forget_use(self, t: str, node: Node) -> None:
         users = self._consumers.get(t)
         if users is not None:
             users.pop(node.id, None)
             if not users:
                 del self._consumers[t]
+                self._touched.add(t)  # a constant nobody reads any more is dropped on save
 
     def _edit(self, *tensors: str) -> None:
         self.mutations += 1
@@ -516,12 +514,7 @@ class Graph:
             if not n.alive:
                 continue
             for t in set(n.proto.input) | self._implicit.pop(n.id, set()):
-                users = self._consumers.get(t)
-                if users is not None:
-                    users.pop(n.id, None)
-                    if not users:
-                        del self._consumers[t]
-                        self._touched.add(t)  # an initializer read only here is dropped on save
+                self._forget_use(t, n)
             for t in n.proto.output:
                 if self._producer.get(t) is n:
                     del self._producer[t]
@@ -542,8 +535,6 @@ class Graph:
         old = proto.input[index]
         proto.input[index] = tensor
         self._drop_use(old, node)
-        if old and old not in self._consumers:
-            self._touched.add(old)
         while proto.input and not proto.input[-1]:
             proto.input.pop()
         if tensor:

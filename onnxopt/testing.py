@@ -39,6 +39,20 @@ def assert_exact(before: onnx.ModelProto, after: onnx.ModelProto, rtol: float = 
     return fid
 
 
+def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with float32 constants, inputs and outputs widened to float64, for a float64
+    evaluation with onnx.reference (onnxruntime has no float64 Conv): the truth that float32
+    rewrites are measured against."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for t in model.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float64), t.name))
+    for v in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            v.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    return model
+
+
 def apply(p: Pass, model: onnx.ModelProto, **ctx) -> tuple[onnx.ModelProto, PassResult]:
     """Run one pass directly (no pipeline, no verification); returns the new model and the result.
     When the pass reports no change the input model itself is returned."""

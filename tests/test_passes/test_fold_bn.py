@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt import models
 from onnxopt.passes import FoldBatchNorm
 from onnxopt.pipeline import Pipeline
-from onnxopt.testing import apply, assert_exact, count_ops
+from onnxopt.testing import apply, as_float64, assert_exact, count_ops
 
 RNG = np.random.default_rng(1234)
 
@@ -390,17 +390,6 @@ def test_float16_weights_fold_within_half_precision():
     assert run.report.fidelity.max_rel <= 8 * np.finfo(np.float16).eps
 
 
-def _as_float64(model):
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    for t in model.graph.initializer:
-        if t.data_type == TensorProto.FLOAT:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
-    for v in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
-            v.type.tensor_type.elem_type = TensorProto.DOUBLE
-    return model
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "mobilenetv2-tiny", "repvgg_a0-tiny", "mobileone_s0-tiny"])
 def test_fold_adds_no_error_beyond_float32_noise(name):
@@ -414,7 +403,7 @@ def test_fold_adds_no_error_beyond_float32_noise(name):
     model = models.build(name)
     folded, _ = fold(model)
     feeds = random_feeds(model, resolve_input_shapes(model), seed=0, count=1)
-    truth = ReferenceEvaluator(_as_float64(model)).run(None, {"input": feeds[0]["input"].astype(np.float64)})[0]
+    truth = ReferenceEvaluator(as_float64(model)).run(None, {"input": feeds[0]["input"].astype(np.float64)})[0]
     scale = np.abs(truth).max()
 
     def error(m, **kw):
