@@ -259,9 +259,9 @@ class Pipeline:
         full_check = _check(model, True) is None  # hold later models to the level the input meets
         current = model
         feeds: list[Feed] = []
-        reference = current_out = None
+        reference = current_out = verified_on = None
         if self.verify:
-            feeds = self._verification_feeds(model, shapes)
+            feeds, verified_on = self._verification_feeds(model, shapes)
             try:
                 reference = current_out = run_model(serialized or model, feeds, threads=self.threads)
             except BadModel as exc:
@@ -307,22 +307,21 @@ class Pipeline:
         before = model_stats(model, shapes)
         after = model_stats(current, shapes) if changed else before
         run_report = RunReport(reports, before, after, final_fid, self.verify, shapes, time.perf_counter() - start,
-                               self._feeds_origin if self.verify else None)
+                               verified_on)
         return RunResult(current, run_report, current_bytes)
 
-    def _verification_feeds(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[Feed]:
+    def _verification_feeds(self, model: onnx.ModelProto,
+                            shapes: dict[str, tuple[int, ...]]) -> tuple[list[Feed], str]:
         """Real samples when there are any (the last ones of the calibration data: lossy passes are
-        judged on the data they are for), seeded random ones otherwise."""
+        judged on the data they are for), seeded random ones otherwise; and which it was."""
         if self.calibration is not None:
             tail = getattr(self.calibration, "tail", None)
             feeds = tail(self.samples) if tail else [f for _, f in zip(range(self.samples), self.calibration)]
             if feeds:
-                self._feeds_origin = f"{len(feeds)} calibration samples"
-                return feeds
-        self._feeds_origin = f"{self.samples} seeded random samples"
-        return random_feeds(model, shapes, seed=self.seed, count=self.samples)
+                return feeds, f"{len(feeds)} calibration samples"
+        return random_feeds(model, shapes, seed=self.seed, count=self.samples), f"{self.samples} seeded random samples"
 
-    def _tolerance(self, fid: Fidelity, outputs: list[Feed]) -> float:
+    def _tolerance(self, outputs: list[Feed]) -> float:
         """rtol, but never below what the outputs' precision can show: a float16 model cannot
         reproduce itself to 1e-5 after any arithmetic change."""
         dtypes = [np.asarray(v).dtype for v in (outputs[0].values() if outputs else ())]
@@ -350,7 +349,7 @@ class Pipeline:
             msg = f"onnxruntime cannot run the result: {str(exc).strip().splitlines()[0][:200]}"
             return self._report(p, "rolled-back", t0, result, msg), False, None, None
         fid = compare(previous_out, out)
-        tol = self._tolerance(fid, out)
+        tol = self._tolerance(out)
         if p.exact and not fid.within(tol):
             msg = (f"outputs changed (max rel error {fid.max_rel:.3g} > {tol:g}, worst output '{fid.worst}'); "
                    "result discarded")
