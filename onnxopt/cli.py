@@ -167,10 +167,10 @@ def demo(model_path: Path | None, output: Path | None, as_json: bool) -> None:
               if not cls.needs_data]
     if output is not None:
         model_io.check_output_path(path, output, False)
-    source = model_io.load_model(path)
+    source, data = model_io.load_model_and_bytes(path)
     if not as_json:
         click.echo(f"model: {path.name}; pipeline: {','.join(p.spec for p in passes)}\n")
-    result = Pipeline(passes, progress=_progress(sys.stderr.isatty() and not as_json)).run(source)
+    result = Pipeline(passes, progress=_progress(sys.stderr.isatty() and not as_json)).run(source, serialized=data)
     _finish(result, path, output, None, as_json, False, False)
 
 
