@@ -1,9 +1,9 @@
 """Run every benchmark suite: `python -m benchmarks [--quick]`."""
 import sys
 
-from . import foundation
+from . import foundation, reparam
 
-SUITES = [foundation]
+SUITES = [foundation, reparam]
 
 if __name__ == "__main__":
     for suite in SUITES:

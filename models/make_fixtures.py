@@ -7,7 +7,7 @@ import onnx
 from . import FIXTURES, build
 
 # fixture name -> (model name, seed)
-FIXTURE_MODELS = {"demo": ("resnet18-tiny", 0)}
+FIXTURE_MODELS = {"demo": ("repvgg_a0-tiny", 0)}  # train-time form: BNs and branches
 
 
 def main() -> None:

@@ -259,7 +259,9 @@ class FoldBatchNorm(Pass):
     def _lone_bn(self, graph: Graph, bn: Node, affine: _Affine, why: str, result: PassResult) -> None:
         rank = len(graph.shape(bn.input(0)) or ())
         if self.options.lone_bn != "affine" or rank < 2:
-            result.skip(bn, f"nothing to fold into: {why}")
+            in_sum = any(c.op in ("Add", "Sum") for c in graph.consumers(bn.outputs[0]))
+            hint = "; it is a branch of a sum, which reparam merges" if in_sum else ""
+            result.skip(bn, f"nothing to fold into: {why}{hint}")
             return
         dtype = graph.constant(bn.input(1)).dtype
         shape = (-1,) + (1,) * (rank - 2)

@@ -802,8 +802,12 @@ def test_demo_bundled(capsys):
         pytest.skip("models/fixtures/demo.onnx not generated yet")
     code, out, err = invoke(capsys, "demo")
     assert code == 0, err
+    # the bundled model is a train-time RepVGG: fold-bn and reparam both have work to do
+    assert "pipeline: fold-bn,reparam," in out
     before, after = _bn_row(out)
     assert before > 0 and after == 0
+    convs = re.search(r"^\s+Conv\s+(\d+)\s+(\d+)", out, re.M)
+    assert convs and int(convs.group(2)) * 2 == int(convs.group(1)), out  # one Conv per block
     assert "before" in out and "after" in out
 
 

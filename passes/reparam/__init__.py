@@ -59,6 +59,8 @@ class Reparameterize(Pass):
             if root.alive:
                 self._merge_sum(graph, expand(graph, root), result, told)
         if self.options.sequential:
+            if result.stats:
+                graph.refresh_shapes()  # the merged convs' weights are new tensors: give them shapes
             costlier = 0
             for conv in graph.nodes("Conv"):
                 if conv.alive and conv.id not in told:
@@ -79,14 +81,13 @@ class Reparameterize(Pass):
             if choice is None:
                 break
             source, valid, broken = choice
-            for b in broken:
-                result.skip(tree.root, f"branch {b.kind} of '{source}' kept: {b.problem}")
-                told.update(n.id for n in b.nodes)
             try:
+                if broken:  # a linear branch that cannot be merged: the whole block stays as it is
+                    raise Decline(f"its {broken[0].kind} branch cannot be merged: {broken[0].problem}")
                 kernel = self._merged_kernel(graph, tree, source, valid)
             except Decline as why:
                 result.skip(tree.root, f"branches of '{source}' not merged: {why}")
-                told.update(n.id for b in valid for n in b.nodes)
+                told.update(n.id for b in valid + broken for n in b.nodes)
                 return  # the region stays untouched
             groups.append((source, valid, kernel))
             left = [i for i in left if i not in {b.term for b in valid}]
@@ -185,7 +186,7 @@ class Reparameterize(Pass):
         if len(conv_terms) >= 2:
             sources = sorted({min(s) for s in conv_terms})[:2]
             result.skip(tree.root, "its conv branches read different tensors ("
-                        + ", ".join(f"'{s}'" for s in sources) + "): nothing to merge")
+                        + ", ".join(f"'{s}'" for s in sources) + "), as at a shortcut join: nothing to merge")
 
     # -- Conv 1x1 -> (BN) -> Conv outside sums --------------------------------------------------
     def _merge_pair(self, graph: Graph, conv: Node, result: PassResult) -> str | None:

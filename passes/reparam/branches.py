@@ -165,26 +165,26 @@ def _rank(graph: Graph, tensor: str) -> int | None:
     return len(shape) if shape is not None else None
 
 
-def _stage(graph: Graph, node: Node, channels: int, rank: int) -> tuple[str, str, Kernel] | None:
-    """(source, kind, kernel) if `node` is a linear stage on one tensor: Conv, AveragePool, a
+def _stage(graph: Graph, node: Node, channels: int, rank: int) -> tuple[str, Kernel] | None:
+    """(source, kernel) if `node` is a linear stage on one tensor: Conv, AveragePool, a
     per-channel Mul, or a BN of its input. Raises Decline when it is one that cannot be merged."""
     if node.domain not in ("", "ai.onnx"):
         return None
     if node.op == "Conv":
-        return node.input(0), "conv", conv_kernel(graph, node)
+        return node.input(0), conv_kernel(graph, node)
     if node.op == "AveragePool":
-        return node.input(0), "avgpool", _pool_kernel(graph, node, channels)
+        return node.input(0), _pool_kernel(graph, node, channels)
     if node.op == "Mul":
         found = _scale_vector(graph, node, channels, rank + 2)
         if found is not None:
-            return found[0], "scale", diagonal(found[1], rank)
+            return found[0], diagonal(found[1], rank)
     if node.op == "BatchNormalization":
         affine = _bn_affine(graph, node)
         if isinstance(affine, str):
             raise Decline(f"{node.label}: {affine}")
         if affine.scale.size != channels:
             return None
-        return node.input(0), "bn", diagonal(affine.scale, rank, affine.shift)
+        return node.input(0), diagonal(affine.scale, rank, affine.shift)
     return None
 
 
@@ -210,25 +210,25 @@ def readings(graph: Graph, tree: SumTree, index: int) -> list[Branch]:
         node = graph.producer(tensor)
         if node is None or graph.static_shape(tensor) is None:
             break
+        if tensor != term:
+            problem = problem or _exclusive(graph, tensor, below)
         try:
             stage = _stage(graph, node, graph.static_shape(tensor)[1], rank)
         except Decline as why:
-            stage, problem = None, problem or str(why)
-            if node.op in ("Conv", "AveragePool", "BatchNormalization"):
-                found.append(Branch(index, node.input(0), node.op.lower(), None, tuple(chain) + (node,), problem))
+            if node.op in _KIND:
+                found.append(Branch(index, node.input(0), _kind([n.op for n in chain] + [node.op]), None,
+                                    tuple(chain) + (node,), problem or str(why)))
             break
         if stage is None:
             break
-        if tensor != term:
-            problem = problem or _exclusive(graph, tensor, below)
-        source, kind, step = stage
+        source, step = stage
         chain.append(node)
+        kinds = [n.op for n in chain]
         try:
             kernel = step if kernel is identity else compose_after(step, kernel)
         except Decline as why:
-            found.append(Branch(index, source, "1x1-kxk", None, tuple(chain), problem or str(why)))
+            found.append(Branch(index, source, _kind(kinds), None, tuple(chain), problem or str(why)))
             break
-        kinds = [n.op for n in chain]
         found.append(Branch(index, source, _kind(kinds), kernel, tuple(chain), problem))
         tensor, below = source, node
         if sum(op in ("Conv", "AveragePool") for op in kinds) >= 2:
@@ -251,10 +251,11 @@ def _kind(ops: list[str]) -> str:
     if len(spatial) >= 2:
         return "1x1-kxk" if spatial[0] == "Conv" else "1x1-avgpool"
     if spatial:
-        return spatial[0].lower()
+        return _KIND[spatial[0]]
     if "Mul" in ops:
         return "scale"
     return "bn"
 
 
 _FLOAT_TYPES = (1, 10, 11, 16)  # float, float16, double, bfloat16
+_KIND = {"Conv": "conv", "AveragePool": "avgpool", "BatchNormalization": "bn"}

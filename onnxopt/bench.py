@@ -1,0 +1,77 @@
+"""Side-by-side latency: several models timed in one process, interleaved, reported as medians.
+
+Absolute times on a shared machine drift by more than the differences we want to see; a ratio of
+medians from runs interleaved in one process does not. Each round runs every model once; the order
+alternates between rounds (ABC, CBA, ...) so that no model always runs right after another, and the
+per-round ratio (each model against the first in the same round) is reported next to the ratio of
+medians.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+
+from .runtime import Feed, OptLevel, make_session
+
+
+@dataclasses.dataclass
+class Timing:
+    name: str
+    seconds: list[float]            # one sample per round
+    round_ratios: list[float]       # this model / the first model, per round
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def quantile(self, q: float) -> float:
+        return float(np.quantile(self.seconds, q))
+
+    @property
+    def median_round_ratio(self) -> float:
+        return statistics.median(self.round_ratios)
+
+    def as_dict(self, reference: "Timing") -> dict:
+        return {"name": self.name, "rounds": len(self.seconds), "median_ms": self.median * 1e3,
+                "p90_ms": self.quantile(0.9) * 1e3, "min_ms": min(self.seconds) * 1e3,
+                "ratio_of_medians": self.median / reference.median,
+                "median_round_ratio": self.median_round_ratio}
+
+
+def interleave(runners: Sequence[tuple[str, Callable[[], object]]], *, warmup: int = 3,
+               rounds: int = 50, budget_seconds: float | None = None,
+               progress: Callable[[int, int], None] | None = None) -> list[Timing]:
+    """Time each runner once per round for `rounds` rounds (or until `budget_seconds`, at least 5
+    rounds), after `warmup` untimed rounds. Returns one Timing per runner, in the given order."""
+    names = [name for name, _ in runners]
+    calls = [fn for _, fn in runners]
+    for _ in range(warmup):
+        for fn in calls:
+            fn()
+    samples: list[list[float]] = [[] for _ in calls]
+    start = time.perf_counter()
+    for r in range(rounds):
+        order = range(len(calls)) if r % 2 == 0 else reversed(range(len(calls)))
+        for i in order:
+            t0 = time.perf_counter()
+            calls[i]()
+            samples[i].append(time.perf_counter() - t0)
+        if progress is not None:
+            progress(r + 1, rounds)
+        if budget_seconds is not None and r >= 4 and time.perf_counter() - start > budget_seconds:
+            break
+    return [Timing(n, s, [a / b for a, b in zip(s, samples[0])]) for n, s in zip(names, samples)]
+
+
+def session_runner(model: onnx.ModelProto | bytes, feed: Feed, *, threads: int = 1,
+                   optimization: OptLevel = "all") -> Callable[[], object]:
+    """A zero-argument callable running one inference: the session is built once, here."""
+    session = make_session(model, optimization=optimization, threads=threads)
+    known = {i.name for i in session.get_inputs()}
+    inputs = {k: v for k, v in feed.items() if k in known}
+    return lambda: session.run(None, inputs)
