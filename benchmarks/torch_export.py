@@ -87,7 +87,9 @@ def modules():
             ("conv1d-squeeze-bn1d", Seq1d(), (2, 4, 10))]
 
 
-def export(module, shape, dynamo: bool) -> onnx.ModelProto:
+def export(module, shape, dynamo: bool, folding: bool = False) -> onnx.ModelProto:
+    """Export in eval mode with random BN statistics. `folding` is the exporters' own Conv+BN
+    folding (on by default in torch); off, BN reaches us as other export settings hand it over."""
     import torch
 
     torch.manual_seed(0)
@@ -101,9 +103,7 @@ def export(module, shape, dynamo: bool) -> onnx.ModelProto:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # Both exporters fold Conv+BN themselves by default; switch that off so BN reaches us as
-        # users with other export settings (or other frameworks) hand it over.
-        kwargs = {"dynamo": True, "optimize": False} if dynamo else {"dynamo": False, "do_constant_folding": False}
+        kwargs = {"dynamo": True, "optimize": folding} if dynamo else {"dynamo": False, "do_constant_folding": folding}
         torch.onnx.export(module, (torch.randn(*shape),), buf, opset_version=17, input_names=["input"],
                           output_names=["output"], **kwargs)
     return onnx.load_from_string(buf.getvalue())

@@ -11,16 +11,13 @@ Run: `python -m benchmarks.torch_reparam` (not part of `python -m benchmarks`: t
 """
 from __future__ import annotations
 
-import io
 import sys
-import warnings
-
-import onnx
 
 from onnxopt.pipeline import Pipeline
 from onnxopt.testing import count_ops
 
 from .common import machine, write
+from .torch_export import export
 
 
 def blocks():
@@ -99,26 +96,6 @@ def blocks():
     ]
 
 
-def export(module, dynamo: bool, folding: bool) -> onnx.ModelProto:
-    import torch
-
-    torch.manual_seed(0)
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    module.eval()
-    buf = io.BytesIO()
-    kwargs = {"dynamo": True, "optimize": folding} if dynamo else {"dynamo": False, "do_constant_folding": folding}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(1, 3, 32, 32),), buf, opset_version=17, input_names=["input"],
-                          output_names=["output"], **kwargs)
-    return onnx.load_from_string(buf.getvalue())
-
-
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
@@ -129,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
                 exporter = ("dynamo" if dynamo else "torchscript") + (" (folding on)" if folding else " (folding off)")
                 row = {"model": name, "exporter": exporter, "blocks": n_blocks}
                 try:
-                    model = export(module, dynamo, folding)
+                    model = export(module, (1, 3, 32, 32), dynamo, folding)
                 except Exception as exc:  # noqa: BLE001 - an exporter may be unavailable
                     rows.append(dict(row, error=str(exc).splitlines()[0][:120]))
                     continue

@@ -371,6 +371,18 @@ class Graph:
         return tensor in self._producer and len(self._consumers.get(tensor, {})) == 1 \
             and tensor not in self._output_names
 
+    def reader_conflict(self, tensor: str, reader: Node) -> str | None:
+        """None if `reader` alone reads `tensor`, once, and it is not a graph output; otherwise why
+        rewriting the tensor for `reader` would change what someone else sees (one line)."""
+        if tensor in self._output_names:
+            return f"'{tensor}' is a graph output"
+        others = [c for c in self._consumers.get(tensor, {}).values() if c is not reader]
+        if others:
+            return f"'{tensor}' is also read by {others[0].label}"
+        if list(reader.proto.input).count(tensor) > 1:
+            return f"'{tensor}' is read twice by {reader.label}"
+        return None
+
     def sole_consumer(self, tensor: str) -> Node | None:
         """The only node reading `tensor`, if exactly one does and it is not a graph output."""
         users = self._consumers.get(tensor, {})

@@ -224,12 +224,11 @@ class FoldBatchNorm(Pass):
 
     @staticmethod
     def _exclusive(graph: Graph, tensor: str, reader: Node) -> str | None:
-        if graph.is_graph_output(tensor):
-            return f"'{tensor}' is a graph output; folding would change it"
-        others = [c for c in graph.consumers(tensor) if c is not reader]
-        if others:
-            return f"'{tensor}' is also read by {others[0].label}; folding would change what it sees"
-        return None
+        conflict = graph.reader_conflict(tensor, reader)
+        if conflict is None:
+            return None
+        what = "change it" if "graph output" in conflict else "change what it sees"
+        return f"{conflict}; folding would {what}"
 
     @staticmethod
     def _keeps_channels(graph: Graph, reshape: Node, target: _Target) -> str | None:

@@ -27,14 +27,13 @@ import os
 import numpy as np
 from onnx import helper
 
-from onnxopt.analysis.cost import node_macs
 from onnxopt.graph import Graph, Node
 from onnxopt.options import option
 from onnxopt.pipeline import Pass, PassContext, PassResult
 from onnxopt.registry import register_pass
 
 from ..fold_bn import _bn_affine
-from .branches import Branch, SumTree, _exclusive, compose_after, conv_kernel, expand, readings, sum_trees
+from .branches import Branch, SumTree, compose_after, conv_kernel, expand, readings, sum_trees
 from .kernels import Decline, Kernel, merge
 
 __all__ = ["Reparameterize"]
@@ -62,7 +61,8 @@ class Reparameterize(Pass):
             if result.stats:
                 graph.refresh_shapes()  # the merged convs' weights are new tensors: give them shapes
             costlier = 0
-            for conv in graph.nodes("Conv"):
+            # in graph order, so that a conv merged here can merge again with the next one
+            for conv in [n for n in graph.topological_nodes() if n.op == "Conv"]:
                 if conv.alive and conv.id not in told:
                     costlier += self._merge_pair(graph, conv, result) == "costlier"
             if costlier:
@@ -194,33 +194,34 @@ class Reparameterize(Pass):
         tensor, reader = conv.input(0), conv
         first = graph.producer(tensor)
         if first is not None and first.op == "BatchNormalization":
-            if _exclusive(graph, tensor, reader):
+            if graph.reader_conflict(tensor, reader):
                 return None
             chain.append(first)
             tensor, reader = first.input(0), first
             first = graph.producer(tensor)
-        if first is None or first.op != "Conv" or _exclusive(graph, tensor, reader):
+        if first is None or first.op != "Conv" or graph.reader_conflict(tensor, reader):
             return None
         w = graph.constant(first.input(1))
         if w is None or w.ndim < 3 or set(w.shape[2:]) != {1}:
             return None
         chain.append(first)
         try:
-            kernel = conv_kernel(graph, first)
+            head = conv_kernel(graph, first)
+            tail = conv_kernel(graph, conv)
+            kernel = head
             if len(chain) == 3:
                 affine = _bn_affine(graph, chain[1])
                 if isinstance(affine, str):
                     raise Decline(affine)
                 kernel = kernel.then_affine(affine.scale, affine.shift)
-            kernel = compose_after(kernel, conv_kernel(graph, conv))
+            kernel = compose_after(kernel, tail)
         except Decline as why:
             result.skip(conv, f"Conv 1x1 -> Conv not merged: {why}")
             return "declined"
-        before = [node_macs(graph, n) for n in (first, conv)]
-        out_shape = graph.static_shape(conv.outputs[0])
-        if None in before or out_shape is None:
+        before = [_macs(graph, first.outputs[0], head), _macs(graph, conv.outputs[0], tail)]
+        after = _macs(graph, conv.outputs[0], kernel)
+        if None in before or after is None:
             return None
-        after = math.prod(out_shape) * kernel.weight.shape[1] * math.prod(kernel.size)
         if after > sum(before):
             return "costlier"
         out = conv.outputs[0]
@@ -235,6 +236,13 @@ class Reparameterize(Pass):
                        dilations=list(kernel.dilations), group=kernel.group)
         result.count("sequential_merged")
         return "merged"
+
+
+def _macs(graph: Graph, output: str, kernel: Kernel) -> int | None:
+    """Multiply-accumulates of `kernel` producing `output` (from the kernel, not the graph: a conv
+    merged in this run has weights the shape cache has not seen)."""
+    shape = graph.static_shape(output)
+    return None if shape is None else math.prod(shape) * kernel.weight.shape[1] * math.prod(kernel.size)
 
 
 def _largest_group(options: list[list[Branch]], left: list[int]):

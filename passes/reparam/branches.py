@@ -82,18 +82,6 @@ def expand(graph: Graph, root: Node) -> SumTree:
 
 
 # -- readings of one term ------------------------------------------------------------------------
-def _exclusive(graph: Graph, tensor: str, reader: Node) -> str | None:
-    """None if `reader` alone reads `tensor`, once; else why a merge would change what others see."""
-    if graph.is_graph_output(tensor):
-        return f"'{tensor}' is a graph output"
-    others = [c for c in graph.consumers(tensor) if c is not reader]
-    if others:
-        return f"'{tensor}' is also read by {others[0].label}"
-    if reader.inputs.count(tensor) != 1:
-        return f"'{tensor}' is read twice by {reader.label}"
-    return None
-
-
 def _ints(node: Node, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
     value = node.attr(key)
     return tuple(int(v) for v in value) if value else default
@@ -198,7 +186,7 @@ def readings(graph: Graph, tree: SumTree, index: int) -> list[Branch]:
     channels, rank = shape[1], len(shape) - 2
     identity = diagonal(np.ones(channels), rank)
     found[0].kernel = identity
-    leaf_problem = _exclusive(graph, term, reader)
+    leaf_problem = graph.reader_conflict(term, reader)
 
     # Walk up from the term: each linear stage gives one more reading, of the stage's input.
     # Stages are BN-after-something (affine) or a Conv/AveragePool/Mul, optionally with a BN on
@@ -211,7 +199,7 @@ def readings(graph: Graph, tree: SumTree, index: int) -> list[Branch]:
         if node is None or graph.static_shape(tensor) is None:
             break
         if tensor != term:
-            problem = problem or _exclusive(graph, tensor, below)
+            problem = problem or graph.reader_conflict(tensor, below)
         try:
             stage = _stage(graph, node, graph.static_shape(tensor)[1], rank)
         except Decline as why:

@@ -77,17 +77,25 @@ def average(channels: int, size: tuple[int, ...], strides, pads, dilations=None)
                   tuple(pads))
 
 
-def compose(first: Kernel, second: Kernel) -> Kernel:
-    """`second` applied to the output of `first`, a 1x1 stride-1 unpadded convolution.
+def _pointwise(k: Kernel) -> bool:
+    return set(k.size) == {1} and set(k.strides) == {1} and not any(k.pads)
 
-    Exact only if `second` never sees padding of first's output: first's bias is zero or second
-    has no padding (zero padding of a non-zero intermediate changes the border outputs).
+
+def compose(first: Kernel, second: Kernel) -> Kernel:
+    """`second` applied to the output of `first`, when one of them is a 1x1 stride-1 unpadded
+    convolution (DBB's transform III, and its mirror image: a kxk followed by a 1x1).
+
+    With the 1x1 first, exact only if `second` never sees padding of first's output: first's
+    bias is zero or second has no padding (zero padding of a non-zero intermediate changes the
+    border outputs).
     """
-    if set(first.size) != {1} or set(first.strides) != {1} or any(first.pads):
-        raise Decline("the first conv of a sequential pair must be 1x1, stride 1, unpadded")
+    if _pointwise(second) and second.group is not None:
+        return _then_pointwise(first, second)
+    if not _pointwise(first):
+        raise Decline("of two convs in a row, one must be 1x1, stride 1, unpadded")
     if any(second.pads) and np.any(first.bias != 0):
-        raise Decline("the 1x1 conv's bias is non-zero and the next conv pads its input: "
-                      "merging would change the border outputs")
+        raise Decline(f"the {'1x1 conv' if first.group is not None else 'first stage'}'s bias is non-zero "
+                      "and the next conv pads its input: merging would change the border outputs")
     taps = second.weight.sum(axis=tuple(range(2, second.weight.ndim)))  # [Cout, M/g2]
     g1, g2 = first.group, second.group
     if g1 is None and g2 is not None:  # per-channel first stage (a BN): diagonal in g2's groups
@@ -113,6 +121,23 @@ def compose(first: Kernel, second: Kernel) -> Kernel:
         taps[j * cout // g2:(j + 1) * cout // g2] @ first.bias[j * mid // g2:(j + 1) * mid // g2]
         for j in range(g2)])
     return dataclasses.replace(second, weight=w, bias=bias, group=g2)
+
+
+def _then_pointwise(first: Kernel, second: Kernel) -> Kernel:
+    """A 1x1 stride-1 unpadded conv after any kernel: mixes first's filters, keeps its geometry."""
+    g2 = second.group
+    w2 = second.weight.reshape(second.weight.shape[:2])  # [Cout, M/g2]
+    w1, g1 = (first.grouped(g2, first.channels_out), g2) if first.group is None else (first.weight, first.group)
+    if g1 != g2:
+        w1, w2, g2 = _dense(w1, g1), _dense(w2, g2), 1
+    cout, mid = w2.shape[0], w1.shape[0]
+    if w2.shape[1] * g2 != mid:
+        raise Decline("channel counts of the sequential pair do not match")
+    outs = [slice(j * cout // g2, (j + 1) * cout // g2) for j in range(g2)]
+    mids = [slice(j * mid // g2, (j + 1) * mid // g2) for j in range(g2)]
+    w = np.concatenate([np.einsum("om,mi...->oi...", w2[o], w1[m]) for o, m in zip(outs, mids)])
+    bias = second.bias + np.concatenate([w2[o] @ first.bias[m] for o, m in zip(outs, mids)])
+    return dataclasses.replace(first, weight=w, bias=bias, group=g2)
 
 
 def _dense(weight: np.ndarray, group: int) -> np.ndarray:

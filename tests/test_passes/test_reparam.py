@@ -34,6 +34,7 @@ class Block:
         self.inputs: list[tuple[str, list[int]]] = [("x", [n, c, *spatial])]
         self.channels = {"x": c}
         self.x = "x"
+        self.extra: list[str] = []  # more graph outputs, for builders that need them
         self._k = 0
 
     # -- names and constants
@@ -163,8 +164,8 @@ def assert_merges(model, *, ops, stats, conv=None, rtol=1e-5, **options):
     assert result.skipped == []
     onnx.checker.check_model(out, full_check=True)
     assert [o.name for o in out.graph.output] == [o.name for o in model.graph.output]
-    if conv is not None:
-        merged = [c for c in convs(out)]
+    if conv is not None:  # attributes of the (first) Conv of the result
+        merged = convs(out)
         assert merged and all(merged[0][k] == v for k, v in conv.items()), (merged, conv)
     assert_exact(model, out, rtol=rtol)
     again, second = apply(Reparameterize(**options), out)
@@ -175,7 +176,9 @@ def assert_merges(model, *, ops, stats, conv=None, rtol=1e-5, **options):
 
 def assert_declines(model, reason, **options):
     """reparam leaves the model alone and reports a skip whose reason contains `reason`."""
+    data = model.SerializeToString()
     out, result = apply(Reparameterize(**options), model)
+    assert model.SerializeToString() == data
     assert not result.changed
     assert out is model
     assert result.stats == {}
@@ -256,10 +259,20 @@ def _stride2(b):
     return b.add(b.conv_bn(b.x, 8, 3, strides=2), b.conv_bn(b.x, 8, 1, strides=2, pads=0))
 
 
+def _avgpool_stride2(b):
+    c = b.channels["x"]
+    return b.add(b.conv_bn(b.x, c, 3, strides=2), b.avgpool(b.x, 3, pads=1, strides=2))
+
+
+def _conv_then_scale(b):  # a per-channel Mul after a conv is part of the conv branch
+    c = b.channels["x"]
+    return b.add(b.mul(b.conv(b.x, c, 3), (c, 1, 1)), b.bn(b.bn(b.conv(b.x, c, 1))))
+
+
 P3 = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1], group=1)
 
 BRANCH_KINDS = [
-    # id, channels, spatial, build, ops after (besides the one Conv), stats, merged conv attributes
+    # id, channels, spatial, build, stats, attributes of the merged conv
     ("3x3+1x1", 4, (7, 7), lambda b: _k3_k1(b, False), merged_stats(conv=2), P3),
     ("3x3+1x1-bias", 5, (8, 8), lambda b: _k3_k1(b, True), merged_stats(conv=2), P3),
     ("3x3bn+1x1bn", 4, (7, 7), _k3_k1_bn, merged_stats(conv=2), P3),
@@ -276,6 +289,8 @@ BRANCH_KINDS = [
     ("mobileone-k4", 6, (7, 7), _mobileone_k4, merged_stats(conv=5, bn=1), P3),
     ("stride2-odd", 4, (7, 7), _stride2, merged_stats(conv=2), dict(P3, strides=[2, 2])),
     ("stride2-even", 4, (8, 8), _stride2, merged_stats(conv=2), dict(P3, strides=[2, 2])),
+    ("avgpool-stride2", 4, (7, 7), _avgpool_stride2, merged_stats(conv=1, avgpool=1), dict(P3, strides=[2, 2])),
+    ("conv-mul+conv-bn-bn", 4, (7, 7), _conv_then_scale, merged_stats(conv=2), P3),
 ]
 
 
@@ -290,18 +305,37 @@ def test_branch_kind_merges_into_one_exact_conv(c, spatial, build, stats, attrs)
     assert len(conv.input) == 3  # the summed bias
 
 
-def test_identity_merge_places_a_delta_at_the_centre():
-    """x + 0 * conv3x3(x) + 0 * conv1x1(x): the merged kernel must be exactly the identity delta."""
-    b = Block(3, (5, 5))
-    w3, w1 = b.const(np.zeros((3, 3, 3, 3))), b.const(np.zeros((3, 3, 1, 1)))
-    model = b.model(b.add_all([b.conv(b.x, 3, 3, weight=w3), b.conv(b.x, 3, 1, weight=w1), b.x]))
-    out, _ = assert_merges(model, ops={"Conv": 1}, stats=merged_stats(conv=2, identity=1), conv=P3)
+@pytest.mark.parametrize("group", [1, 2, 3])
+def test_identity_merge_places_a_delta_at_the_centre(group):
+    """x + 0 * conv3x3(x) + 0 * conv1x1(x): the merged kernel is exactly the identity delta, at
+    input channel i % (C / group) of output channel i's group."""
+    c = 6
+    b = Block(c, (5, 5))
+    w3, w1 = b.const(np.zeros((c, c // group, 3, 3))), b.const(np.zeros((c, c // group, 1, 1)))
+    model = b.model(b.add_all([b.conv(b.x, c, 3, weight=w3, group=group),
+                               b.conv(b.x, c, 1, weight=w1, group=group), b.x]))
+    out, _ = assert_merges(model, ops={"Conv": 1}, stats=merged_stats(conv=2, identity=1),
+                           conv=dict(P3, group=group))
     inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
-    w = inits[out.graph.node[0].input[1]]
-    expected = np.zeros((3, 3, 3, 3), np.float32)
-    expected[np.arange(3), np.arange(3), 1, 1] = 1
-    np.testing.assert_array_equal(w, expected)
-    np.testing.assert_array_equal(inits[out.graph.node[0].input[2]], np.zeros(3, np.float32))
+    expected = np.zeros((c, c // group, 3, 3), np.float32)
+    expected[np.arange(c), np.arange(c) % (c // group), 1, 1] = 1
+    np.testing.assert_array_equal(inits[out.graph.node[0].input[1]], expected)
+    np.testing.assert_array_equal(inits[out.graph.node[0].input[2]], np.zeros(c, np.float32))
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("stride,side", [(1, 7), (2, 7), (2, 8)])
+def test_auto_pad_and_even_kernels_merge(auto_pad, k, stride, side):
+    """auto_pad SAME_* (asymmetric for even kernels and strided even inputs) + a VALID 1x1."""
+    b = Block(4, (side, side), seed=k * 10 + stride)
+    w, w1 = b.const(b.arr(4, 4, k, k)), b.const(b.arr(4, 4, 1, 1))
+    same = b.node("Conv", [b.x, w], 4, kernel_shape=[k, k], auto_pad=auto_pad, strides=[stride] * 2)
+    one = b.node("Conv", [b.x, w1], 4, kernel_shape=[1, 1], auto_pad="VALID", strides=[stride] * 2)
+    model = b.model(b.add(same, one))
+    out, _ = assert_merges(model, ops={"Conv": 1}, stats=merged_stats(conv=2))
+    (attrs,) = convs(out)
+    assert attrs["kernel_shape"] == [k, k] and attrs["strides"] == [stride] * 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,17 +404,20 @@ TREE_TERMS = {name: len(set(re.findall(r"\b[abcd]\b", name))) for name in TREES}
 ORDERS = {"conv-first": [0, 1, 2, 3], "identity-first": [2, 0, 3, 1], "reversed": [3, 2, 1, 0]}
 
 
+@pytest.mark.parametrize("identity", ["bn", "identity"])
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("tree", TREES)
-def test_any_add_tree_merges(tree, order):
+def test_any_add_tree_merges(tree, order, identity):
+    """Terms: a = 3x3+BN, b = 1x1+BN, c = BN(x) or x itself, d = 3x3 with bias; placed in the
+    tree in the given order."""
     b = Block(6, (7, 7), seed=3)
     x = b.x
-    makers = [lambda: b.conv_bn(x, 6, 3), lambda: b.conv_bn(x, 6, 1), lambda: b.bn(x),
-              lambda: b.conv(x, 6, 3, bias=True)]
+    makers = [lambda: b.conv_bn(x, 6, 3), lambda: b.conv_bn(x, 6, 1),
+              (lambda: b.bn(x)) if identity == "bn" else (lambda: x), lambda: b.conv(x, 6, 3, bias=True)]
     n = TREE_TERMS[tree]
     used = [i for i in ORDERS[order] if i < n]
     model = b.model(TREES[tree](b, [makers[i]() for i in used]))
-    kinds = collections.Counter("bn" if i == 2 else "conv" for i in used)
+    kinds = collections.Counter(identity if i == 2 else "conv" for i in used)
     assert_merges(model, ops={"Conv": 1}, stats=merged_stats(**kinds), conv=P3)
 
 
@@ -388,28 +425,30 @@ def test_any_add_tree_merges(tree, order):
 # 5. Terms that are not branches of x stay; constants join the bias; names survive
 
 
-def _merged_conv(model):
-    return next(n for n in model.graph.node if n.op_type == "Conv" and n.name.endswith("reparam/Conv"))
-
-
+@pytest.mark.parametrize("constant", ["full", "per-channel"])
 @pytest.mark.parametrize("root", ["Add", "Sum"])
-def test_nonlinear_and_full_constant_terms_are_kept(root):
+def test_nonlinear_term_is_kept_next_to_the_merged_conv(root, constant):
+    """3x3 + Relu(Conv(x)) + 1x1 + a constant: the Relu branch stays, added to the merged conv; a
+    full [1,C,H,W] constant stays too, a per-channel [1,C,1,1] one joins the merged bias."""
     b = Block(4, (7, 7), seed=8)
     x = b.x
     c3, c1 = b.conv_bn(x, 4, 3), b.conv(x, 4, 1)
     nonlinear = b.relu(b.conv(x, 4, 3, bias=True))
-    full = b.const(b.arr(1, 4, 7, 7), "full")  # not per-channel: cannot join the bias
-    terms = [c3, nonlinear, c1, full]
+    k = b.const(b.arr(1, 4, 7, 7) if constant == "full" else b.arr(1, 4, 1, 1), "k")
+    terms = [c3, nonlinear, c1, k]
     model = b.model(b.add_all(terms) if root == "Add" else b.sum(*terms))
-    joins = {"Add": 2} if root == "Add" else {"Sum": 1}
-    out, _ = assert_merges(model, ops={"Conv": 2, "Relu": 1, **joins}, stats=merged_stats(conv=2))
-    merged = _merged_conv(out)
-    assert merged.input[0] == "x"
-    relu = next(n for n in out.graph.node if n.op_type == "Relu")
-    kept_conv = next(n for n in out.graph.node if n.op_type == "Conv" and n is not merged)
-    assert relu.input[0] == kept_conv.output[0] and conv_attrs(kept_conv)["kernel_shape"] == [3, 3]
-    summands = [i for n in out.graph.node if n.op_type in joins for i in n.input]
-    assert {merged.output[0], relu.output[0], full} <= set(summands)
+    summands = 3 if constant == "full" else 2
+    joins = {"Add": summands - 1} if root == "Add" else {"Sum": 1}
+    stats = merged_stats(conv=2) | ({} if constant == "full" else {"constants_absorbed": 1})
+    out, _ = assert_merges(model, ops={"Conv": 2, "Relu": 1, **joins}, stats=stats)
+    (relu,) = [n for n in out.graph.node if n.op_type == "Relu"]
+    (kept_conv,) = [n for n in out.graph.node if n.op_type == "Conv" and relu.input[0] in n.output]
+    (merged,) = [n for n in out.graph.node if n.op_type == "Conv" and n is not kept_conv]
+    assert merged.input[0] == "x" and kept_conv.input[0] == "x"
+    assert conv_attrs(kept_conv)["kernel_shape"] == [3, 3] and conv_attrs(merged) == P3
+    added = [i for n in out.graph.node if n.op_type in joins for i in n.input]
+    assert {merged.output[0], relu.output[0]} <= set(added)
+    assert (k in added) == (constant == "full")
     (last,) = [n for n in out.graph.node if "y" in n.output]
     assert last.op_type in joins
 
@@ -432,6 +471,17 @@ def test_two_groups_of_branches_in_one_sum_each_merge():
     out, _ = assert_merges(model, ops={"Conv": 2, "Add": 1},
                            stats=merged_stats(conv=4, identity=1))
     assert sorted(n.input[0] for n in out.graph.node if n.op_type == "Conv") == ["x", "z"]
+
+
+def test_consecutive_blocks_get_distinct_conv_and_weight_names():
+    b = Block(4, (7, 7), seed=16)
+    first = b.relu(_repvgg(b))
+    b.x = first
+    model = b.model(b.relu(_repvgg(b)))
+    out, _ = assert_merges(model, ops={"Conv": 2, "Relu": 2}, stats={**merged_stats(conv=4, bn=2), "sums_merged": 2})
+    merged = [n for n in out.graph.node if n.op_type == "Conv"]
+    assert len({n.name for n in merged}) == 2
+    assert len({n.input[1] for n in merged}) == 2 and len({n.input[2] for n in merged}) == 2
 
 
 def test_activation_after_the_sum_reads_the_new_conv():
@@ -490,19 +540,61 @@ def test_sequential_1x1_then_3x3_merges(bias, bn, pads):
     assert out.graph.node[0].input[0] == "x"
 
 
-def test_sequential_1x1_then_grouped_3x3_merges():
-    b = Block(4, (7, 7), seed=17)
-    h = b.conv(b.x, 8, 1)
-    model = b.model(b.conv(h, 8, 3, group=2, bias=True))
-    assert_merges(model, ops={"Conv": 1}, stats={"sequential_merged": 1})
-
-
 @pytest.mark.parametrize("bias,bn", [(True, False), (False, True), (True, True)],
                          ids=["1x1-bias", "1x1-bn", "1x1-bias-bn"])
 def test_sequential_with_nonzero_intermediate_bias_and_padding_declines(bias, bn):
     b = Block(4, (7, 7), seed=18)
     model = b.model(_chain(b, bias=bias, bn=bn, pads=1))
     assert_declines(model, "bias is non-zero and the next conv pads")
+
+
+@pytest.mark.parametrize("g1,g2,cin,mid", [(2, 1, 8, 16), (1, 2, 8, 16), (2, 4, 4, 16), (8, 8, 8, 8)])
+def test_sequential_with_group_counts_merges(g1, g2, cin, mid):
+    """Groupings compose (block-diagonally when they differ) where that is not costlier."""
+    b = Block(cin, (7, 7), seed=g1 * 10 + g2)
+    model = b.model(b.conv(b.conv(b.x, mid, 1, group=g1), 8, 3, group=g2))
+    assert_merges(model, ops={"Conv": 1}, stats={"sequential_merged": 1}, conv={"kernel_shape": [3, 3]})
+
+
+def test_sequential_into_strided_conv_merges():
+    b = Block(4, (8, 8), seed=31)
+    model = b.model(b.conv(b.conv(b.x, 6, 1), 8, 3, strides=2))
+    assert_merges(model, ops={"Conv": 1}, stats={"sequential_merged": 1}, conv=dict(P3, strides=[2, 2]))
+
+
+def test_sequential_conv1d_merges():
+    b = Block(4, (9,), seed=32)
+    model = b.model(b.conv(b.conv(b.x, 6, 1), 8, 3))
+    assert_merges(model, ops={"Conv": 1}, stats={"sequential_merged": 1},
+                  conv=dict(kernel_shape=[3], pads=[1, 1], strides=[1]))
+
+
+@pytest.mark.parametrize("shared", ["read-by-another-node", "graph-output"])
+def test_sequential_with_shared_intermediate_is_left_alone(shared):
+    b = Block(4, (7, 7), seed=33)
+    h = b.conv(b.x, 6, 1)
+    y = b.conv(h, 8, 3)
+    model = b.model(y, b.relu(h) if shared == "read-by-another-node" else h)
+    out, result = apply(Reparameterize(), model)
+    assert not result.changed and out is model and result.stats == {}
+
+
+def test_sequential_chain_of_three_merges_in_one_run():
+    """Conv1x1 -> Conv1x1 -> Conv3x3: the conv merged from the first pair merges again with the
+    3x3 in the same run (else a second run would change the model: not idempotent)."""
+    b = Block(4, (7, 7), seed=34)
+    model = b.model(b.conv(b.conv(b.conv(b.x, 6, 1), 6, 1), 8, 3))
+    assert_merges(model, ops={"Conv": 1}, stats={"sequential_merged": 2}, conv=P3)
+
+
+def test_sum_then_chain_merge_in_one_run():
+    """A 1x1 conv feeding a block: after the block is one conv, the 1x1 folds into it."""
+    b = Block(4, (7, 7), seed=35)
+    h = b.conv(b.x, 8, 1)
+    model = b.model(b.relu(b.add(b.conv(h, 8, 3), b.conv(h, 8, 1))))
+    out, _ = assert_merges(model, ops={"Conv": 1, "Relu": 1},
+                           stats={**merged_stats(conv=2), "sequential_merged": 1}, conv=P3)
+    assert out.graph.node[0].input[0] == "x"
 
 
 def test_sequential_costlier_chain_is_left_with_a_note():
@@ -542,6 +634,35 @@ def test_dbb_block_without_padding_merges():
     model = b.model(b.add_all([b.conv_bn(x, 4, 3, pads=0), seq_conv, seq_avg, b.avgpool(x, 3, pads=0)]))
     assert_merges(model, ops={"Conv": 1}, stats=merged_stats(conv=1, avgpool=1, **{"1x1_kxk": 1, "1x1_avgpool": 1}),
                   conv=dict(P3, pads=[0] * 4))
+
+
+@pytest.mark.parametrize("g1,g2,g3", [(2, 2, 2), (4, 4, 4), (2, 1, 1), (1, 4, 1), (2, 4, 1)])
+def test_dbb_branch_with_grouped_convs_merges(g1, g2, g3):
+    """3x3 (group g3) + (1x1 group g1 -> 3x3 group g2): DBB's transform III across groupings."""
+    b = Block(4, (7, 7), seed=g1 + 3 * g2 + 7 * g3)
+    model = b.model(b.add(b.conv(b.x, 4, 3, group=g3), b.conv(b.conv(b.x, 8, 1, group=g1), 4, 3, group=g2)))
+    assert_merges(model, ops={"Conv": 1}, stats=merged_stats(conv=1, **{"1x1_kxk": 1}), conv=dict(P3, group=g3))
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_branch_of_kxk_then_1x1_merges(group):
+    """The mirror of DBB's transform III: a strided, biased 3x3 followed by a 1x1 is one 3x3 (no
+    padding of an intermediate is involved, so the bias is no obstacle)."""
+    b = Block(8, (7, 7), seed=40 + group)
+    x = b.x
+    chain = b.conv(b.conv(x, 8, 3, strides=2, group=group, bias=True), 8, 1, group=group)
+    model = b.model(b.add(chain, b.conv(x, 8, 3, strides=2, group=group)))
+    assert_merges(model, ops={"Conv": 1}, stats=merged_stats(conv=1, **{"1x1_kxk": 1}),
+                  conv=dict(P3, strides=[2, 2], group=group))
+
+
+def test_bn_then_padded_conv_names_the_bn_stage():
+    """BN(x) -> padded 3x3 beside a 3x3: the BN's shift would pad wrongly; the reason must not
+    blame a 1x1 conv that is not there."""
+    b = Block(4, (7, 7), seed=44)
+    model = b.model(b.add(b.conv(b.x, 4, 3), b.conv(b.bn(b.x), 4, 3)))
+    result = assert_declines(model, "first stage's bias is non-zero and the next conv pads")
+    assert not any("1x1 conv" in s.reason for s in result.skipped)
 
 
 def test_dbb_branch_with_nonzero_bias_and_padding_declines_the_sum():
@@ -604,6 +725,17 @@ def _avgpool_excluding_pad(b):
     return b.add(b.conv(b.x, 4, 3), b.avgpool(b.x, 3, pads=1, count_include_pad=0))
 
 
+def _avgpool_ceil_mode(b):
+    """8x8: the pool's ceil_mode gives 4x4 with a partial last window; the conv pads its end."""
+    pool = b.node("AveragePool", [b.x], 4, kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
+    return b.add(b.conv(b.x, 4, 3, strides=2, pads=[0, 0, 1, 1]), pool)
+
+
+def _read_twice(b):
+    c = b.conv(b.x, 4, 3)
+    return b.add(b.add(c, c), b.conv(b.x, 4, 1))
+
+
 def _broadcast(b):  # 3x3 input: a 3x3 p1 gives [1,4,3,3], a 3x3 p0 gives [1,4,1,1]
     return b.add(b.conv(b.x, 4, 3, pads=1), b.conv(b.x, 4, 3, pads=0))
 
@@ -620,6 +752,8 @@ DECLINES = [
     ("different-inputs", (7, 7), _different_inputs, "read different tensors"),
     ("avgpool-count-include-pad-0", (7, 7), _avgpool_excluding_pad, "count_include_pad"),
     ("broadcast", (3, 3), _broadcast, "broadcast"),
+    ("avgpool-ceil-mode", (8, 8), _avgpool_ceil_mode, "ceil_mode"),
+    ("branch-read-twice", (7, 7), _read_twice, "read twice"),
     ("sequential-bias-pads", (7, 7), lambda b: _chain(b, bias=True, bn=False, pads=1),
      "bias is non-zero and the next conv pads"),
 ]
@@ -628,7 +762,6 @@ DECLINES = [
 @pytest.mark.parametrize("spatial,build,reason", [d[1:] for d in DECLINES], ids=[d[0] for d in DECLINES])
 def test_decline_leaves_model_untouched_and_says_why(spatial, build, reason):
     b = Block(4, spatial, seed=24)
-    b.extra = []
     y = build(b)
     model = b.model(y, *b.extra)
     assert_declines(model, reason)
@@ -671,6 +804,30 @@ def test_zoo_model_reaches_its_deploy_form(name, spec):
     assert_exact(model, out, rtol=1e-5)
     again, second = apply(Reparameterize(), out)
     assert not second.changed and again is out
+
+
+@pytest.mark.parametrize("name", REPARAMETERIZABLE)
+def test_zoo_model_with_weights_in_constant_nodes_reaches_its_deploy_form(name):
+    """Some exports hold weights in Constant nodes: the result is the same deploy structure."""
+    model = models.build(name, constant_weights=True)
+    deploy = models.build(f"{name}-deploy", constant_weights=True)
+    out, result = apply(Reparameterize(), model)
+    assert result.changed and result.skipped == []
+    without_constants = lambda m: {k: v for k, v in count_ops(m).items() if k != "Constant"}  # noqa: E731
+    assert without_constants(out) == without_constants(deploy)
+    assert convs(out) == convs(deploy)
+    assert_exact(model, out, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["repvgg_a0", "mobileone_s0"])
+def test_full_size_zoo_model_reaches_its_deploy_form(name):
+    model, deploy = models.build(name), models.build(f"{name}-deploy")
+    out, result = apply(Reparameterize(), model)
+    assert result.changed and result.skipped == []
+    assert count_ops(out) == count_ops(deploy)
+    assert convs(out) == convs(deploy)
+    assert_exact(model, out, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["resnet18-tiny", "resnet50-tiny", "mobilenetv2-tiny", "vgg16_bn-tiny",
