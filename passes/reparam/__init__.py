@@ -32,7 +32,7 @@ from onnxopt.options import option
 from onnxopt.pipeline import Pass, PassContext, PassResult
 from onnxopt.registry import register_pass
 
-from ..fold_bn import _bn_affine
+from ..fold_bn import _bn_affine, _per_channel
 from .branches import Branch, SumTree, compose_after, conv_kernel, expand, readings, sum_trees
 from .kernels import Decline, Kernel, merge
 
@@ -121,8 +121,6 @@ class Reparameterize(Pass):
     @staticmethod
     def _absorb_constants(graph: Graph, tree: SumTree, left: list[int], kernel: Kernel) -> list[int]:
         """Terms that are per-channel constants (a bias Add) join the merged conv's bias."""
-        from ..fold_bn import _per_channel
-
         rank = len(graph.static_shape(tree.root.outputs[0]) or ())
         absorbed = []
         for i in left:
