@@ -211,6 +211,8 @@ class Reparameterize(Pass):
                 affine = _bn_affine(graph, chain[1])
                 if isinstance(affine, str):
                     raise Decline(affine)
+                if affine.scale.size != kernel.channels_out:  # a per-activation BN (opset < 9)
+                    return None
                 kernel = kernel.then_affine(affine.scale, affine.shift)
             kernel = compose_after(kernel, tail)
         except Decline as why:

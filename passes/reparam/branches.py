@@ -100,7 +100,10 @@ def _pads(graph: Graph, node: Node, size: tuple[int, ...], strides, dilations) -
         raise Decline(f"{node.label} uses auto_pad={auto} on an input of unknown shape")
     begins, ends = [], []
     for n, k, s, d in zip(shape[2:], size, strides, dilations):
-        total = max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
+        total = (-(-n // s) - 1) * s + d * (k - 1) + 1 - n
+        if total < 0:  # the spec clamps this to 0, onnxruntime shifts the window: they disagree
+            raise Decline(f"{node.label} uses auto_pad={auto} with a stride larger than its window; "
+                          "write explicit pads")
         small = total // 2
         begins.append(total - small if auto == "SAME_LOWER" else small)
         ends.append(small if auto == "SAME_LOWER" else total - small)
@@ -227,7 +230,7 @@ def readings(graph: Graph, tree: SumTree, index: int) -> list[Branch]:
 def compose_after(first: Kernel, then: Kernel) -> Kernel:
     """`then` applied after `first`. A per-channel affine `then` (a BN) folds into anything; a
     spatial `then` composes only with a 1x1 first stage (kernels.compose)."""
-    if then.group is None and set(then.size) == {1} and not any(then.pads):
+    if then.group is None and set(then.size) == {1} and set(then.strides) == {1} and not any(then.pads):
         scale = then.weight.reshape(-1)
         return first.then_affine(scale, then.bias)
     return compose(first, then)

@@ -92,7 +92,7 @@ def compose(first: Kernel, second: Kernel) -> Kernel:
     if _pointwise(second) and second.group is not None:
         return _then_pointwise(first, second)
     if not _pointwise(first):
-        raise Decline("of two convs in a row, one must be 1x1, stride 1, unpadded")
+        raise Decline("of two spatial stages in a row, one must be 1x1, stride 1, unpadded")
     if any(second.pads) and np.any(first.bias != 0):
         raise Decline(f"the {'1x1 conv' if first.group is not None else 'first stage'}'s bias is non-zero "
                       "and the next conv pads its input: merging would change the border outputs")

@@ -740,7 +740,22 @@ def _broadcast(b):  # 3x3 input: a 3x3 p1 gives [1,4,3,3], a 3x3 p0 gives [1,4,1
     return b.add(b.conv(b.x, 4, 3, pads=1), b.conv(b.x, 4, 3, pads=0))
 
 
+def _strided_1x1_pool_after_conv(b):  # 5x5: AvgPool(1x1, s2)(Conv3x3 p0) and Conv4x4 p0 are both 2x2
+    pooled = b.node("AveragePool", [b.conv(b.x, 4, 3, pads=0)], 4, kernel_shape=[1, 1], strides=[2, 2])
+    return b.add(pooled, b.conv(b.x, 4, 4, pads=0))
+
+
+def _same_with_stride_over_window(b):  # 8x8, stride 4: SAME would need negative padding
+    same = b.node("Conv", [b.x, b.const(b.arr(4, 4, 2, 2))], 4, kernel_shape=[2, 2], auto_pad="SAME_UPPER",
+                  strides=[4, 4])
+    one = b.node("Conv", [b.x, b.const(b.arr(4, 4, 1, 1))], 4, kernel_shape=[1, 1], auto_pad="SAME_UPPER",
+                 strides=[4, 4])
+    return b.add(same, one)
+
+
 DECLINES = [
+    ("strided-1x1-pool-after-conv", (5, 5), _strided_1x1_pool_after_conv, "one must be 1x1, stride 1"),
+    ("same-stride-over-window", (8, 8), _same_with_stride_over_window, "stride larger than its window"),
     ("strides", (5, 5), _strides, "different strides"),
     ("dilations", (7, 7), _dilations, "different dilations"),
     ("groups", (7, 7), _groups, "different group counts"),
@@ -765,6 +780,24 @@ def test_decline_leaves_model_untouched_and_says_why(spatial, build, reason):
     y = build(b)
     model = b.model(y, *b.extra)
     assert_declines(model, reason)
+
+
+def test_per_activation_bn_between_convs_is_left_alone():
+    """Opset 7 BN with spatial=0 has [C, H, W] parameters: not a per-channel map, no crash."""
+    c, h = 4, 6
+    rng = np.random.default_rng(26)
+    inits = {"w1": rng.standard_normal((c, c, 1, 1)), "w2": rng.standard_normal((c, c, 3, 3)),
+             "g": rng.uniform(0.5, 1.5, (c, h, h)), "b": rng.standard_normal((c, h, h)),
+             "m": rng.standard_normal((c, h, h)), "v": rng.uniform(0.5, 1.5, (c, h, h))}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[1, 1]),
+             helper.make_node("BatchNormalization", ["a", "g", "b", "m", "v"], ["n"], spatial=0),
+             helper.make_node("Conv", ["n", "w2"], ["y"], kernel_shape=[3, 3])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, h - 2, h - 2])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)], ir_version=4)
+    out, result = apply(Reparameterize(), model)
+    assert out is model and not result.changed and result.stats == {}
 
 
 def test_decline_in_one_block_does_not_stop_the_next():
