@@ -158,7 +158,8 @@ def list_passes(as_json: bool) -> None:
               help="Run on this model instead of the bundled one.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
-def demo(model_path: Path | None, output: Path | None, as_json: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="List every declined region.")
+def demo(model_path: Path | None, output: Path | None, as_json: bool, verbose: bool) -> None:
     """Run every pass that needs no data on a bundled model and show before/after."""
     from .models import fixture_path
 
@@ -171,7 +172,7 @@ def demo(model_path: Path | None, output: Path | None, as_json: bool) -> None:
     if not as_json:
         click.echo(f"model: {path.name}; pipeline: {','.join(p.spec for p in passes)}\n")
     result = Pipeline(passes, progress=_progress(sys.stderr.isatty() and not as_json)).run(source, serialized=data)
-    _finish(result, path, output, None, as_json, False, False)
+    _finish(result, path, output, None, as_json, False, verbose)
 
 
 # click >= 8.2 signals "no arguments: show help" with an exception of its own

@@ -32,13 +32,20 @@ from .verify import Fidelity, compare
 
 @dataclasses.dataclass(frozen=True)
 class Skip:
-    """A region a pass left alone: where (a node or tensor, as the user sees it) and why (one line)."""
+    """A region a pass left alone: where (a node or tensor, as the user sees it) and why (one line).
+    `settled_by` names a later pass of the same run that removed the node anyway (fold-bn declines
+    an identity BN, reparam then merges it): the decline no longer describes the result."""
 
     where: str
     reason: str
+    node: str = dataclasses.field(default="", compare=False, repr=False)  # the node's name, if it has one
+    settled_by: str | None = None
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
+
+    def as_dict(self) -> dict:
+        return {"where": self.where, "reason": self.reason, "settled_by": self.settled_by}
 
 
 @dataclasses.dataclass
@@ -52,7 +59,10 @@ class PassResult:
         self.stats[key] = self.stats.get(key, 0) + n
 
     def skip(self, where: Node | str, reason: str) -> None:
-        self.skipped.append(Skip(where.label if isinstance(where, Node) else str(where), reason))
+        if isinstance(where, Node):
+            self.skipped.append(Skip(where.label, reason, where.name))
+        else:
+            self.skipped.append(Skip(str(where), reason))
 
 
 class Progress(Protocol):
@@ -143,7 +153,7 @@ class PassReport:
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["skipped"] = [dataclasses.asdict(s) for s in self.skipped]
+        d["skipped"] = [s.as_dict() for s in self.skipped]
         return d
 
 
@@ -269,6 +279,7 @@ class Pipeline:
                                "(--no-verify optimizes without it)") from None
         current_bytes = serialized
         reports = []
+        names_after: list[tuple[int, set[str]]] = []  # node names left after each accepted pass
         for i, p in enumerate(self.passes):
             self.progress(f"{p.name}", i, len(self.passes))
             for inst in self.instruments:
@@ -298,10 +309,12 @@ class Pipeline:
                                                                current_out)
                     if accepted:
                         current, current_out, current_bytes = candidate, out, data
+                        names_after.append((i, {n.name for n in current.graph.node if n.name}))
             reports.append(report)
             for inst in self.instruments:
                 inst.after_pass(p, current, report)
         self.progress("done", len(self.passes), len(self.passes))
+        _settle(reports, names_after)
         changed = current is not model
         final_fid = compare(reference, current_out) if self.verify and changed else None
         before = model_stats(model, shapes)
@@ -355,6 +368,19 @@ class Pipeline:
                    "result discarded")
             return self._report(p, "rolled-back", t0, result, msg, fid), False, None, None
         return self._report(p, "applied", t0, result, fidelity=fid), True, out, data
+
+
+def _settle(reports: list[PassReport], names_after: list[tuple[int, set[str]]]) -> None:
+    """Mark declines whose node a later pass removed, naming that pass."""
+    for i, report in enumerate(reports):
+        if not any(s.node for s in report.skipped):
+            continue
+        later = [(j, names) for j, names in names_after if j > i]
+        settled = []
+        for s in report.skipped:
+            by = next((reports[j].name for j, names in later if s.node and s.node not in names), None)
+            settled.append(dataclasses.replace(s, settled_by=by) if by else s)
+        report.skipped = settled
 
 
 def run_passes(model: onnx.ModelProto, passes: Sequence[Pass] | str, **kwargs: Any) -> RunResult:

@@ -91,13 +91,21 @@ def format_run(report: RunReport, *, verbose: bool = False) -> str:
             out.append(f"  {p.name} {p.status}: {p.message}")
         for note in p.notes:
             out.append(f"  {p.name}: {note}")
-    skips = [(p.name, s) for p in report.passes for s in p.skipped]
-    if skips:
-        out.append(f"\ndeclined ({len(skips)}):")
-        shown = skips if verbose else skips[:MAX_SKIPS_SHOWN]
+    open_skips = [(p.name, s) for p in report.passes for s in p.skipped if not s.settled_by]
+    settled = [(p.name, s) for p in report.passes for s in p.skipped if s.settled_by]
+    if open_skips:
+        out.append(f"\ndeclined ({len(open_skips)}):")
+        shown = open_skips if verbose else open_skips[:MAX_SKIPS_SHOWN]
         out.extend(f"  {name}: {s.where}: {s.reason}" for name, s in shown)
-        if len(shown) < len(skips):
-            out.append(f"  ... and {len(skips) - len(shown)} more (--verbose or --report FILE lists all)")
+        if len(shown) < len(open_skips):
+            out.append(f"  ... and {len(open_skips) - len(shown)} more (--verbose or --report FILE lists all)")
+    if settled:
+        if verbose:
+            out.append(f"\ndeclined, then handled by a later pass ({len(settled)}):")
+            out.extend(f"  {name}: {s.where}: {s.reason} [then: {s.settled_by}]" for name, s in settled)
+        else:
+            by = ", ".join(sorted({s.settled_by for _, s in settled}))
+            out.append(f"\n{len(settled)} region(s) declined by one pass were then handled by {by} (-v lists them)")
     out.append("")
     out.append(compare_stats(report.before, report.after))
     out.append("")

@@ -476,8 +476,9 @@ def test_report_as_dict_is_json_with_a_schema():
     scale, boom, skipper, ident, lossy = d["passes"]
     assert scale["stats"] == {"scaled": 1} and "max rel error" in scale["message"]
     assert scale["fidelity"]["max_rel"] == pytest.approx(0.01, rel=1e-3)
-    assert skipper["skipped"] == [{"where": "Conv -> 'y'", "reason": "weight is shared with another node"},
-                                  {"where": "W", "reason": "not a float tensor"}]
+    assert skipper["skipped"] == [
+        {"where": "Conv -> 'y'", "reason": "weight is shared with another node", "settled_by": None},
+        {"where": "W", "reason": "not a float tensor", "settled_by": None}]
     assert skipper["notes"] == ["looked at 1 Conv"]
     assert ident["stats"] == {"inserted": 1} and ident["fidelity"]["max_abs"] == 0.0
     assert lossy["exact"] is False and lossy["fidelity"]["cosine"] < 1
@@ -598,3 +599,30 @@ def test_calibration_samples_are_used_for_verification():
     run = Pipeline([LossyZeroChannel()], calibration=calib, samples=3).run(model)
     assert run.report.verified_on == "3 calibration samples"
     assert Pipeline([LossyZeroChannel()]).run(model).report.verified_on == "2 seeded random samples"
+
+
+def test_declines_a_later_pass_settles_are_marked_and_summarised():
+    """fold-bn declines RepVGG's identity BNs; reparam then merges them: the report says so instead
+    of listing them as regions left alone."""
+    from onnxopt import models
+    from onnxopt.report import format_run
+
+    run = Pipeline.parse("fold-bn,reparam").run(models.build("repvgg_a0-tiny"))
+    fold, reparam = run.report.passes
+    assert len(fold.skipped) == 3 and all(s.settled_by == "reparam" for s in fold.skipped)
+    assert fold.as_dict()["skipped"][0]["settled_by"] == "reparam"
+    text = format_run(run.report)
+    assert "declined (" not in text
+    assert "3 region(s) declined by one pass were then handled by reparam" in text
+    assert "[then: reparam]" in format_run(run.report, verbose=True)
+
+
+def test_declines_that_still_describe_the_result_stay_open():
+    from onnxopt import models
+    from onnxopt.report import format_run
+
+    # ResNet's shortcut joins are declined by reparam and nothing later touches them
+    run = Pipeline.parse("reparam,fold-bn").run(models.build("resnet18-tiny"))
+    reparam = run.report.passes[0]
+    assert len(reparam.skipped) == 3 and all(s.settled_by is None for s in reparam.skipped)
+    assert "declined (3):" in format_run(run.report)
