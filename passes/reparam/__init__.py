@@ -44,6 +44,7 @@ class Reparameterize(Pass):
     name = "reparam"
     summary = "merge parallel linear branches (RepVGG, MobileOne, ACNet, DBB) into one Conv"
     exact = True
+    needs_static_shapes = True  # branch outputs must be seen to have one shape before they merge
     stage = 20
 
     @dataclasses.dataclass(frozen=True)

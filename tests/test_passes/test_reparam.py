@@ -904,3 +904,16 @@ def test_float16_repvgg_block_merges_in_float16():
     fid = fidelity(model, out)
     assert fid.max_rel <= 8 * float(np.finfo(np.float16).eps), fid
     assert not apply(Reparameterize(), out)[1].changed
+
+
+def test_dynamic_batch_merges_without_verification_and_stays_dynamic():
+    """reparam needs static shapes: the pipeline resolves the batch for its analysis even with
+    verification off, and the written model keeps its symbolic batch dimension."""
+    model = models.build("repvgg_a0-tiny")
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    run = Pipeline.parse("reparam", verify=False).run(model)
+    assert run.report.passes[0].status == "applied"
+    assert count_ops(run.model)["Conv"] == 8
+    assert run.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert_exact(model, run.model, input_shapes={"input": (3, 3, 32, 32)})
