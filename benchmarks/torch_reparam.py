@@ -24,6 +24,8 @@ def blocks():
     import torch
     from torch import nn
 
+    torch.manual_seed(0)  # the modules' own weights: the same table on every run
+
     def conv_bn(cin, cout, k, stride=1, padding=0, groups=1):
         return nn.Sequential(nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=False),
                              nn.BatchNorm2d(cout))

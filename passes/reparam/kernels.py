@@ -96,48 +96,49 @@ def compose(first: Kernel, second: Kernel) -> Kernel:
     if any(second.pads) and np.any(first.bias != 0):
         raise Decline(f"the {'1x1 conv' if first.group is not None else 'first stage'}'s bias is non-zero "
                       "and the next conv pads its input: merging would change the border outputs")
-    taps = second.weight.sum(axis=tuple(range(2, second.weight.ndim)))  # [Cout, M/g2]
-    g1, g2 = first.group, second.group
-    if g1 is None and g2 is not None:  # per-channel first stage (a BN): diagonal in g2's groups
-        mid = first.channels_out
-        w1, g1 = first.grouped(g2, mid).reshape(mid, -1), g2
-    else:
-        w1 = first.weight.reshape(first.weight.shape[:2])  # [M, Cin/g1]
-    if g2 is None:  # per-channel second stage (AveragePool, BN): scales first's filters
+    if second.group is None:  # per-channel second stage (AveragePool): scales first's filters
         w = first.weight * second.weight.reshape(second.weight.shape[:1] + (1,) + second.size)
-        bias = second.bias + taps[:, 0] * first.bias
-        return dataclasses.replace(second, weight=w, bias=bias, group=g1)
-    second_w = second.weight
+        taps = second.weight.sum(axis=tuple(range(1, second.weight.ndim)))
+        return dataclasses.replace(second, weight=w, bias=second.bias + taps * first.bias, group=first.group)
+    w1, g1 = _weight_in_groups(first, second.group)
+    w1 = w1.reshape(w1.shape[:2])  # [M, Cin/g1]
+    w2, g2 = second.weight, second.group
     if g1 != g2:  # different groupings compose into a dense conv: write both block-diagonally
-        w1, second_w, g2 = _dense(w1, g1), _dense(second_w, g2), 1
-    cout, mid = second.channels_out, w1.shape[0]
-    if second_w.shape[1] * g2 != mid:
+        w1, w2, g2 = _dense(w1, g1), _dense(w2, g2), 1
+    outs, mids = _blocks(w2.shape[0], w1.shape[0], g2)
+    if w2.shape[1] * g2 != w1.shape[0]:
         raise Decline("channel counts of the sequential pair do not match")
-    w = np.concatenate([
-        np.einsum("om...,mi->oi...", second_w[j * cout // g2:(j + 1) * cout // g2],
-                  w1[j * mid // g2:(j + 1) * mid // g2]) for j in range(g2)])
-    taps = second_w.sum(axis=tuple(range(2, second_w.ndim)))
-    bias = second.bias + np.concatenate([
-        taps[j * cout // g2:(j + 1) * cout // g2] @ first.bias[j * mid // g2:(j + 1) * mid // g2]
-        for j in range(g2)])
+    w = np.concatenate([np.einsum("om...,mi->oi...", w2[o], w1[m]) for o, m in zip(outs, mids)])
+    taps = w2.sum(axis=tuple(range(2, w2.ndim)))
+    bias = second.bias + np.concatenate([taps[o] @ first.bias[m] for o, m in zip(outs, mids)])
     return dataclasses.replace(second, weight=w, bias=bias, group=g2)
 
 
 def _then_pointwise(first: Kernel, second: Kernel) -> Kernel:
     """A 1x1 stride-1 unpadded conv after any kernel: mixes first's filters, keeps its geometry."""
-    g2 = second.group
-    w2 = second.weight.reshape(second.weight.shape[:2])  # [Cout, M/g2]
-    w1, g1 = (first.grouped(g2, first.channels_out), g2) if first.group is None else (first.weight, first.group)
+    w1, g1 = _weight_in_groups(first, second.group)
+    w2, g2 = second.weight.reshape(second.weight.shape[:2]), second.group  # [Cout, M/g2]
     if g1 != g2:
         w1, w2, g2 = _dense(w1, g1), _dense(w2, g2), 1
-    cout, mid = w2.shape[0], w1.shape[0]
-    if w2.shape[1] * g2 != mid:
+    outs, mids = _blocks(w2.shape[0], w1.shape[0], g2)
+    if w2.shape[1] * g2 != w1.shape[0]:
         raise Decline("channel counts of the sequential pair do not match")
-    outs = [slice(j * cout // g2, (j + 1) * cout // g2) for j in range(g2)]
-    mids = [slice(j * mid // g2, (j + 1) * mid // g2) for j in range(g2)]
     w = np.concatenate([np.einsum("om,mi...->oi...", w2[o], w1[m]) for o, m in zip(outs, mids)])
     bias = second.bias + np.concatenate([w2[o] @ first.bias[m] for o, m in zip(outs, mids)])
     return dataclasses.replace(first, weight=w, bias=bias, group=g2)
+
+
+def _weight_in_groups(k: Kernel, group: int) -> tuple[np.ndarray, int]:
+    """k's weight and group count; a per-channel kernel is written in `group` groups."""
+    if k.group is None:
+        return k.grouped(group, k.channels_out), group
+    return k.weight, k.group
+
+
+def _blocks(cout: int, mid: int, group: int) -> tuple[list[slice], list[slice]]:
+    """Per group: the output rows and the intermediate channels they read."""
+    return ([slice(j * cout // group, (j + 1) * cout // group) for j in range(group)],
+            [slice(j * mid // group, (j + 1) * mid // group) for j in range(group)])
 
 
 def _dense(weight: np.ndarray, group: int) -> np.ndarray:
