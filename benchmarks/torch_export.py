@@ -17,12 +17,14 @@ import onnx
 from onnxopt.pipeline import Pipeline
 from onnxopt.testing import count_ops
 
-from .common import machine, write
+from .common import machine, what_it_did, write
 
 
 def modules():
     import torch
     from torch import nn
+
+    torch.manual_seed(0)  # the modules' own weights: the same table on every run
 
     class Res(nn.Module):
         def __init__(self):
@@ -142,9 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "error" in r:
             md.append(f"| {r['model']} | {r['exporter']} | | | export failed: {r['error']} | |")
         else:
-            did = " ".join(f"{k}={v:g}" for k, v in r["stats"].items())
-            if r["skipped"]:
-                did += f" ({len(r['skipped'])} declined: {r['skipped'][0].split(': ', 1)[1]})"
+            did = what_it_did(r["stats"], r["skipped"])
             md.append(f"| {r['model']} | {r['exporter']} | {r['bn_before']} | {r['bn_after']} | {did} | "
                       f"{r['max_rel']:.2g} | {r['bn_after_simplify_first']} |")
     write("torch_export", data, "\n".join(md))

@@ -16,7 +16,7 @@ import sys
 from onnxopt.pipeline import Pipeline
 from onnxopt.testing import count_ops
 
-from .common import machine, write
+from .common import machine, what_it_did, write
 from .torch_export import export
 
 
@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "error" in r:
             md.append(f"| {r['model']} | {r['exporter']} | | | | | export failed: {r['error']} | |")
             continue
-        did = " ".join(f"{k}={v:g}" for k, v in r["stats"].items())
-        if r["skipped"]:
-            did += f" ({len(r['skipped'])} declined: {r['skipped'][0]})"
+        did = what_it_did(r["stats"], r["skipped"])
         md.append(f"| {r['model']} | {r['exporter']} | {r['spec']} | {r['conv_before']} | {r['conv_after']} "
                   f"({r['expected_after']}) | {r['add_after']} / {r['bn_after']} | {did} | {r['max_rel']:.2g} |")
     write("torch_reparam", data, "\n".join(md))
