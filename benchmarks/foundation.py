@@ -94,7 +94,7 @@ def fold_zoo(names: list[str]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     quick = "--quick" in (argv or [])
-    rows, scale = [], []
+    scale = []
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         for blocks in ([286] if quick else [286, 715, 1430, 2858]):

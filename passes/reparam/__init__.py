@@ -24,7 +24,6 @@ import dataclasses
 import math
 import os
 
-import numpy as np
 from onnx import helper
 
 from onnxopt.graph import Graph, Node
