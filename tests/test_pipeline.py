@@ -16,7 +16,6 @@ import pytest
 
 import onnxopt.pipeline as pipeline_module
 from onnxopt.errors import DynamicShape, PreconditionError
-from onnxopt.graph import GraphError
 from onnxopt.pipeline import Pass, PassResult, Pipeline
 from onnxopt.testing import count_ops, fidelity, parse_model
 
