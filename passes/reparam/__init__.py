@@ -144,13 +144,8 @@ class Reparameterize(Pass):
             nodes = [n for b in valid for n in b.nodes]
             scope = _common_scope([n.name for n in nodes if n.name], "/")
             params = _common_scope([n.input(1) for n in nodes if n.op == "Conv"], ".")
-            weight = graph.add_constant(f"{params}reparam.weight", kernel.weight.astype(np_dtype))
-            bias = graph.add_constant(f"{params}reparam.bias", kernel.bias.astype(np_dtype))
             target = [out] if not kept and len(groups) == 1 else 1
-            conv = graph.add_node(
-                "Conv", [source, weight, bias], target, name=f"{scope}reparam/Conv",
-                kernel_shape=list(kernel.size), pads=list(kernel.pads), strides=list(kernel.strides),
-                dilations=list(kernel.dilations), group=kernel.group)
+            conv = _add_conv(graph, source, kernel, np_dtype, f"{params}reparam", target, f"{scope}reparam/Conv")
             summands.append(conv.outputs[0])
         summands += kept
         if len(summands) == 1:
@@ -229,13 +224,18 @@ class Reparameterize(Pass):
         source, name = first.input(0), conv.name
         params = conv.input(1).rsplit(".weight", 1)[0] if conv.input(1).endswith(".weight") else conv.input(1)
         graph.remove(chain, safe=False)
-        weight = graph.add_constant(f"{params}.merged.weight", kernel.weight.astype(np_dtype))
-        bias = graph.add_constant(f"{params}.merged.bias", kernel.bias.astype(np_dtype))
-        graph.add_node("Conv", [source, weight, bias], [out], name=name or None,
-                       kernel_shape=list(kernel.size), pads=list(kernel.pads), strides=list(kernel.strides),
-                       dilations=list(kernel.dilations), group=kernel.group)
+        _add_conv(graph, source, kernel, np_dtype, f"{params}.merged", [out], name or None)
         result.count("sequential_merged")
         return "merged"
+
+
+def _add_conv(graph: Graph, source: str, kernel: Kernel, dtype, params: str, outputs, name: str | None) -> Node:
+    """A Conv computing `kernel` on `source`, its weight and bias stored as `params`.weight/.bias."""
+    weight = graph.add_constant(f"{params}.weight", kernel.weight.astype(dtype))
+    bias = graph.add_constant(f"{params}.bias", kernel.bias.astype(dtype))
+    return graph.add_node("Conv", [source, weight, bias], outputs, name=name,
+                          kernel_shape=list(kernel.size), pads=list(kernel.pads), strides=list(kernel.strides),
+                          dilations=list(kernel.dilations), group=kernel.group)
 
 
 def _macs(graph: Graph, output: str, kernel: Kernel) -> int | None:
