@@ -58,8 +58,6 @@ class Reparameterize(Pass):
             if root.alive:
                 self._merge_sum(graph, expand(graph, root), result, told)
         if self.options.sequential:
-            if result.stats:
-                graph.refresh_shapes()  # the merged convs' weights are new tensors: give them shapes
             costlier = 0
             # in graph order, so that a conv merged here can merge again with the next one
             for conv in [n for n in graph.topological_nodes() if n.op == "Conv"]:
