@@ -2,29 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 from pathlib import Path
 
+from onnxopt.bench import machine  # noqa: F401 - suites import it from here
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict:
-    import numpy
-    import onnx
-    import onnxruntime
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
 
 
 def median(values: list[float]) -> float:

@@ -9,9 +9,12 @@ medians.
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -38,9 +41,26 @@ class Timing:
 
     def as_dict(self, reference: "Timing") -> dict:
         return {"name": self.name, "rounds": len(self.seconds), "median_ms": self.median * 1e3,
-                "p90_ms": self.quantile(0.9) * 1e3, "min_ms": min(self.seconds) * 1e3,
+                "p90_ms": self.quantile(0.9) * 1e3, "p99_ms": self.quantile(0.99) * 1e3,
+                "min_ms": min(self.seconds) * 1e3,
                 "ratio_of_medians": self.median / reference.median,
                 "median_round_ratio": self.median_round_ratio}
+
+
+def machine() -> dict:
+    """What a timing depends on besides the models: CPU, cores and library versions."""
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
 def interleave(runners: Sequence[tuple[str, Callable[[], object]]], *, warmup: int = 3,

@@ -1,4 +1,4 @@
-"""Command line: onnxopt run / inspect / list-passes / demo.
+"""Command line: onnxopt run / bench / inspect / list-passes / demo.
 
 Every error a user can cause ends in one line on stderr and a documented exit code (see
 onnxopt.errors); outputs are written atomically, so a failed or interrupted run leaves no file.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -19,6 +20,7 @@ from .pipeline import Pipeline, RunResult
 from .registry import available_passes, load_config, parse_spec
 from .report import format_inspect, format_run, human_bytes, inspect_model, table
 from .runtime import parse_input_shape
+from .sidebyside import BenchReport, Settings, Subject, run_bench, unique_names
 
 
 def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -35,6 +37,28 @@ def _progress(enabled: bool):
         if end:
             click.echo("", err=True)
     return show
+
+
+def _bench_progress(enabled: bool, budget: float | None):
+    """A bar on stderr. Timing stops at a round count or a time budget, whichever comes first, so
+    the bar follows whichever is further along."""
+    if not enabled:
+        return None
+    started: dict[str, float] = {}
+
+    def show(what: str, done: int, total: int) -> None:
+        start = started.setdefault(what, time.perf_counter())
+        fraction = done / total if total else 1.0
+        if budget and what.startswith("timing"):
+            fraction = max(fraction, min(1.0, (time.perf_counter() - start) / budget))
+        bar = "#" * int(fraction * 30)
+        click.echo(f"\r[{bar:<30}] {what} {done}/{total} ", nl=False, err=True)
+    return show
+
+
+def _end_progress(enabled: bool) -> None:
+    if enabled:
+        click.echo("\r" + " " * 79 + "\r", nl=False, err=True)
 
 
 input_shape_option = click.option(
@@ -68,12 +92,18 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Allow the output path to be the input model.")
 @click.option("--strict", is_flag=True, help="Exit 4 and write nothing if any pass was rolled back or failed.")
 @click.option("-v", "--verbose", is_flag=True, help="List every declined region.")
+@click.option("--bench", "bench", is_flag=True, help="Then time the input against the output side by side (see `onnxopt bench`).")
+@click.option("--bench-data", type=click.Path(path_type=Path), metavar="DATA",
+              help="Real inputs for --bench (.npz; with `labels`, top-1 accuracy of both models).")
 def run(model: Path, spec: str | None, config: Path | None, output: Path | None, report_path: Path | None,
         as_json: bool, input_shapes: tuple[str, ...], calib: Path | None, verify: bool | None, rtol: float | None, samples: int | None,
-        seed: int | None, threads: int | None, overwrite: bool, strict: bool, verbose: bool) -> None:
+        seed: int | None, threads: int | None, overwrite: bool, strict: bool, verbose: bool, bench: bool,
+        bench_data: Path | None) -> None:
     """Optimize MODEL with a pipeline of passes and write the result."""
     if bool(spec) == bool(config):
         raise UsageError("give exactly one of --passes SPEC or --config FILE")
+    if bench_data is not None and not bench:
+        raise UsageError("--bench-data is for --bench")
     passes, settings = load_config(config) if config else (parse_spec(spec), {})
     flags = {"verify": verify, "rtol": rtol, "samples": samples, "seed": seed, "threads": threads}
     settings.update({k: v for k, v in flags.items() if v is not None})
@@ -91,14 +121,33 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
         settings["calibration"] = load_feeds(calib, source)
     pipeline = Pipeline(passes, input_shapes=shapes, progress=_progress(sys.stderr.isatty() and not as_json), **settings)
     result = pipeline.run(source, serialized=data)
-    _finish(result, model, output, report_path, as_json, strict, verbose)
+    timed = None
+    if bench and not (strict and result.report.problems):
+        before = Subject(model.name, source, data if data is not None else model_io.serialize(source, model), model)
+        timed = _bench_before_after(before, result, output, bench_data, shapes, settings.get("threads", 1), as_json)
+    _finish(result, model, output, report_path, as_json, strict, verbose, timed)
+
+
+def _bench_before_after(before: Subject, result: RunResult, output: Path | None, data: Path | None,
+                        shapes: dict, threads: int, as_json: bool) -> BenchReport:
+    after = result.serialized if result.serialized is not None else model_io.serialize(result.model)
+    subjects = [before, Subject(output.name if output else "optimized", result.model, after, output)]
+    if subjects[0].name == subjects[1].name:
+        subjects[1].name += " (optimized)"
+    show = sys.stderr.isatty() and not as_json
+    bench_report = run_bench(subjects, Settings(threads=threads), data=data, input_shapes=shapes,
+                             progress=_bench_progress(show, Settings().budget_seconds))
+    _end_progress(show)
+    return bench_report
 
 
 def _finish(result: RunResult, model: Path, output: Path | None, report_path: Path | None, as_json: bool,
-            strict: bool, verbose: bool) -> None:
+            strict: bool, verbose: bool, bench: BenchReport | None = None) -> None:
     report = result.report
     data = report.as_dict()
     data.update({"input": str(model), "output": str(output) if output else None})
+    if bench is not None:
+        data["bench"] = bench.as_dict()
     if strict and report.problems:
         names = ", ".join(f"{p.name} ({p.status})" for p in report.problems)
         raise StrictFailure(f"--strict: {names}; nothing written")
@@ -115,8 +164,107 @@ def _finish(result: RunResult, model: Path, output: Path | None, report_path: Pa
     click.echo(format_run(report, verbose=verbose))
     if output is not None:
         click.echo(f"wrote {output} ({human_bytes(output.stat().st_size)})")
+    if bench is not None:
+        from .bench_report import format_table
+
+        click.echo(f"\nbench: {format_table(bench)}")
     for p in report.problems:
         click.echo(f"warning: {p.name} was {p.status}: {p.message}", err=True)
+
+
+def _batches(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"--batch '{text}': expected positive integers separated by commas, e.g. 1,8,32")
+    return values
+
+
+def _optional_file(name: str, dest: str, what: str):
+    """`--json` prints to stdout; `--json FILE` writes FILE."""
+    return click.option(name, dest, is_flag=False, flag_value="-", default=None, metavar="[FILE]",
+                        type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+                        help=f"{what} to stdout, or to FILE.")
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--rounds", type=click.IntRange(5, 100000), default=200, show_default=True,
+              help="At most this many interleaved timed rounds per batch size ...")
+@click.option("--budget", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="... or stop after this many seconds per batch size (at least 5 rounds).")
+@click.option("--warmup", type=click.IntRange(0, 10000), default=5, show_default=True, help="Untimed rounds first.")
+@click.option("--batch", "batch_text", metavar="N[,N..]",
+              help="Batch sizes to time (needs a dynamic batch dim for sizes other than the model's).")
+@click.option("--data", type=click.Path(path_type=Path), metavar="DATA",
+              help="Real inputs (.npz/.npy or a folder); with a `labels` array, top-1 accuracy per model.")
+@click.option("--samples", type=click.IntRange(1, 4096), default=8, show_default=True,
+              help="Random samples for fidelity when no --data is given.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
+@input_shape_option
+@click.option("--optimization", type=click.Choice(["disabled", "basic", "extended", "all"]), default="all",
+              show_default=True, help="onnxruntime graph optimization level of the timed sessions.")
+@click.option("--control", is_flag=True, help="Also time the first model against itself (an A/A control: "
+              "how far apart two identical models measure on this machine).")
+@click.option("--memory/--no-memory", default=True, show_default=True,
+              help="Measure peak session memory (one short child process per model).")
+@_optional_file("--json", "json_out", "JSON report")
+@_optional_file("--markdown", "markdown_out", "Markdown tables")
+@_optional_file("--csv", "csv_out", "CSV, one row per model and batch size,")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
+              help="Latency vs accuracy/fidelity plot with the Pareto front (needs matplotlib).")
+def bench(models: tuple[Path, ...], threads: int, rounds: int, budget: float, warmup: int, batch_text: str | None,
+          data: Path | None, samples: int, seed: int, input_shapes: tuple[str, ...], optimization: str, control: bool,
+          memory: bool, json_out: Path | None, markdown_out: Path | None, csv_out: Path | None,
+          plot: Path | None) -> None:
+    """Time MODELS side by side (the first is the reference) and compare their outputs.
+
+    One process, one session per model, warm-up, then interleaved rounds (ABC, CBA, ...). Reports
+    median/p90/p99/min latency, ratios against the first model, size, params, MACs, peak session
+    memory, fidelity against the first model and, with labelled --data, top-1 accuracy."""
+    from . import bench_report
+
+    outputs = {"json": json_out, "markdown": markdown_out, "csv": csv_out}
+    to_stdout = [k for k, v in outputs.items() if v is not None and str(v) == "-"]
+    if len(to_stdout) > 1:
+        raise UsageError(f"only one of --{' / --'.join(to_stdout)} can print to stdout; give the others a FILE")
+    files = [v for v in [*outputs.values(), plot] if v is not None and str(v) != "-"]
+    for f in files:
+        for m in models:
+            model_io.check_output_path(m, f, False, what="result")
+    if len(set(map(os.path.abspath, files))) < len(files):
+        raise UsageError("two outputs name the same file")
+    subjects = [Subject.from_path(p, name) for p, name in zip(models, unique_names(models))]
+    if control:
+        first = subjects[0]
+        subjects.insert(1, Subject(f"{first.name} (A/A)", first.model, first.data, first.path))
+    settings = Settings(threads=threads, optimization=optimization, warmup=warmup, rounds=rounds, budget_seconds=budget,
+                        batches=_batches(batch_text), samples=samples, seed=seed, memory=memory)
+    show = sys.stderr.isatty()
+    try:
+        report = run_bench(subjects, settings, data=data, input_shapes=_shapes(input_shapes),
+                           progress=_bench_progress(show, budget))
+    finally:
+        _end_progress(show)
+    texts = {"json": lambda: json.dumps(report.as_dict(), indent=2, default=str) + "\n",
+             "markdown": lambda: bench_report.format_markdown(report),
+             "csv": lambda: bench_report.format_csv(report)}
+    model_io.atomic_write_files([(v, texts[k]().encode()) for k, v in outputs.items()
+                                 if v is not None and str(v) != "-"])
+    if plot is not None:
+        bench_report.plot(report, plot)
+    if to_stdout:
+        click.echo(texts[to_stdout[0]](), nl=False)
+    else:
+        click.echo(bench_report.format_table(report))
+        for f in [*outputs.values(), plot]:
+            if f is not None and str(f) != "-":
+                click.echo(f"wrote {f}")
 
 
 @cli.command()

@@ -1,0 +1,171 @@
+"""`onnxopt bench` results as a terminal table, Markdown, CSV and a latency-vs-quality plot
+(JSON is BenchReport.as_dict()).
+
+Two tables: latency per model and batch size (the ratios are what to read; milliseconds drift
+between runs on a shared machine), then size, cost, memory and fidelity per model.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from .errors import UsageError
+from .report import human, human_bytes, table
+from .sidebyside import BenchReport, Entry, pareto_front
+
+LATENCY_HEADER = ["model", "batch", "median ms", "p90 ms", "p99 ms", "min ms", "ratio", "round ratio", "per s"]
+MODEL_HEADER = ["model", "size", "params", "MACs", "memory", "max abs", "max rel", "cosine", "top-1 agr", "accuracy"]
+
+
+def _f(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def latency_rows(report: BenchReport) -> list[list[str]]:
+    rows = []
+    for e in report.entries:
+        for batch, t in e.timings.items():
+            ref = report.reference.timings[batch]
+            rows.append([e.name, str(batch), f"{t.median * 1e3:.3f}", f"{t.quantile(0.9) * 1e3:.3f}",
+                         f"{t.quantile(0.99) * 1e3:.3f}", f"{min(t.seconds) * 1e3:.3f}",
+                         f"{t.median / ref.median:.3f}", f"{t.median_round_ratio:.3f}", f"{batch / t.median:.1f}"])
+    return rows
+
+
+def model_rows(report: BenchReport) -> list[list[str]]:
+    rows = []
+    for e in report.entries:
+        fid = e.fidelity
+        rows.append([e.name, human_bytes(e.file_bytes), human(e.params), human(e.macs),
+                     human_bytes(e.memory_bytes) if e.memory_bytes is not None else "-",
+                     "ref" if fid is None else f"{fid.max_abs:.3g}", "ref" if fid is None else f"{fid.max_rel:.3g}",
+                     "ref" if fid is None else f"{fid.cosine:.6f}",
+                     "ref" if fid is None else _f(fid.top1_agreement, ".1%"), _f(e.accuracy, ".2%")])
+    return rows
+
+
+def setup_line(report: BenchReport) -> str:
+    s, m = report.settings, report.machine
+    rounds = sorted({len(t.seconds) for e in report.entries for t in e.timings.values()})
+    return (f"threads {s.threads} (intra-op), ORT optimization '{s.optimization}', {s.warmup} warm-up + "
+            f"{'/'.join(map(str, rounds))} interleaved rounds per batch; {m['cpu']}, {m['cores']} cores; "
+            f"onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, Python {m['python']}")
+
+
+def data_line(report: BenchReport) -> str:
+    shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.inputs.items())
+    acc = f"; accuracy on {report.labelled_samples} labelled samples" if report.labelled_samples else ""
+    return f"inputs {shapes}; feeds: {report.data}; fidelity on {report.fidelity_samples} samples{acc}"
+
+
+def _per_output_notes(report: BenchReport) -> list[str]:
+    notes = []
+    for e in report.entries[1:]:
+        if e.fidelity is not None and len(e.fidelity.outputs) > 1:
+            parts = [f"{name}: max rel {o.max_rel:.3g}, cosine {o.cosine:.6f}" for name, o in e.fidelity.outputs.items()]
+            notes.append(f"{e.name} per output: " + "; ".join(parts))
+    return notes
+
+
+def format_table(report: BenchReport) -> str:
+    ref = report.reference.name
+    out = [f"reference: {ref}; {setup_line(report)}", data_line(report), "",
+           table(latency_rows(report), LATENCY_HEADER, align="lrrrrrrrr"), "",
+           table(model_rows(report), MODEL_HEADER, align="lrrrrrrrrr")]
+    notes = _per_output_notes(report)
+    if notes:
+        out += [""] + notes
+    out += ["", f"ratio = median / {ref}'s median; round ratio = median over rounds of (time / {ref}'s time in "
+                "the same round). Below 1 is faster. Fidelity compares each model's outputs with the reference's."]
+    return "\n".join(out)
+
+
+def _md_table(header: list[str], rows: list[list[str]], align: str) -> str:
+    marks = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(marks) + " |"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_markdown(report: BenchReport) -> str:
+    out = [f"Reference: `{report.reference.name}`; {setup_line(report)}.", "", data_line(report) + ".", "",
+           _md_table(LATENCY_HEADER, latency_rows(report), "lrrrrrrrr"), "",
+           _md_table(MODEL_HEADER, model_rows(report), "lrrrrrrrrr")]
+    notes = _per_output_notes(report)
+    if notes:
+        out += [""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+CSV_HEADER = ["model", "path", "batch", "rounds", "median_ms", "p90_ms", "p99_ms", "min_ms", "ratio_of_medians",
+              "median_round_ratio", "throughput_per_s", "file_bytes", "params", "macs", "peak_session_memory_bytes",
+              "max_abs", "max_rel", "cosine", "top1_agreement", "accuracy", "threads"]
+
+
+def format_csv(report: BenchReport) -> str:
+    """One row per model and batch size, raw numbers (no units), for spreadsheets and pandas."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_HEADER)
+    for e in report.entries:
+        fid = e.fidelity
+        for batch, t in e.timings.items():
+            d = t.as_dict(report.reference.timings[batch])
+            w.writerow([e.name, e.path or "", batch, d["rounds"], d["median_ms"], d["p90_ms"], d["p99_ms"],
+                        d["min_ms"], d["ratio_of_medians"], d["median_round_ratio"], batch / t.median, e.file_bytes,
+                        e.params, _blank(e.macs), _blank(e.memory_bytes),
+                        0.0 if fid is None else fid.max_abs, 0.0 if fid is None else fid.max_rel,
+                        1.0 if fid is None else fid.cosine,
+                        1.0 if fid is None else _blank(fid.top1_agreement), _blank(e.accuracy), report.settings.threads])
+    return buf.getvalue()
+
+
+def _blank(x):
+    return "" if x is None else x
+
+
+def quality(report: BenchReport) -> tuple[str, list[float]]:
+    """The y axis of the plot: accuracy when labelled, else top-1 agreement, else cosine with the
+    reference (the reference scores 1)."""
+    entries = report.entries
+    if all(e.accuracy is not None for e in entries):
+        return "top-1 accuracy", [e.accuracy for e in entries]
+    others = [e.fidelity for e in entries[1:]]
+    if others and all(f.top1_agreement is not None for f in others):
+        return "top-1 agreement with reference", [1.0] + [f.top1_agreement for f in others]
+    return "cosine similarity to reference", [1.0] + [f.cosine for f in others]
+
+
+def _latency(e: Entry, batch: int) -> float:
+    return e.timings[batch].median * 1e3
+
+
+def plot(report: BenchReport, path: str | Path) -> None:
+    """Median latency (first batch size) against quality, the Pareto front joined by a line."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'onnxopt[plot]'") from None
+    batch = report.batches[0]
+    ylabel, ys = quality(report)
+    xs = [_latency(e, batch) for e in report.entries]
+    front = sorted(pareto_front(list(zip(xs, ys))), key=lambda i: xs[i])
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.scatter(xs, ys, color="tab:gray", zorder=2)
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], "o-", color="tab:red", zorder=3, label="Pareto front")
+    for e, x, y in zip(report.entries, xs, ys):
+        ax.annotate(e.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel(f"median latency, ms (batch {batch}, {report.settings.threads} thread(s))")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"onnxopt bench: {report.machine['cpu']}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    from .io import atomic_write_bytes
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,264 @@
+"""`onnxopt bench`: several models measured side by side in one process.
+
+The first model is the reference. Every model gets one session, built once with the same options;
+all are timed in interleaved rounds (bench.interleave) at each batch size, and compared with the
+reference on the same feeds: fidelity per output, top-1 accuracy when the data carries labels. Size
+on disk, parameters, MACs and peak session memory (memory.py) complete the picture, because a
+faster model that changed its answers, or a smaller one that is slower, is not a result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import io as model_io
+from .analysis.cost import model_stats
+from .bench import Timing, interleave, machine
+from .data import FeedSet, load_feeds
+from .errors import BadData, UsageError
+from .memory import peak_session_bytes
+from .runtime import Feed, InputSpec, OptLevel, input_specs, make_session, random_feeds, resolve_input_shapes
+from .verify import Fidelity, compare
+
+SCHEMA = "onnxopt.bench/1"
+
+
+@dataclasses.dataclass
+class Subject:
+    """A model to measure: its label in the tables, the proto and its serialized bytes."""
+
+    name: str
+    model: onnx.ModelProto
+    data: bytes
+    path: Path | None = None
+
+    @classmethod
+    def from_path(cls, path: str | Path, name: str | None = None) -> "Subject":
+        model, data = model_io.load_model_and_bytes(path)
+        return cls(name or Path(path).name, model, data if data is not None else model.SerializeToString(), Path(path))
+
+
+@dataclasses.dataclass
+class Settings:
+    threads: int = 1
+    optimization: OptLevel = "all"
+    warmup: int = 5
+    rounds: int = 200                    # at most this many timed rounds per batch size ...
+    budget_seconds: float | None = 10.0  # ... or until this much time has passed (at least 5 rounds)
+    batches: tuple[int, ...] = ()        # () = the model's own batch size
+    samples: int = 8                     # random samples for fidelity when no data is given
+    seed: int = 0
+    memory: bool = True
+
+
+@dataclasses.dataclass
+class Entry:
+    """One model's measurements."""
+
+    name: str
+    path: str | None
+    file_bytes: int
+    params: int
+    macs: int | None            # per inference at the first batch size
+    nodes: int
+    memory_bytes: int | None    # peak resident bytes of building the session and one run
+    timings: dict[int, Timing]  # batch size -> timing
+    fidelity: Fidelity | None   # vs the reference; None for the reference itself
+    accuracy: float | None      # top-1 on labelled data
+
+    def as_dict(self, reference: "Entry") -> dict:
+        latency = {}
+        for batch, t in self.timings.items():
+            row = t.as_dict(reference.timings[batch])
+            row["throughput_per_s"] = batch / t.median
+            latency[str(batch)] = row
+        fid = self.fidelity.as_dict() if self.fidelity is not None else None
+        return {"name": self.name, "path": self.path, "file_bytes": self.file_bytes, "params": self.params,
+                "macs": self.macs, "nodes": self.nodes, "peak_session_memory_bytes": self.memory_bytes,
+                "latency": latency, "fidelity_vs_reference": fid, "accuracy": self.accuracy}
+
+
+@dataclasses.dataclass
+class BenchReport:
+    settings: Settings
+    machine: dict
+    inputs: dict[str, list[int]]  # at the first batch size
+    data: str                     # where the feeds came from
+    fidelity_samples: int
+    labelled_samples: int
+    entries: list[Entry]
+
+    @property
+    def reference(self) -> Entry:
+        return self.entries[0]
+
+    @property
+    def batches(self) -> list[int]:
+        return list(self.reference.timings)
+
+    def as_dict(self) -> dict:
+        s = self.settings
+        return {"schema": SCHEMA, "machine": self.machine,
+                "settings": {"threads": s.threads, "optimization": s.optimization, "warmup": s.warmup,
+                             "max_rounds": s.rounds, "budget_seconds_per_batch": s.budget_seconds,
+                             "batches": self.batches},
+                "inputs": self.inputs, "data": self.data, "fidelity_samples": self.fidelity_samples,
+                "labelled_samples": self.labelled_samples, "reference": self.reference.name,
+                "models": [e.as_dict(self.reference) for e in self.entries]}
+
+
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    """File names, or paths where two files share a name (a/model.onnx vs b/model.onnx)."""
+    names = [p.name for p in paths]
+    return [str(p) if names.count(p.name) > 1 else p.name for p in paths]
+
+
+def _describe(specs: Sequence[InputSpec]) -> str:
+    return ", ".join(f"{s.name}: {s.dtype}[{','.join(str(d) if isinstance(d, int) and d > 0 else '?' for d in s.shape)}]"
+                     for s in specs)
+
+
+def check_same_interface(subjects: Sequence[Subject]) -> None:
+    """Every model must take the reference's inputs (names, dtypes, ranks, fixed dims) and give as
+    many outputs: otherwise the same feeds cannot drive them and fidelity means nothing."""
+    first = subjects[0]
+    ref = {s.name: s for s in input_specs(first.model)}
+    for other in subjects[1:]:
+        specs = {s.name: s for s in input_specs(other.model)}
+        mismatch = set(specs) != set(ref) or any(
+            specs[n].dtype != r.dtype or len(specs[n].shape) != len(r.shape)
+            or any(isinstance(a, int) and isinstance(b, int) and a > 0 and b > 0 and a != b
+                   for a, b in zip(specs[n].shape, r.shape))
+            for n, r in ref.items() if n in specs)
+        if mismatch:
+            raise BadData(f"{other.name}: inputs ({_describe(list(specs.values()))}) do not match "
+                          f"{first.name}'s ({_describe(list(ref.values()))})")
+        n_ref, n_other = len(first.model.graph.output), len(other.model.graph.output)
+        if n_ref != n_other:
+            raise BadData(f"{other.name}: {n_other} output(s), {first.name} has {n_ref}: cannot compare them")
+
+
+def _batch_shapes(subjects: Sequence[Subject], base: dict[str, tuple[int, ...]], batch: int) -> dict[str, tuple[int, ...]]:
+    if all(shape[:1] == (batch,) for shape in base.values()):
+        return base
+    for s in subjects:
+        for spec in input_specs(s.model):
+            d = spec.shape[0] if spec.shape else None
+            if isinstance(d, int) and d > 0 and d != batch:
+                raise UsageError(f"--batch {batch}: {s.name} has a fixed batch size of {d} (input '{spec.name}')")
+    return {k: (batch, *v[1:]) for k, v in base.items()}
+
+
+def _slice_feed(feeds: FeedSet, batch: int) -> Feed:
+    if feeds.samples < batch:
+        raise BadData(f"{feeds.source}: {feeds.samples} samples, fewer than --batch {batch}")
+    return {k: a[:batch] for k, a in feeds.arrays.items()}
+
+
+def _chunks(feeds: FeedSet, dynamic_batch: bool, chunk: int = 64) -> list[Feed]:
+    """All samples, in the largest batches the models accept (one batch of `chunk` if dynamic)."""
+    if not dynamic_batch:
+        return list(feeds)
+    return [{k: a[i:i + chunk] for k, a in feeds.arrays.items()} for i in range(0, feeds.samples, chunk)]
+
+
+def top1_accuracy(outputs: Sequence[Feed], labels: np.ndarray) -> float | None:
+    """Top-1 accuracy of the first output shaped [N, classes]; None if no output has that shape."""
+    if not outputs:
+        return None
+    for k in range(len(outputs[0])):
+        first = np.asarray(list(outputs[0].values())[k])
+        if first.ndim == 2 and first.shape[1] > 1:
+            predicted = np.concatenate([np.argmax(np.asarray(list(o.values())[k]), axis=1) for o in outputs])
+            if len(predicted) != len(labels):
+                return None
+            return float(np.mean(predicted == np.asarray(labels).reshape(-1)))
+    return None
+
+
+def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, data: str | Path | None = None,
+              input_shapes: dict[str, tuple[int, ...]] | None = None,
+              progress: Callable[[str, int, int], None] | None = None) -> BenchReport:
+    """Measure `subjects` side by side (the first is the reference); see the module docstring."""
+    settings = settings or Settings()
+    if not subjects:
+        raise UsageError("give at least one model")
+    check_same_interface(subjects)
+    reference = subjects[0].model
+    base = resolve_input_shapes(reference, input_shapes)
+    dynamic_batch = all(not (isinstance(s.shape[0], int) and s.shape[0] > 0)
+                        for sub in subjects for s in input_specs(sub.model) if s.shape)
+    batches = list(dict.fromkeys(settings.batches)) or [next(iter(base.values()))[0] if base else 1]
+    shapes = {b: _batch_shapes(subjects, base, b) for b in batches}
+
+    feedset = load_feeds(data, reference) if data is not None else None
+    if feedset is not None:
+        timing_feeds = {b: _slice_feed(feedset, b) for b in batches}
+        fidelity_feeds = _chunks(feedset, dynamic_batch)
+        source = f"{data} ({feedset.samples} samples)"
+    else:
+        timing_feeds = {b: random_feeds(reference, shapes[b], seed=settings.seed)[0] for b in batches}
+        fidelity_feeds = random_feeds(reference, shapes[batches[0]], seed=settings.seed + 1, count=settings.samples)
+        source = f"random normal inputs, seed {settings.seed}"
+    labels = feedset.labels if feedset is not None else None
+
+    report = lambda what, done, total: progress(what, done, total) if progress else None  # noqa: E731
+    memory: list[int | None] = []
+    for i, sub in enumerate(subjects):
+        report("peak session memory", i, len(subjects))
+        spec = {k: (v.shape, str(v.dtype)) for k, v in timing_feeds[batches[0]].items()}
+        memory.append(peak_session_bytes(sub.data, spec, threads=settings.threads, optimization=settings.optimization)
+                      if settings.memory else None)
+    sessions = [make_session(sub.data, optimization=settings.optimization, threads=settings.threads) for sub in subjects]
+
+    def runner(session, feed):
+        wanted = {i.name for i in session.get_inputs()}
+        inputs = {k: v for k, v in feed.items() if k in wanted}
+        return lambda: session.run(None, inputs)
+
+    timings: dict[int, list[Timing]] = {}
+    for b in batches:
+        label = f"timing batch {b}"
+        timings[b] = interleave([(sub.name, runner(sess, timing_feeds[b])) for sub, sess in zip(subjects, sessions)],
+                                warmup=settings.warmup, rounds=settings.rounds, budget_seconds=settings.budget_seconds,
+                                progress=lambda done, total, label=label: report(label, done, total))
+
+    outputs = []
+    for sub, sess in zip(subjects, sessions):
+        names = [o.name for o in sess.get_outputs()]
+        wanted = {i.name for i in sess.get_inputs()}
+        outputs.append([dict(zip(names, sess.run(names, {k: v for k, v in f.items() if k in wanted})))
+                        for f in fidelity_feeds])
+
+    entries = []
+    for i, sub in enumerate(subjects):
+        stats = model_stats(sub.model, shapes[batches[0]])
+        entries.append(Entry(
+            name=sub.name, path=str(sub.path) if sub.path else None, file_bytes=len(sub.data), params=stats.params,
+            macs=stats.macs, nodes=stats.nodes, memory_bytes=memory[i],
+            timings={b: timings[b][i] for b in batches},
+            fidelity=compare(outputs[0], outputs[i]) if i else None,
+            accuracy=top1_accuracy(outputs[i], labels) if labels is not None else None))
+    fidelity_samples = sum(len(next(iter(f.values()))) for f in fidelity_feeds) if fidelity_feeds else 0
+    return BenchReport(settings=settings, machine=machine(), inputs={k: list(v) for k, v in shapes[batches[0]].items()},
+                       data=source, fidelity_samples=fidelity_samples,
+                       labelled_samples=len(labels) if labels is not None else 0, entries=entries)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: lower-or-equal cost (x) with higher-or-equal
+    quality (y), strictly better in one of them. NaN points are never on the front."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if math.isnan(x) or math.isnan(y):
+            continue
+        dominated = any(not (math.isnan(a) or math.isnan(b)) and a <= x and b >= y and (a < x or b > y)
+                        for j, (a, b) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front
