@@ -24,6 +24,9 @@ from .zoo import MODELS
 __all__ = ["available", "build", "fixture_path", "input_shape"]
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+# `onnxopt demo`: a train-time RepVGG-style CNN trained on sklearn's digits, and its test split
+DEMO_MODEL = "digits_repvgg"
+DEMO_DATA = "digits_test.npz"
 
 
 def available() -> list[str]:

@@ -68,6 +68,25 @@ def _per_output_notes(report: BenchReport) -> list[str]:
     return notes
 
 
+def headline(report: BenchReport) -> str:
+    """One line per model against the reference: what a user asks first."""
+    ref = report.reference
+    batch = report.batches[0]
+    lines = []
+    for e in report.entries[1:]:
+        t = e.timings[batch]
+        parts = [f"latency x{t.median / ref.timings[batch].median:.3f} (median of {len(t.seconds)} interleaved rounds, "
+                 f"per-round x{t.median_round_ratio:.3f})",
+                 f"size {human_bytes(ref.file_bytes)} -> {human_bytes(e.file_bytes)}",
+                 f"MACs {human(ref.macs)} -> {human(e.macs)}"]
+        if e.accuracy is not None and ref.accuracy is not None:
+            parts.append(f"accuracy {ref.accuracy:.2%} -> {e.accuracy:.2%} on {report.labelled_samples} held-out samples")
+        elif e.fidelity is not None:
+            parts.append(f"max rel output change {e.fidelity.max_rel:.2g}")
+        lines.append(f"{e.name} vs {ref.name}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
 def format_table(report: BenchReport) -> str:
     ref = report.reference.name
     out = [f"reference: {ref}; {setup_line(report)}", data_line(report), "",

@@ -8,8 +8,8 @@ Vocabulary follows onnx-ir (producer, consumers, replace_all_uses, remove(safe=T
 so that moving to it later would be mechanical.
 
 Constants: Constant nodes that hold a tensor are turned into initializers when the graph is built,
-so a pass sees one kind of constant (`graph.constant(name)` -> numpy array) whatever the exporter
-wrote. Shapes: `graph.shape(name)` comes from ONNX shape inference run on demand with the static
+and Identity nodes that only rename a constant are read through, so a pass sees one kind of
+constant (`graph.constant(name)` -> numpy array) whatever the exporter wrote. Shapes: `graph.shape(name)` comes from ONNX shape inference run on demand with the static
 input shapes the pipeline resolved; it reflects the graph as of the last `refresh_shapes()`.
 """
 from __future__ import annotations
@@ -210,6 +210,7 @@ class Graph:
         self._node_names: set[str] = set()
         self._suffix: dict[str, int] = {}
         self.mutations = 0  # edits since construction: the pipeline cross-checks PassResult.changed
+        kept = []
         for proto in g.node:
             if proto.op_type == "Constant" and proto.domain in ("", "ai.onnx"):
                 value = _constant_node_value(proto)
@@ -218,7 +219,33 @@ class Graph:
                     self._inits[value.name] = value
                     self._tensor_names.add(value.name)
                     continue
+            kept.append(proto)
+        aliases = self._constant_aliases(kept)
+        for proto in kept:
+            if aliases and proto.output and proto.output[0] in aliases and proto.op_type == "Identity":
+                continue
+            if aliases and any(t in aliases for t in proto.input):
+                proto.input[:] = [aliases.get(t, t) for t in proto.input]
             self._index(Node(proto, next(self._ids)))
+
+    def _constant_aliases(self, protos: list[onnx.NodeProto]) -> dict[str, str]:
+        """Identity outputs that are only another name for a constant, mapped to the constant.
+
+        torch.onnx deduplicates equal initializers (two zero biases, say) and writes Identity nodes
+        for the copies; reading through them, a pass sees the constant it expects. Identities that
+        are graph outputs, or are read from inside a subgraph, keep their node."""
+        aliases: dict[str, str] = {}
+        for proto in protos:
+            if (proto.op_type == "Identity" and proto.domain in ("", "ai.onnx") and len(proto.input) == 1
+                    and len(proto.output) == 1 and proto.output[0] not in self._output_names):
+                source = aliases.get(proto.input[0], proto.input[0])
+                if source in self._inits:
+                    aliases[proto.output[0]] = source
+        if aliases:
+            implicit = set().union(*(_subgraph_outer_names(p) for p in protos if any(
+                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in p.attribute)))
+            aliases = {k: v for k, v in aliases.items() if k not in implicit}
+        return aliases
 
     def reset(self, model: onnx.ModelProto) -> None:
         """Replace the whole graph (for passes that delegate to another tool, like simplify)."""

@@ -1056,3 +1056,33 @@ def test_custom_domain_nodes_declare_their_opset_and_extra_outputs_are_exposed()
     assert opsets == {"": 19, "com.microsoft": 1}
     assert [o.name for o in out.graph.output] == ["y", "h"]
     assert model.opset_import[0].version == 17  # the caller's model is untouched
+
+
+IDENTITY_ALIASES_TEXT = OPSET + """
+agraph (float[2] x) => (float[2] y, float[2] o) <float[2] W, float[2] V> {
+    w2 = Identity(W)
+    w3 = Identity(w2)
+    c = Constant<value = float[2] {1.0, 2.0}>()
+    c2 = Identity(c)
+    o = Identity(V)
+    s = Add(x, w3)
+    t = Mul(s, c2)
+    y = Add(t, o)
+}
+"""
+
+
+def test_identities_of_constants_are_read_through_except_graph_outputs():
+    """torch.onnx writes Identity(W) for deduplicated equal initializers: passes see W itself."""
+    w, v = np.array([0.5, -0.5], np.float32), np.array([3.0, 4.0], np.float32)
+    model = parse_model(IDENTITY_ALIASES_TEXT, W=w, V=v)
+    graph = Graph(model)
+    assert [n.outputs for n in graph.nodes("Identity")] == [("o",)]  # a graph output keeps its name
+    add = graph.producer("s")
+    assert add.inputs == ("x", "W") and graph.producer("t").inputs == ("s", "c")
+    assert graph.consumers("W") == (add,)
+    out = graph.to_model()
+    onnx.checker.check_model(out, full_check=True)
+    x = np.array([1.0, -2.0], np.float32)
+    for before, after in zip(run(model, x=x), run(out, x=x)):
+        np.testing.assert_array_equal(before, after)
