@@ -1,4 +1,9 @@
-"""Regenerate the committed fixtures: ``python -m onnxopt.models.make_fixtures``."""
+"""Regenerate the committed fixtures: ``python -m onnxopt.models.make_fixtures``.
+
+This writes demo.onnx from the synthetic zoo. The real-data fixtures have their own scripts:
+``make_digits_data`` (digits.npz, needs scikit-learn) and ``train_digits`` (digits_*.onnx, needs
+torch); ``python -m onnxopt.models.digits`` rewrites digits_test.npz and digits_calib.npz.
+"""
 
 from __future__ import annotations
 

@@ -175,8 +175,10 @@ def plot(report: BenchReport, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.scatter(xs, ys, color="tab:gray", zorder=2)
     ax.plot([xs[i] for i in front], [ys[i] for i in front], "o-", color="tab:red", zorder=3, label="Pareto front")
-    for e, x, y in zip(report.entries, xs, ys):
-        ax.annotate(e.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for i, (e, x, y) in enumerate(zip(report.entries, xs, ys)):
+        # staggered, so that models with the same score and similar latency stay legible
+        ax.annotate(Path(e.name).name, (x, y), textcoords="offset points", xytext=(5, 4 - 11 * (i % 3)), fontsize=8)
+    ax.margins(x=0.25, y=0.15)
     ax.set_xlabel(f"median latency, ms (batch {batch}, {report.settings.threads} thread(s))")
     ax.set_ylabel(ylabel)
     ax.set_title(f"onnxopt bench: {report.machine['cpu']}", fontsize=9)

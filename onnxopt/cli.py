@@ -352,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
             cli.invoke(ctx)
     except click.exceptions.Exit as exc:  # --help, --version
         sys.exit(exc.exit_code)
+    except BrokenPipeError:  # `onnxopt bench ... | head`: the reader left; that is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
+        sys.exit(0)
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("onnxopt: interrupted; no output written", err=True)
         sys.exit(130)

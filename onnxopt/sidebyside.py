@@ -113,9 +113,16 @@ class BenchReport:
 
 
 def unique_names(paths: Sequence[Path]) -> list[str]:
-    """File names, or paths where two files share a name (a/model.onnx vs b/model.onnx)."""
+    """File names, or paths where two files share a name (a/model.onnx vs b/model.onnx), numbered
+    where the same path comes twice."""
     names = [p.name for p in paths]
-    return [str(p) if names.count(p.name) > 1 else p.name for p in paths]
+    names = [str(p) if names.count(p.name) > 1 else p.name for p in paths]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:  # the same file twice (an A/A run by hand)
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name} #{seen[name]}")
+    return unique
 
 
 def _describe(specs: Sequence[InputSpec]) -> str:
