@@ -2,7 +2,7 @@
 
 >>> from onnxopt.models import available, build, fixture_path
 >>> model = build("resnet18-tiny", seed=0)  # onnx.ModelProto; input "input", output "output"
->>> fixture_path("demo")                     # models/fixtures/demo.onnx (package data)
+>>> fixture_path("digits_repvgg")            # models/fixtures/digits_repvgg.onnx (package data)
 
 Every name has static shapes, float32, IR version 8 and an opset of 13..17 (default 17).
 ``constant_weights=True`` holds Conv/Gemm weights and biases in Constant nodes instead of
@@ -61,6 +61,6 @@ def fixture_path(name: str) -> pathlib.Path:
     path = FIXTURES / f"{name}.onnx"
     if not path.is_file():
         have = sorted(p.stem for p in FIXTURES.glob("*.onnx"))
-        raise FileNotFoundError(f"no fixture {name!r} (have: {', '.join(have) or 'none'}); "
-                                "regenerate with `python -m onnxopt.models.make_fixtures`")
+        raise FileNotFoundError(f"no fixture {name!r} (have: {', '.join(have) or 'none'}); the digits "
+                                "models come from `python -m onnxopt.models.train_digits`")
     return path

@@ -127,6 +127,8 @@ def format_csv(report: BenchReport) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_HEADER)
+    # the reference agrees with itself wherever the others have a top-1 agreement at all
+    ref_top1 = 1.0 if any(e.fidelity and e.fidelity.top1_agreement is not None for e in report.entries) else ""
     for e in report.entries:
         fid = e.fidelity
         for batch, t in e.timings.items():
@@ -136,7 +138,8 @@ def format_csv(report: BenchReport) -> str:
                         e.params, _blank(e.macs), _blank(e.memory_bytes),
                         0.0 if fid is None else fid.max_abs, 0.0 if fid is None else fid.max_rel,
                         1.0 if fid is None else fid.cosine,
-                        1.0 if fid is None else _blank(fid.top1_agreement), _blank(e.accuracy), report.settings.threads])
+                        ref_top1 if fid is None else _blank(fid.top1_agreement), _blank(e.accuracy),
+                        report.settings.threads])
     return buf.getvalue()
 
 

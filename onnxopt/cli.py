@@ -237,6 +237,9 @@ def bench(models: tuple[Path, ...], threads: int, rounds: int, budget: float, wa
     for f in files:
         for m in models:
             model_io.check_output_path(m, f, False, what="result")
+        if f.suffix.lower() == ".onnx":  # `--json a.onnx b.onnx` would take the first model as FILE
+            raise UsageError(f"{f}: an output of --json/--markdown/--csv/--plot cannot be an .onnx file; "
+                             "to print to stdout, put the flag after the models")
     if len(set(map(os.path.abspath, files))) < len(files):
         raise UsageError("two outputs name the same file")
     subjects = [Subject.from_path(p, name) for p, name in zip(models, unique_names(models))]

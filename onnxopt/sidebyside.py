@@ -151,8 +151,6 @@ def check_same_interface(subjects: Sequence[Subject]) -> None:
 
 
 def _batch_shapes(subjects: Sequence[Subject], base: dict[str, tuple[int, ...]], batch: int) -> dict[str, tuple[int, ...]]:
-    if all(shape[:1] == (batch,) for shape in base.values()):
-        return base
     for s in subjects:
         for spec in input_specs(s.model):
             d = spec.shape[0] if spec.shape else None
@@ -200,7 +198,9 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
     base = resolve_input_shapes(reference, input_shapes)
     dynamic_batch = all(not (isinstance(s.shape[0], int) and s.shape[0] > 0)
                         for sub in subjects for s in input_specs(sub.model) if s.shape)
-    batches = list(dict.fromkeys(settings.batches)) or [next(iter(base.values()))[0] if base else 1]
+    fixed = [s.shape[0] for sub in subjects for s in input_specs(sub.model)
+             if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0]
+    batches = list(dict.fromkeys(settings.batches)) or [fixed[0] if fixed else 1]
     shapes = {b: _batch_shapes(subjects, base, b) for b in batches}
 
     feedset = load_feeds(data, reference) if data is not None else None
@@ -213,14 +213,16 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
         fidelity_feeds = random_feeds(reference, shapes[batches[0]], seed=settings.seed + 1, count=settings.samples)
         source = f"random normal inputs, seed {settings.seed}"
     labels = feedset.labels if feedset is not None else None
+    if labels is not None:  # samples after the last full batch of a fixed-batch model do not run
+        labels = labels[:sum(len(next(iter(f.values()))) for f in fidelity_feeds)]
 
     report = lambda what, done, total: progress(what, done, total) if progress else None  # noqa: E731
     memory: list[int | None] = []
     for i, sub in enumerate(subjects):
-        report("peak session memory", i, len(subjects))
         spec = {k: (v.shape, str(v.dtype)) for k, v in timing_feeds[batches[0]].items()}
         memory.append(peak_session_bytes(sub.data, spec, threads=settings.threads, optimization=settings.optimization)
                       if settings.memory else None)
+        report("peak session memory", i + 1, len(subjects))
     sessions = [make_session(sub.data, optimization=settings.optimization, threads=settings.threads) for sub in subjects]
 
     def runner(session, feed):

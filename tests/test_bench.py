@@ -61,3 +61,111 @@ def test_session_runner_runs_the_model():
     feed = random_feeds(model, resolve_input_shapes(model), seed=0)[0]
     out = session_runner(model, dict(feed, unused=np.zeros(1)))()  # unknown feed names are dropped
     assert out[0].shape == (1, 10)
+
+
+# -- statistics on hand-made samples ---------------------------------------------------------
+# A and B over five rounds, in milliseconds. B's per-round ratios (5, 2, 1, 0.5, 2) have a median
+# of 2, while the ratio of the medians is 4/3: the two statistics are different numbers.
+A_MS = [1.0, 2.0, 3.0, 4.0, 5.0]
+B_MS = [5.0, 4.0, 3.0, 2.0, 10.0]
+B_RATIOS = [5.0, 2.0, 1.0, 0.5, 2.0]
+
+
+def test_quantiles_interpolate_linearly_like_numpy():
+    # 1..10 ms, shuffled: position (n-1)q = 8.1 for p90 -> 9 + 0.1 * (10 - 9) = 9.1 ms
+    ms = [3, 1, 4, 10, 2, 5, 9, 6, 8, 7]
+    t = Timing("x", [m / 1e3 for m in ms], [1.0] * 10)
+    assert t.median == pytest.approx(5.5e-3)  # even count: mean of the two middle samples
+    assert t.quantile(0.9) == pytest.approx(9.1e-3)
+    assert t.quantile(0.99) == pytest.approx(9.91e-3)
+    assert t.quantile(0.5) == pytest.approx(t.median)
+    assert t.quantile(0.0) == pytest.approx(1e-3) and t.quantile(1.0) == pytest.approx(10e-3)
+    assert t.quantile(0.9) == pytest.approx(float(np.quantile(t.seconds, 0.9, method="linear")))
+
+
+def test_median_round_ratio_is_the_median_of_the_per_round_ratios():
+    assert Timing("b", [b / 1e3 for b in B_MS], B_RATIOS).median_round_ratio == 2.0
+    assert Timing("b", [1.0] * 4, [1.0, 3.0, 2.0, 10.0]).median_round_ratio == 2.5  # even count
+
+
+def test_as_dict_keys_and_values():
+    a = Timing("A", [x / 1e3 for x in A_MS], [1.0] * 5)
+    b = Timing("B", [x / 1e3 for x in B_MS], B_RATIOS)
+    d = b.as_dict(a)
+    assert set(d) == {"name", "rounds", "median_ms", "p90_ms", "p99_ms", "min_ms", "ratio_of_medians",
+                      "median_round_ratio"}
+    assert d["name"] == "B" and d["rounds"] == 5
+    # B sorted: 2, 3, 4, 5, 10 -> median 4; p90 at position 3.6 -> 5 + 0.6 * 5 = 8; p99 at 3.96 -> 9.8
+    assert d["median_ms"] == pytest.approx(4.0)
+    assert d["p90_ms"] == pytest.approx(8.0)
+    assert d["p99_ms"] == pytest.approx(9.8)
+    assert d["min_ms"] == pytest.approx(2.0)
+    assert d["ratio_of_medians"] == pytest.approx(4.0 / 3.0)
+    assert d["median_round_ratio"] == pytest.approx(2.0)
+    ref = a.as_dict(a)
+    assert ref["ratio_of_medians"] == 1.0 and ref["median_round_ratio"] == 1.0 and ref["median_ms"] == pytest.approx(3.0)
+
+
+# -- interleave with a fake clock ------------------------------------------------------------
+@pytest.fixture
+def clock(monkeypatch):
+    """time.perf_counter as seen by onnxopt.bench: advances only when a fake runner says so."""
+    import onnxopt.bench as bench
+
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    return now
+
+
+def scripted(clock, name, durations, log=None):
+    """A runner whose n-th call takes durations[n] seconds of fake time."""
+    it = iter(durations)
+
+    def run():
+        if log is not None:
+            log.append(name)
+        clock[0] += next(it)
+    return name, run
+
+
+def test_warmup_is_not_timed_and_ratios_pair_runs_of_the_same_round(clock):
+    # two warm-up calls each take 1000 s: none of that may show up in the samples
+    log: list[str] = []
+    a = scripted(clock, "A", [1000.0, 1000.0] + A_MS, log)
+    b = scripted(clock, "B", [1000.0, 1000.0] + B_MS, log)
+    c = scripted(clock, "C", [1000.0, 1000.0] + [2 * x for x in A_MS], log)
+    ta, tb, tc = interleave([a, b, c], warmup=2, rounds=5)
+    assert log.count("A") == log.count("B") == log.count("C") == 7  # 2 warm-up + 5 timed each
+    assert log[6:] == list("ABC" "CBA" "ABC" "CBA" "ABC")
+    assert [ta.name, tb.name, tc.name] == ["A", "B", "C"]  # results in the given order, not run order
+    assert ta.seconds == A_MS and tb.seconds == B_MS
+    # B ran before A in rounds 2 and 4, yet each ratio is B / A of the same round
+    assert tb.round_ratios == B_RATIOS
+    assert tc.round_ratios == [2.0] * 5
+    assert ta.round_ratios == [1.0] * 5
+    d = tb.as_dict(ta)
+    assert d["ratio_of_medians"] == pytest.approx(4.0 / 3.0) and d["median_round_ratio"] == pytest.approx(2.0)
+
+
+def test_budget_stops_at_the_first_round_past_it_and_excludes_warmup(clock):
+    # 0.125 s per round (exact in binary): 1.0 s is reached after round 8 but not exceeded until
+    # round 9; a 100 s warm-up must not eat the budget
+    seen: list[tuple[int, int]] = []
+    (t,) = interleave([scripted(clock, "A", [100.0] + [0.125] * 100)], warmup=1, rounds=100,
+                      budget_seconds=1.0, progress=lambda done, total: seen.append((done, total)))
+    assert len(t.seconds) == 9
+    assert seen == [(i, 100) for i in range(1, 10)]
+
+
+def test_round_limit_applies_before_a_generous_budget(clock):
+    (t,) = interleave([scripted(clock, "A", [0.001] * 20)], warmup=0, rounds=7, budget_seconds=1e9)
+    assert len(t.seconds) == 7
+    (t,) = interleave([scripted(clock, "A", [5.0] * 20)], warmup=0, rounds=12, budget_seconds=None)
+    assert len(t.seconds) == 12  # no budget: every round runs however slow
+
+
+def test_budget_counts_every_runner_of_a_round(clock):
+    # three runners of 0.125 s: 0.375 s per round, a 3.0 s budget is passed during round 9
+    runners = [scripted(clock, n, [0.125] * 100) for n in "ABC"]
+    timings = interleave(runners, warmup=0, rounds=100, budget_seconds=3.0)
+    assert [len(t.seconds) for t in timings] == [9, 9, 9]

@@ -795,12 +795,7 @@ def _bn_row(out: str) -> tuple[int, int]:
 
 
 def test_demo_bundled(capsys):
-    from onnxopt.models import fixture_path
-    try:
-        fixture_path("demo")
-    except FileNotFoundError:
-        pytest.skip("models/fixtures/demo.onnx not generated yet")
-    code, out, err = invoke(capsys, "demo")
+    code, out, err = invoke(capsys, "demo", "--budget", "0.2")
     assert code == 0, err
     # the bundled model is a train-time RepVGG: fold-bn and reparam both have work to do
     assert "pipeline: fold-bn,reparam," in out
@@ -809,10 +804,14 @@ def test_demo_bundled(capsys):
     convs = re.search(r"^\s+Conv\s+(\d+)\s+(\d+)", out, re.M)
     assert convs and int(convs.group(2)) * 2 == int(convs.group(1)), out  # one Conv per block
     assert "before" in out and "after" in out
+    # real accuracy on the held-out digits, the same before and after (the passes are exact)
+    acc = re.search(r"accuracy (\d+\.\d+)% -> (\d+\.\d+)% on 360 held-out samples", out)
+    assert acc, out
+    assert acc.group(1) == acc.group(2) and float(acc.group(1)) >= 95.0
 
 
 def test_demo_on_given_model(capsys, tmp_path, resnet):
-    code, out, err = invoke(capsys, "demo", "--model", resnet, "-o", tmp_path / "out.onnx")
+    code, out, err = invoke(capsys, "demo", "--model", resnet, "-o", tmp_path / "out.onnx", "--budget", "0.2")
     assert code == 0, err
     assert "fold-bn" in out and "cleanup" in out
     before, after = _bn_row(out)

@@ -123,11 +123,11 @@ def _zoo_committed() -> bool:
 
 def test_demo_fixture_is_shipped():
     try:
-        from onnxopt.models import fixture_path
+        from onnxopt.models import DEMO_MODEL, fixture_path
     except ImportError:
         pytest.skip("onnxopt.models (the zoo) is not in yet")
     try:
-        path = fixture_path("demo")
+        path = fixture_path(DEMO_MODEL)
     except FileNotFoundError as exc:
         if not _zoo_committed():
             pytest.skip(f"the zoo is not committed yet: {exc}")
