@@ -9,6 +9,7 @@ medians.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import statistics
@@ -39,12 +40,47 @@ class Timing:
     def median_round_ratio(self) -> float:
         return statistics.median(self.round_ratios)
 
+    def round_ratio_interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        """Confidence interval of the median per-round ratio (see median_interval)."""
+        return median_interval(self.round_ratios, confidence)
+
     def as_dict(self, reference: "Timing") -> dict:
+        low, high = self.round_ratio_interval()
         return {"name": self.name, "rounds": len(self.seconds), "median_ms": self.median * 1e3,
                 "p90_ms": self.quantile(0.9) * 1e3, "p99_ms": self.quantile(0.99) * 1e3,
                 "min_ms": min(self.seconds) * 1e3,
                 "ratio_of_medians": self.median / reference.median,
-                "median_round_ratio": self.median_round_ratio}
+                "median_round_ratio": self.median_round_ratio,
+                "median_round_ratio_ci95": [low, high]}
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of a median: the order statistics x(j) and x(n+1-j)
+    with the largest j such that P(Binomial(n, 1/2) < j) <= (1 - confidence) / 2. Timings are
+    skewed and have outliers, so no normal model of them is assumed. With too few values for the
+    confidence asked, the whole range."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2
+    j, cdf = 0, 0.0  # cdf = P(B < j + 1) as j grows
+    if n <= 1000:
+        while True:
+            p_j = math.comb(n, j) / 2.0 ** n
+            if cdf + p_j > tail:
+                break
+            cdf += p_j
+            j += 1
+    else:  # normal approximation of the binomial, exact enough for this many rounds
+        j = max(0, math.floor(n / 2 - _z(confidence) * math.sqrt(n) / 2))
+    if j == 0:
+        return xs[0], xs[-1]
+    return xs[j - 1], xs[n - j]
+
+
+def _z(confidence: float) -> float:
+    return statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
 def machine() -> dict:

@@ -14,7 +14,8 @@ from .errors import UsageError
 from .report import human, human_bytes, table
 from .sidebyside import BenchReport, Entry, pareto_front
 
-LATENCY_HEADER = ["model", "batch", "median ms", "p90 ms", "p99 ms", "min ms", "ratio", "round ratio", "per s"]
+LATENCY_HEADER = ["model", "batch", "median ms", "p90 ms", "p99 ms", "min ms", "ratio", "round ratio", "95% CI",
+                  "per s"]
 MODEL_HEADER = ["model", "size", "params", "MACs", "memory", "max abs", "max rel", "cosine", "top-1 agr", "accuracy"]
 
 
@@ -29,8 +30,14 @@ def latency_rows(report: BenchReport) -> list[list[str]]:
             ref = report.reference.timings[batch]
             rows.append([e.name, str(batch), f"{t.median * 1e3:.3f}", f"{t.quantile(0.9) * 1e3:.3f}",
                          f"{t.quantile(0.99) * 1e3:.3f}", f"{min(t.seconds) * 1e3:.3f}",
-                         f"{t.median / ref.median:.3f}", f"{t.median_round_ratio:.3f}", f"{batch / t.median:.1f}"])
+                         f"{t.median / ref.median:.3f}", f"{t.median_round_ratio:.3f}", _interval(t),
+                         f"{batch / t.median:.1f}"])
     return rows
+
+
+def _interval(t) -> str:
+    low, high = t.round_ratio_interval()
+    return f"{low:.3f}-{high:.3f}"
 
 
 def model_rows(report: BenchReport) -> list[list[str]]:
@@ -75,8 +82,8 @@ def headline(report: BenchReport) -> str:
     lines = []
     for e in report.entries[1:]:
         t = e.timings[batch]
-        parts = [f"latency x{t.median / ref.timings[batch].median:.3f} (median of {len(t.seconds)} interleaved rounds, "
-                 f"per-round x{t.median_round_ratio:.3f})",
+        parts = [f"latency x{t.median / ref.timings[batch].median:.3f} (median of {len(t.seconds)} interleaved rounds; "
+                 f"per-round x{t.median_round_ratio:.3f}, 95% CI {_interval(t)})",
                  f"size {human_bytes(ref.file_bytes)} -> {human_bytes(e.file_bytes)}",
                  f"MACs {human(ref.macs)} -> {human(e.macs)}"]
         if e.accuracy is not None and ref.accuracy is not None:
@@ -90,13 +97,13 @@ def headline(report: BenchReport) -> str:
 def format_table(report: BenchReport) -> str:
     ref = report.reference.name
     out = [f"reference: {ref}; {setup_line(report)}", data_line(report), "",
-           table(latency_rows(report), LATENCY_HEADER, align="lrrrrrrrr"), "",
+           table(latency_rows(report), LATENCY_HEADER, align="lrrrrrrrrr"), "",
            table(model_rows(report), MODEL_HEADER, align="lrrrrrrrrr")]
     notes = _per_output_notes(report)
     if notes:
         out += [""] + notes
     out += ["", f"ratio = median / {ref}'s median; round ratio = median over rounds of (time / {ref}'s time in "
-                "the same round). Below 1 is faster. Fidelity compares each model's outputs with the reference's."]
+                "the same round), with its 95% confidence interval. Below 1 is faster. Fidelity compares each model's outputs with the reference's."]
     return "\n".join(out)
 
 
@@ -109,7 +116,7 @@ def _md_table(header: list[str], rows: list[list[str]], align: str) -> str:
 
 def format_markdown(report: BenchReport) -> str:
     out = [f"Reference: `{report.reference.name}`; {setup_line(report)}.", "", data_line(report) + ".", "",
-           _md_table(LATENCY_HEADER, latency_rows(report), "lrrrrrrrr"), "",
+           _md_table(LATENCY_HEADER, latency_rows(report), "lrrrrrrrrr"), "",
            _md_table(MODEL_HEADER, model_rows(report), "lrrrrrrrrr")]
     notes = _per_output_notes(report)
     if notes:
@@ -119,7 +126,8 @@ def format_markdown(report: BenchReport) -> str:
 
 CSV_HEADER = ["model", "path", "batch", "rounds", "median_ms", "p90_ms", "p99_ms", "min_ms", "ratio_of_medians",
               "median_round_ratio", "throughput_per_s", "file_bytes", "params", "macs", "peak_session_memory_bytes",
-              "max_abs", "max_rel", "cosine", "top1_agreement", "accuracy", "threads"]
+              "max_abs", "max_rel", "cosine", "top1_agreement", "accuracy", "threads", "round_ratio_ci95_low",
+              "round_ratio_ci95_high"]
 
 
 def format_csv(report: BenchReport) -> str:
@@ -139,7 +147,7 @@ def format_csv(report: BenchReport) -> str:
                         0.0 if fid is None else fid.max_abs, 0.0 if fid is None else fid.max_rel,
                         1.0 if fid is None else fid.cosine,
                         ref_top1 if fid is None else _blank(fid.top1_agreement), _blank(e.accuracy),
-                        report.settings.threads])
+                        report.settings.threads, *d["median_round_ratio_ci95"]])
     return buf.getvalue()
 
 

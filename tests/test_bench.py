@@ -93,7 +93,9 @@ def test_as_dict_keys_and_values():
     b = Timing("B", [x / 1e3 for x in B_MS], B_RATIOS)
     d = b.as_dict(a)
     assert set(d) == {"name", "rounds", "median_ms", "p90_ms", "p99_ms", "min_ms", "ratio_of_medians",
-                      "median_round_ratio"}
+                      "median_round_ratio", "median_round_ratio_ci95"}
+    # 5 rounds cannot support 95% (P(all 5 on one side) = 1/16 > 2.5%): the whole range
+    assert d["median_round_ratio_ci95"] == [0.5, 5.0]
     assert d["name"] == "B" and d["rounds"] == 5
     # B sorted: 2, 3, 4, 5, 10 -> median 4; p90 at position 3.6 -> 5 + 0.6 * 5 = 8; p99 at 3.96 -> 9.8
     assert d["median_ms"] == pytest.approx(4.0)
@@ -169,3 +171,23 @@ def test_budget_counts_every_runner_of_a_round(clock):
     runners = [scripted(clock, n, [0.125] * 100) for n in "ABC"]
     timings = interleave(runners, warmup=0, rounds=100, budget_seconds=3.0)
     assert [len(t.seconds) for t in timings] == [9, 9, 9]
+
+
+@pytest.mark.parametrize("n, ranks", [(6, (1, 6)), (10, (2, 9)), (20, (6, 15)), (50, (18, 33)), (200, (86, 115))])
+def test_median_interval_uses_the_binomial_order_statistics(n, ranks):
+    """The textbook ranks (e.g. n=20 -> 6th and 15th values), on a shuffled 1..n."""
+    from onnxopt.bench import median_interval
+
+    values = list(np.random.default_rng(n).permutation(np.arange(1, n + 1)))
+    assert median_interval(values) == ranks
+
+
+def test_median_interval_covers_the_median_at_least_95_percent_of_the_time():
+    from onnxopt.bench import median_interval
+
+    rng = np.random.default_rng(0)
+    hits = sum(lo <= 1.0 <= hi for lo, hi in (median_interval(rng.lognormal(size=40)) for _ in range(2000)))
+    assert 0.95 <= hits / 2000 <= 0.99  # exact method: conservative, never far above
+    big = rng.lognormal(size=5000)  # normal approximation above 1000 values
+    lo, hi = median_interval(big)
+    assert lo < np.median(big) < hi and hi - lo < 0.1

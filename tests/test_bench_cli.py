@@ -81,7 +81,7 @@ def test_two_models_print_the_table(capsys, pair):
     assert err == ""
     assert out.startswith("reference: a.onnx; threads 1 (intra-op)")
     rows = [line.split() for line in out.splitlines()]
-    latency = {r[0]: r for r in rows if len(r) == 9 and r[1] == "1"}
+    latency = {r[0]: r for r in rows if len(r) == 10 and r[1] == "1"}
     assert set(latency) == {"a.onnx", "b.onnx"}
     assert latency["a.onnx"][6] == "1.000" and latency["a.onnx"][7] == "1.000"  # ratio, round ratio
     model_row = next(r for r in rows if r and r[0] == "b.onnx" and "%" in " ".join(r))

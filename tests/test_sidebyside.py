@@ -385,9 +385,9 @@ def test_format_table(report):
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("model") and "ratio" in line)
     assert header.split() == ["model", "batch", "median", "ms", "p90", "ms", "p99", "ms", "min", "ms", "ratio",
-                              "round", "ratio", "per", "s"]
+                              "round", "ratio", "95%", "CI", "per", "s"]
     rows = {(cells[0], cells[1]): cells for cells in (line.split() for line in lines)
-            if len(cells) == 9 and cells[0] in NAMES and cells[1].isdigit()}
+            if len(cells) == 10 and cells[0] in NAMES and cells[1].isdigit()}
     assert set(rows) == {(n, b) for n in NAMES for b in ("1", "4")}
     for b in ("1", "4"):
         assert rows[("ref.onnx", b)][6] == "1.000" and rows[("ref.onnx", b)][7] == "1.000"
@@ -423,7 +423,7 @@ def test_format_markdown_is_a_valid_pipe_table(report):
     assert len(tables) == 2
     latency, models = tables
     assert len(latency) == 2 + 3 * 2 and len(models) == 2 + 3  # header, separator, rows
-    for t, columns in ((latency, 9), (models, 10)):
+    for t, columns in ((latency, 10), (models, 10)):
         assert _pipes(t[0]) == columns + 1
         assert all(_pipes(line) == _pipes(t[0]) for line in t), t
         assert re.fullmatch(r"\|( -{3,}:? \|)+", t[1]), t[1]
