@@ -1,10 +1,25 @@
-"""Run every benchmark suite: `python -m benchmarks [--quick]`."""
+"""Run every benchmark suite, then write results/SUMMARY.md: `python -m benchmarks [--quick]`."""
 import sys
+import time
 
-from . import foundation, reparam
+from . import foundation, peers, reparam
+from .summary import write_summary
 
-SUITES = [foundation, reparam]
+SUITES = [foundation, reparam, peers]
+
+
+def main(argv: list[str]) -> None:
+    seconds = {}
+    for suite in SUITES:
+        name = suite.__name__.rsplit(".", 1)[-1]
+        start = time.perf_counter()
+        suite.main(argv)
+        seconds[name] = time.perf_counter() - start
+        print(f"[benchmarks] {name}: {seconds[name]:.0f} s", file=sys.stderr, flush=True)
+    write_summary(list(seconds), seconds)
+    print(f"[benchmarks] all suites: {sum(seconds.values()):.0f} s; wrote benchmarks/results/SUMMARY.md",
+          file=sys.stderr)
+
 
 if __name__ == "__main__":
-    for suite in SUITES:
-        suite.main(sys.argv[1:])
+    main(sys.argv[1:])

@@ -1,10 +1,9 @@
 """Side-by-side latency: several models timed in one process, interleaved, reported as medians.
 
 Absolute times on a shared machine drift by more than the differences we want to see; a ratio of
-medians from runs interleaved in one process does not. Each round runs every model once; the order
-alternates between rounds (ABC, CBA, ...) so that no model always runs right after another, and the
-per-round ratio (each model against the first in the same round) is reported next to the ratio of
-medians.
+medians from runs interleaved in one process does not. Each round runs every model once, in an
+order that is shuffled and then reversed in the next round (see round_orders), and the per-round
+ratio (each model against the first in the same round) is reported next to the ratio of medians.
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -99,21 +98,36 @@ def machine() -> dict:
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
+def round_orders(count: int, seed: int = 0) -> Iterator[list[int]]:
+    """The order of the runners in each round: a seeded shuffle, then the same order reversed.
+
+    Reversing balances the position of every runner over each pair of rounds (a drifting machine
+    favours none); shuffling varies which runner precedes which. With a fixed order (ABC, CBA, ...)
+    an A/A pair of a 12-model run measured 1.5% apart, round after round: the one that always ran
+    right after the same model paid for the cache state it left."""
+    rng = np.random.default_rng(seed)
+    while True:
+        order = [int(i) for i in rng.permutation(count)]
+        yield order
+        yield order[::-1]
+
+
 def interleave(runners: Sequence[tuple[str, Callable[[], object]]], *, warmup: int = 3,
                rounds: int = 50, budget_seconds: float | None = None,
-               progress: Callable[[int, int], None] | None = None) -> list[Timing]:
+               progress: Callable[[int, int], None] | None = None, seed: int = 0) -> list[Timing]:
     """Time each runner once per round for `rounds` rounds (or until `budget_seconds`, at least 5
-    rounds), after `warmup` untimed rounds. Returns one Timing per runner, in the given order."""
+    rounds), after `warmup` untimed rounds, in the orders of round_orders(). Returns one Timing per
+    runner, in the given order."""
     names = [name for name, _ in runners]
     calls = [fn for _, fn in runners]
     for _ in range(warmup):
         for fn in calls:
             fn()
     samples: list[list[float]] = [[] for _ in calls]
+    orders = round_orders(len(calls), seed)
     start = time.perf_counter()
     for r in range(rounds):
-        order = range(len(calls)) if r % 2 == 0 else reversed(range(len(calls)))
-        for i in order:
+        for i in next(orders):
             t0 = time.perf_counter()
             calls[i]()
             samples[i].append(time.perf_counter() - t0)

@@ -9,12 +9,30 @@ from onnxopt.models import build
 from onnxopt.runtime import random_feeds, resolve_input_shapes
 
 
-def test_rounds_alternate_order_so_no_model_always_runs_second():
+def test_rounds_shuffle_then_reverse_so_no_model_always_runs_second():
     calls: list[str] = []
-    runners = [(n, (lambda n=n: calls.append(n))) for n in "ABC"]
-    interleave(runners, warmup=1, rounds=4)
-    assert calls[:3] == list("ABC")  # warm-up
-    assert calls[3:] == list("ABC" "CBA" "ABC" "CBA")
+    runners = [(n, (lambda n=n: calls.append(n))) for n in "ABCD"]
+    interleave(runners, warmup=1, rounds=40)
+    assert calls[:4] == list("ABCD")  # warm-up, in the given order
+    rounds = ["".join(calls[4 + 4 * r: 8 + 4 * r]) for r in range(40)]
+    assert all(sorted(r) == list("ABCD") for r in rounds)  # each model once per round
+    assert all(rounds[r + 1] == rounds[r][::-1] for r in range(0, 40, 2))  # then reversed
+    # over each pair of rounds every model's mean position is the middle one
+    for r in range(0, 40, 2):
+        assert all(rounds[r].index(m) + rounds[r + 1].index(m) == 3 for m in "ABCD")
+    # who runs right before whom varies: no model is always preceded by the same one
+    before = {m: {r[r.index(m) - 1] for r in rounds if r.index(m) > 0} for m in "ABCD"}
+    assert all(len(v) >= 2 for v in before.values()), before
+    assert len(set(rounds[::2])) > 5  # shuffled, not a fixed cycle
+
+
+def test_round_orders_are_seeded():
+    from itertools import islice
+
+    from onnxopt.bench import round_orders
+
+    assert list(islice(round_orders(5, 1), 10)) == list(islice(round_orders(5, 1), 10))
+    assert list(islice(round_orders(5, 1), 10)) != list(islice(round_orders(5, 2), 10))
 
 
 def test_round_ratios_compare_within_the_same_round(monkeypatch):
@@ -138,10 +156,11 @@ def test_warmup_is_not_timed_and_ratios_pair_runs_of_the_same_round(clock):
     c = scripted(clock, "C", [1000.0, 1000.0] + [2 * x for x in A_MS], log)
     ta, tb, tc = interleave([a, b, c], warmup=2, rounds=5)
     assert log.count("A") == log.count("B") == log.count("C") == 7  # 2 warm-up + 5 timed each
-    assert log[6:] == list("ABC" "CBA" "ABC" "CBA" "ABC")
+    order = "".join(log[6:])
+    assert order[3:6] == order[:3][::-1]
     assert [ta.name, tb.name, tc.name] == ["A", "B", "C"]  # results in the given order, not run order
     assert ta.seconds == A_MS and tb.seconds == B_MS
-    # B ran before A in rounds 2 and 4, yet each ratio is B / A of the same round
+    # B ran before A in every other round, yet each ratio is B / A of the same round
     assert tb.round_ratios == B_RATIOS
     assert tc.round_ratios == [2.0] * 5
     assert ta.round_ratios == [1.0] * 5
