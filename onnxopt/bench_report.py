@@ -55,8 +55,8 @@ def model_rows(report: BenchReport) -> list[list[str]]:
 def setup_line(report: BenchReport) -> str:
     s, m = report.settings, report.machine
     rounds = sorted({len(t.seconds) for e in report.entries for t in e.timings.values()})
-    return (f"threads {s.threads} (intra-op), ORT optimization '{s.optimization}', {s.warmup} warm-up + "
-            f"{'/'.join(map(str, rounds))} interleaved rounds per batch; {m['cpu']}, {m['cores']} cores; "
+    return (f"threads {s.threads} (intra-op), ORT optimization '{s.optimization}', {s.session_sets} session set(s) x "
+            f"{s.warmup} warm-up, {'/'.join(map(str, rounds))} interleaved rounds per batch; {m['cpu']}, {m['cores']} cores; "
             f"onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, Python {m['python']}")
 
 

@@ -198,7 +198,11 @@ def _optional_file(name: str, dest: str, what: str):
               help="At most this many interleaved timed rounds per batch size ...")
 @click.option("--budget", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
               help="... or stop after this many seconds per batch size (at least 5 rounds).")
-@click.option("--warmup", type=click.IntRange(0, 10000), default=5, show_default=True, help="Untimed rounds first.")
+@click.option("--warmup", type=click.IntRange(0, 10000), default=5, show_default=True,
+              help="Untimed rounds before the timed ones, for each set of sessions.")
+@click.option("--session-sets", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Build the sessions this many times, each time in a new shuffled order, and pool the "
+                   "rounds: where a session lands in memory moves its speed by a few percent.")
 @click.option("--batch", "batch_text", metavar="N[,N..]",
               help="Batch sizes to time (needs a dynamic batch dim for sizes other than the model's).")
 @click.option("--data", type=click.Path(path_type=Path), metavar="DATA",
@@ -218,13 +222,15 @@ def _optional_file(name: str, dest: str, what: str):
 @_optional_file("--csv", "csv_out", "CSV, one row per model and batch size,")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
               help="Latency vs accuracy/fidelity plot with the Pareto front (needs matplotlib).")
-def bench(models: tuple[Path, ...], threads: int, rounds: int, budget: float, warmup: int, batch_text: str | None,
+def bench(models: tuple[Path, ...], threads: int, rounds: int, budget: float, warmup: int, session_sets: int,
+          batch_text: str | None,
           data: Path | None, samples: int, seed: int, input_shapes: tuple[str, ...], optimization: str, control: bool,
           memory: bool, json_out: Path | None, markdown_out: Path | None, csv_out: Path | None,
           plot: Path | None) -> None:
     """Time MODELS side by side (the first is the reference) and compare their outputs.
 
-    One process, one session per model, warm-up, then interleaved rounds (ABC, CBA, ...). Reports
+    One process, one session per model, warm-up, then interleaved rounds (each a shuffled order, the
+    next its reverse). Reports
     median/p90/p99/min latency, ratios against the first model, size, params, MACs, peak session
     memory, fidelity against the first model and, with labelled --data, top-1 accuracy."""
     from . import bench_report
@@ -247,7 +253,8 @@ def bench(models: tuple[Path, ...], threads: int, rounds: int, budget: float, wa
         first = subjects[0]
         subjects.insert(1, Subject(f"{first.name} (A/A)", first.model, first.data, first.path))
     settings = Settings(threads=threads, optimization=optimization, warmup=warmup, rounds=rounds, budget_seconds=budget,
-                        batches=_batches(batch_text), samples=samples, seed=seed, memory=memory)
+                        session_sets=session_sets, batches=_batches(batch_text), samples=samples, seed=seed,
+                        memory=memory)
     show = sys.stderr.isatty()
     try:
         report = run_bench(subjects, settings, data=data, input_shapes=_shapes(input_shapes),

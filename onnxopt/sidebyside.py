@@ -50,6 +50,7 @@ class Settings:
     warmup: int = 5
     rounds: int = 200                    # at most this many timed rounds per batch size ...
     budget_seconds: float | None = 10.0  # ... or until this much time has passed (at least 5 rounds)
+    session_sets: int = 3                # sets of sessions, built in shuffled orders, sharing the rounds
     batches: tuple[int, ...] = ()        # () = the model's own batch size
     samples: int = 8                     # random samples for fidelity when no data is given
     seed: int = 0
@@ -106,6 +107,7 @@ class BenchReport:
         return {"schema": SCHEMA, "machine": self.machine,
                 "settings": {"threads": s.threads, "optimization": s.optimization, "warmup": s.warmup,
                              "max_rounds": s.rounds, "budget_seconds_per_batch": s.budget_seconds,
+                             "session_sets": s.session_sets,
                              "batches": self.batches},
                 "inputs": self.inputs, "data": self.data, "fidelity_samples": self.fidelity_samples,
                 "labelled_samples": self.labelled_samples, "reference": self.reference.name,
@@ -223,19 +225,11 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
         memory.append(peak_session_bytes(sub.data, spec, threads=settings.threads, optimization=settings.optimization)
                       if settings.memory else None)
         report("peak session memory", i + 1, len(subjects))
-    sessions = [make_session(sub.data, optimization=settings.optimization, threads=settings.threads) for sub in subjects]
-
-    def runner(session, feed):
-        wanted = {i.name for i in session.get_inputs()}
-        inputs = {k: v for k, v in feed.items() if k in wanted}
-        return lambda: session.run(None, inputs)
-
     timings: dict[int, list[Timing]] = {}
+    sessions: list = []
     for b in batches:
-        label = f"timing batch {b}"
-        timings[b] = interleave([(sub.name, runner(sess, timing_feeds[b])) for sub, sess in zip(subjects, sessions)],
-                                warmup=settings.warmup, rounds=settings.rounds, budget_seconds=settings.budget_seconds,
-                                progress=lambda done, total, label=label: report(label, done, total))
+        timings[b], sessions = _time_batch(subjects, timing_feeds[b], settings,
+                                           lambda done, total, label=f"timing batch {b}": report(label, done, total))
 
     outputs = []
     for sub, sess in zip(subjects, sessions):
@@ -257,6 +251,48 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
     return BenchReport(settings=settings, machine=machine(), inputs={k: list(v) for k, v in shapes[batches[0]].items()},
                        data=source, fidelity_samples=fidelity_samples,
                        labelled_samples=len(labels) if labels is not None else 0, entries=entries)
+
+
+def _build_sessions(subjects: Sequence[Subject], settings: Settings, order: Sequence[int]) -> list:
+    made = {i: make_session(subjects[i].data, optimization=settings.optimization, threads=settings.threads)
+            for i in order}
+    return [made[i] for i in range(len(subjects))]
+
+
+def _runner(session, feed: Feed) -> Callable[[], object]:
+    wanted = {i.name for i in session.get_inputs()}
+    inputs = {k: v for k, v in feed.items() if k in wanted}
+    return lambda: session.run(None, inputs)
+
+
+def _time_batch(subjects: Sequence[Subject], feed: Feed, settings: Settings,
+                progress: Callable[[int, int], None]) -> tuple[list[Timing], list]:
+    """Interleaved timing of every subject on one feed, pooled over `settings.session_sets` sets
+    of sessions, each built in a new shuffled order; the rounds and the budget are shared out.
+
+    Where a session's buffers land in memory moves its speed by a few percent, and that placement
+    follows the order sessions were built in: in one 14-model run, copies of one model built 1st,
+    6th and 14th timed 1.000, 0.96 and 0.95. Pooling rounds over several building orders turns
+    that bias into noise the statistics see. Returns the timings and the last set of sessions."""
+    sets = max(1, min(settings.session_sets, settings.rounds))
+    share = [settings.rounds // sets + (k < settings.rounds % sets) for k in range(sets)]
+    budget = settings.budget_seconds / sets if settings.budget_seconds is not None else None
+    rng = np.random.default_rng(settings.seed)
+    seconds: list[list[float]] = [[] for _ in subjects]
+    ratios: list[list[float]] = [[] for _ in subjects]
+    sessions: list = []
+    done_before = 0
+    for k in range(sets):
+        sessions = []  # the previous set is freed before the next is built
+        sessions = _build_sessions(subjects, settings, [int(i) for i in rng.permutation(len(subjects))])
+        part = interleave([(sub.name, _runner(sess, feed)) for sub, sess in zip(subjects, sessions)],
+                          warmup=settings.warmup, rounds=share[k], budget_seconds=budget, seed=settings.seed + k,
+                          progress=lambda done, total: progress(done_before + done, settings.rounds))
+        for i, t in enumerate(part):
+            seconds[i] += t.seconds
+            ratios[i] += t.round_ratios
+        done_before += len(part[0].seconds)
+    return [Timing(sub.name, seconds[i], ratios[i]) for i, sub in enumerate(subjects)], sessions
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

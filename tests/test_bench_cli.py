@@ -38,11 +38,6 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    monkeypatch.delenv("ONNXOPT_DEBUG", raising=False)
-
-
 @pytest.fixture
 def pair(tmp_path) -> tuple[Path, Path]:
     """a.onnx (y = x W) and b.onnx (y = x 1.1 W): b's max rel output change is 0.1."""

@@ -81,11 +81,6 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    monkeypatch.delenv("ONNXOPT_DEBUG", raising=False)
-
-
 @pytest.fixture
 def small(tmp_path) -> Path:
     return save(make_model(), tmp_path / "m.onnx")

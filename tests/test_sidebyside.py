@@ -291,6 +291,24 @@ class _RecordingSession:
         return self._session.run(names, feed)
 
 
+def test_sessions_are_rebuilt_per_set_in_shuffled_orders_and_rounds_pooled(monkeypatch):
+    import onnxopt.sidebyside as sidebyside
+
+    built: list[bytes] = []
+    real = sidebyside.make_session
+    monkeypatch.setattr(sidebyside, "make_session", lambda data, **k: built.append(data) or real(data, **k))
+    subjects = [subject(linear(W * np.float32(1 + k / 10)), f"m{k}") for k in range(5)]
+    settings = dataclasses.replace(FAST, rounds=12, budget_seconds=None, session_sets=4)
+    r = run_bench(subjects, settings)
+    assert len(built) == 5 * 4  # every model once per set
+    orders = [[next(i for i, s in enumerate(subjects) if s.data == d) for d in built[k:k + 5]] for k in range(0, 20, 5)]
+    assert all(sorted(o) == list(range(5)) for o in orders) and len({tuple(o) for o in orders}) > 1
+    assert all(len(e.timings[1].seconds) == 12 and len(e.timings[1].round_ratios) == 12 for e in r.entries)
+    # fewer rounds than sets: one round per set, never more rounds than asked
+    r = run_bench(subjects[:2], dataclasses.replace(FAST, rounds=2, budget_seconds=None, session_sets=4))
+    assert len(r.entries[0].timings[1].seconds) == 2
+
+
 def test_each_batch_size_is_timed_with_feeds_of_that_size(monkeypatch):
     import onnxopt.sidebyside as sidebyside
 
@@ -305,8 +323,9 @@ def test_each_batch_size_is_timed_with_feeds_of_that_size(monkeypatch):
         for batch, t in e.timings.items():
             row = e.as_dict(r.reference)["latency"][str(batch)]
             assert row["throughput_per_s"] == pytest.approx(batch / t.median)
-    # per model: (1 warm-up + 5 rounds) at batch 4, then at batch 1, then 3 fidelity samples at batch 4
-    assert log == [4] * 12 + [1] * 12 + [4] * 3 * 2
+    # per model: (3 session sets x 1 warm-up + 5 rounds) at batch 4, then at batch 1, then 3 fidelity
+    # samples at batch 4
+    assert log == [4] * 16 + [1] * 16 + [4] * 3 * 2
     assert r.inputs == {"input": [4, 4]} and r.fidelity_samples == 3 * 4
     assert r.entries[0].macs == 4 * 4 * 3
 
@@ -380,7 +399,7 @@ def test_format_table(report):
     assert text.startswith("reference: ref.onnx; ")
     assert "threads 1 (intra-op)" in text and "ORT optimization 'all'" in text
     assert report.machine["cpu"] in text and f"{report.machine['cores']} cores" in text
-    assert "1 warm-up + 5 interleaved rounds" in text
+    assert "3 session set(s) x 1 warm-up, 5 interleaved rounds" in text
     assert "accuracy on 8 labelled samples" in text and "fidelity on 8 samples" in text
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("model") and "ratio" in line)
@@ -461,7 +480,7 @@ def test_as_dict_is_plain_json(report):
     assert d["schema"] == SCHEMA == "onnxopt.bench/1"
     assert d["reference"] == "ref.onnx"
     assert d["settings"] == {"threads": 1, "optimization": "all", "warmup": 1, "max_rounds": 5,
-                             "budget_seconds_per_batch": 0.05, "batches": [1, 4]}
+                             "budget_seconds_per_batch": 0.05, "session_sets": 3, "batches": [1, 4]}
     assert d["inputs"] == {"input": [1, 4]}
     assert d["fidelity_samples"] == 8 and d["labelled_samples"] == 8
     assert set(d["machine"]) >= {"cpu", "cores", "python", "onnx", "onnxruntime", "numpy"}
