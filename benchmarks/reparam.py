@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     md = ["# reparam: reparameterized vs deploy form vs train-time form", "",
           f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores; onnxruntime "
           f"{data['machine']['onnxruntime']}; ORT_ENABLE_ALL, batch 1, 224x224 "
-          "(32x32 for -tiny). Latency: rounds interleaved in one process (order alternating), medians; "
+          "(32x32 for -tiny). Latency: rounds interleaved in one process (each a shuffled order, the next its reverse), medians; "
           "ratios are against the deploy form built directly. `deploy (A/A)` is a second session of the "
           "same deploy model: the noise floor.", "",
           "| model | threads | variant | median ms | p90 ms | ratio of medians | median per-round ratio | rounds |",

@@ -20,7 +20,11 @@ def test_python_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "resnet18-tiny.opt.onnx").is_file()
     dry = namespace["report"].passes[1]
     assert dry.name == "drop-double-relu" and dry.status == "unchanged"
-    assert "fold-bn" in capsys.readouterr().out
+    bench = namespace["bench"]
+    assert [e.name for e in bench.entries] == ["original", "optimized"]
+    assert bench.entries[1].fidelity.max_rel <= 1e-5 and bench.entries[1].params < bench.entries[0].params
+    out = capsys.readouterr().out
+    assert "fold-bn" in out and "round ratio" in out
 
 
 def test_ci_runs_the_readme_test_command():
