@@ -20,7 +20,7 @@ from . import io as model_io
 from .analysis.cost import model_stats
 from .bench import Timing, interleave, machine
 from .data import FeedSet, load_feeds
-from .errors import BadData, UsageError
+from .errors import BadData, BadModel, UsageError
 from .memory import peak_session_bytes
 from .runtime import Feed, InputSpec, OptLevel, input_specs, make_session, random_feeds, resolve_input_shapes
 from .verify import Fidelity, compare
@@ -225,6 +225,8 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
         memory.append(peak_session_bytes(sub.data, spec, threads=settings.threads, optimization=settings.optimization)
                       if settings.memory else None)
         report("peak session memory", i + 1, len(subjects))
+    for b in batches:
+        _check_runs(subjects, timing_feeds[b], settings)
     timings: dict[int, list[Timing]] = {}
     sessions: list = []
     for b in batches:
@@ -254,8 +256,12 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
 
 
 def _build_sessions(subjects: Sequence[Subject], settings: Settings, order: Sequence[int]) -> list:
-    made = {i: make_session(subjects[i].data, optimization=settings.optimization, threads=settings.threads)
-            for i in order}
+    made = {}
+    for i in order:
+        try:
+            made[i] = make_session(subjects[i].data, optimization=settings.optimization, threads=settings.threads)
+        except BadModel as exc:
+            raise BadModel(f"{subjects[i].name}: {exc}") from None
     return [made[i] for i in range(len(subjects))]
 
 
@@ -263,6 +269,18 @@ def _runner(session, feed: Feed) -> Callable[[], object]:
     wanted = {i.name for i in session.get_inputs()}
     inputs = {k: v for k, v in feed.items() if k in wanted}
     return lambda: session.run(None, inputs)
+
+
+def _check_runs(subjects: Sequence[Subject], feed: Feed, settings: Settings) -> None:
+    """One inference per model before anything is timed: a model onnxruntime loads but cannot run
+    on these inputs is refused in one line, not in a traceback from the middle of the timing."""
+    for sub, session in zip(subjects, _build_sessions(subjects, settings, range(len(subjects)))):
+        try:
+            _runner(session, feed)()
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise BadModel(f"{sub.name}: onnxruntime cannot run it on inputs "
+                           f"{', '.join(f'{k} {list(v.shape)}' for k, v in feed.items())}: {first}") from None
 
 
 def _time_batch(subjects: Sequence[Subject], feed: Feed, settings: Settings,

@@ -300,7 +300,8 @@ def test_sessions_are_rebuilt_per_set_in_shuffled_orders_and_rounds_pooled(monke
     subjects = [subject(linear(W * np.float32(1 + k / 10)), f"m{k}") for k in range(5)]
     settings = dataclasses.replace(FAST, rounds=12, budget_seconds=None, session_sets=4)
     r = run_bench(subjects, settings)
-    assert len(built) == 5 * 4  # every model once per set
+    assert len(built) == 5 + 5 * 4  # every model once for a first check run, then once per set
+    built = built[5:]
     orders = [[next(i for i, s in enumerate(subjects) if s.data == d) for d in built[k:k + 5]] for k in range(0, 20, 5)]
     assert all(sorted(o) == list(range(5)) for o in orders) and len({tuple(o) for o in orders}) > 1
     assert all(len(e.timings[1].seconds) == 12 and len(e.timings[1].round_ratios) == 12 for e in r.entries)
@@ -323,9 +324,9 @@ def test_each_batch_size_is_timed_with_feeds_of_that_size(monkeypatch):
         for batch, t in e.timings.items():
             row = e.as_dict(r.reference)["latency"][str(batch)]
             assert row["throughput_per_s"] == pytest.approx(batch / t.median)
-    # per model: (3 session sets x 1 warm-up + 5 rounds) at batch 4, then at batch 1, then 3 fidelity
-    # samples at batch 4
-    assert log == [4] * 16 + [1] * 16 + [4] * 3 * 2
+    # per model: one check run at each batch size, (3 session sets x 1 warm-up + 5 rounds) at batch 4,
+    # then at batch 1, then 3 fidelity samples at batch 4
+    assert log == [4] * 2 + [1] * 2 + [4] * 16 + [1] * 16 + [4] * 3 * 2
     assert r.inputs == {"input": [4, 4]} and r.fidelity_samples == 3 * 4
     assert r.entries[0].macs == 4 * 4 * 3
 
@@ -522,3 +523,35 @@ def test_plot_writes_a_png(report, tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no temp file left behind
+
+
+def test_a_model_onnxruntime_cannot_load_or_run_is_named_in_one_line(monkeypatch):
+    import onnxopt.sidebyside as sidebyside
+    from onnxopt.errors import BadModel
+
+    class Failing:
+        def __init__(self, session):
+            self._session = session
+
+        def get_inputs(self):
+            return self._session.get_inputs()
+
+        def run(self, *args):
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Reshape failed\nsecond line")
+
+    real = sidebyside.make_session
+    bad = linear(W * np.float32(2))
+    bad_bytes = bad.SerializeToString()
+    monkeypatch.setattr(sidebyside, "make_session",
+                        lambda data, **k: Failing(real(data, **k)) if data == bad_bytes else real(data, **k))
+    with pytest.raises(BadModel) as err:
+        run_bench([subject(linear(W), "good.onnx"), subject(bad, "bad.onnx")], FAST)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("bad.onnx: onnxruntime cannot run it on inputs input [1, 4]")
+    assert "Reshape failed" in message
+
+    def refuse(data, **k):
+        raise BadModel("onnxruntime cannot load the model: bad node")
+    monkeypatch.setattr(sidebyside, "make_session", refuse)
+    with pytest.raises(BadModel, match=r"^good\.onnx: onnxruntime cannot load the model: bad node$"):
+        run_bench([subject(linear(W), "good.onnx")], FAST)
