@@ -3,7 +3,7 @@ import sys
 import time
 
 from . import foundation, peers, reparam
-from .summary import write_summary
+from .summary import record_run, write_summary
 
 SUITES = [foundation, reparam, peers]
 
@@ -16,9 +16,11 @@ def main(argv: list[str]) -> None:
         suite.main(argv)
         seconds[name] = time.perf_counter() - start
         print(f"[benchmarks] {name}: {seconds[name]:.0f} s", file=sys.stderr, flush=True)
-    write_summary(list(seconds), seconds)
-    print(f"[benchmarks] all suites: {sum(seconds.values()):.0f} s; wrote benchmarks/results/SUMMARY.md",
-          file=sys.stderr)
+    quick = "--quick" in argv
+    record_run(list(seconds), seconds, quick)
+    write_summary(quick)
+    print(f"[benchmarks] all suites: {sum(seconds.values()):.0f} s; wrote the summary to "
+          f"benchmarks/results/{'quick/' if quick else ''}SUMMARY.md", file=sys.stderr)
 
 
 if __name__ == "__main__":

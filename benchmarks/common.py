@@ -22,8 +22,15 @@ def what_it_did(stats: dict, skipped: list[str]) -> str:
     return did
 
 
-def write(name: str, data: dict, markdown: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
+def results_dir(quick: bool = False) -> Path:
+    """results/, or results/quick/ (not committed) for smoke runs: a --quick run must never replace
+    the tables the README quotes."""
+    return RESULTS / "quick" if quick else RESULTS
+
+
+def write(name: str, data: dict, markdown: str, quick: bool = False) -> None:
+    folder = results_dir(quick)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(markdown.rstrip() + "\n")
     print(markdown)

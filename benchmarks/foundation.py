@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     md += [f"| {r['model']} | {r['bn_before']} | {r['bn_after']} ({r['lone_bn_declined']}) | {r['max_rel_vs_original']:.2e} "
            f"| {r['vs_float64']['original']:.2e} | {r['vs_float64']['folded']:.2e} | {r['vs_float64']['ort_fused']:.2e} "
            f"| {r['pass_seconds']:.2f} s |" for r in zoo]
-    write("foundation", data, "\n".join(md))
+    write("foundation", data, "\n".join(md), quick=quick)
     return data
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from onnxopt import models
+from onnxopt.bench import runner
 from onnxopt.data import FeedSet
 from onnxopt.runtime import make_session, random_feeds, resolve_input_shapes
 from onnxopt.sidebyside import Settings, Subject, check_same_interface, run_bench
@@ -116,8 +117,7 @@ def runnable(original: onnx.ModelProto, label: str, candidate: onnx.ModelProto, 
     try:
         check_same_interface([Subject("original", original, b""), Subject(label, candidate, b"")])
         session = make_session(candidate.SerializeToString(), optimization="all", threads=THREADS)
-        wanted = {i.name for i in session.get_inputs()}
-        session.run(None, {k: v for k, v in feed.items() if k in wanted})
+        runner(session, feed)()
     except Exception as exc:  # noqa: BLE001 - onnxruntime and the interface check raise many types
         return f"cannot be measured: {one_line(exc)}"
     return None
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
             "u8s8_reduce_range": not peer_tools.has_vnni(),
             "jobs": {job.label: job.note for job in peer_tools.JOBS}, "models": results,
             "wall_seconds": time.perf_counter() - start}
-    write("peers", data, markdown(data))
+    write("peers", data, markdown(data), quick=quick)
     return data
 
 

@@ -4,8 +4,9 @@ deploy form built directly, timed side by side in one process.
 For each model: `reparam` (and `fold-bn,reparam`) through the verifying pipeline; structure and
 size before/after; max relative output error vs the train-time graph next to the float32 noise
 floor (how far onnxruntime's own graph optimizations move the train-time graph's outputs); then
-latency of deploy form, reparameterized, train-time form and a second deploy session (the A/A
-control), interleaved, ORT_ENABLE_ALL, batch 1, one intra-op thread (`--threads 1,2` for more).
+latency of deploy form, reparameterized, train-time form and the deploy form again (the A/A
+control), measured side by side with onnxopt.sidebyside (interleaved rounds over three sets of
+sessions), ORT_ENABLE_ALL, batch 1, one intra-op thread (`--threads 1,2` for more).
 """
 from __future__ import annotations
 
@@ -14,14 +15,13 @@ import time
 
 from onnxopt import models
 from onnxopt.analysis.cost import model_stats
-from onnxopt.bench import interleave, session_runner
 from onnxopt.pipeline import Pipeline
 from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
+from onnxopt.sidebyside import Settings, Subject, run_bench
 from onnxopt.testing import count_ops
 from onnxopt.verify import compare
 
 from .common import machine, write
-
 
 
 def conv_signature(model) -> list[tuple]:
@@ -61,18 +61,17 @@ def measure(name: str, budget: float, thread_counts: tuple[int, ...]) -> dict:
     row["conv_counts"] = {k: count_ops(m).get("Conv", 0) for k, m in variants}
     row["latency"] = {}
     for threads in thread_counts:
-        runners = [(variant, session_runner(m, feeds[0], threads=threads)) for variant, m in
-                   (("deploy", deploy), ("reparam", merged), ("train", train), ("deploy (A/A)", deploy))]
+        subjects = [Subject(variant, m, m.SerializeToString()) for variant, m in
+                    (("deploy", deploy), ("reparam", merged), ("train", train), ("deploy (A/A)", deploy))]
 
-        def progress(done: int, total: int) -> None:
-            if sys.stderr.isatty():
-                print(f"\r  {name}, {threads} thread(s): round {done}", end="", file=sys.stderr, flush=True)
-            elif done % 100 == 0:
+        def progress(what: str, done: int, total: int) -> None:
+            if what.startswith("timing") and done % 100 == 0:
                 print(f"  {name}, {threads} thread(s): round {done}", file=sys.stderr, flush=True)
 
-        timings = interleave(runners, warmup=3, rounds=400, budget_seconds=budget, progress=progress)
-        print(file=sys.stderr)
-        row["latency"][threads] = [t.as_dict(timings[0]) for t in timings]
+        report = run_bench(subjects, Settings(threads=threads, rounds=400, budget_seconds=budget, warmup=3,
+                                              memory=False, samples=1), progress=progress)
+        reference = report.reference.timings[1]
+        row["latency"][threads] = [e.timings[1].as_dict(reference) for e in report.entries]
     return row
 
 
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{r['max_rel_vs_train']:.2e} | {r['ort_all_vs_disabled_on_train']:.2e} | "
                   f"{r['reparam']['pipeline_seconds']:.2f} s | {r['fold-bn,reparam']['pipeline_seconds']:.2f} s |")
     md += ["", "Pipeline times include onnxopt's own verification (checker + two onnxruntime runs per pass)."]
-    write("reparam", data, "\n".join(md))
+    write("reparam", data, "\n".join(md), quick=quick)
     return data
 
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import UsageError
 from .report import human, human_bytes, table
-from .sidebyside import BenchReport, Entry, pareto_front
+from .sidebyside import BenchReport, Entry
 
-LATENCY_HEADER = ["model", "batch", "median ms", "p90 ms", "p99 ms", "min ms", "ratio", "round ratio", "95% CI",
+LATENCY_HEADER = ["model", "batch", "median ms", "p90 ms", "p99 ms", "min ms", "ratio", "round ratio", "interval",
                   "per s"]
 MODEL_HEADER = ["model", "size", "params", "MACs", "memory", "max abs", "max rel", "cosine", "top-1 agr", "accuracy"]
 
@@ -83,11 +85,11 @@ def headline(report: BenchReport) -> str:
     for e in report.entries[1:]:
         t = e.timings[batch]
         parts = [f"latency x{t.median / ref.timings[batch].median:.3f} (median of {len(t.seconds)} interleaved rounds; "
-                 f"per-round x{t.median_round_ratio:.3f}, 95% CI {_interval(t)})",
+                 f"per-round x{t.median_round_ratio:.3f}, interval {_interval(t)})",
                  f"size {human_bytes(ref.file_bytes)} -> {human_bytes(e.file_bytes)}",
                  f"MACs {human(ref.macs)} -> {human(e.macs)}"]
         if e.accuracy is not None and ref.accuracy is not None:
-            parts.append(f"accuracy {ref.accuracy:.2%} -> {e.accuracy:.2%} on {report.labelled_samples} held-out samples")
+            parts.append(f"accuracy {ref.accuracy:.2%} -> {e.accuracy:.2%} on {report.labelled_samples} labelled samples")
         elif e.fidelity is not None:
             parts.append(f"max rel output change {e.fidelity.max_rel:.2g}")
         lines.append(f"{e.name} vs {ref.name}: " + "; ".join(parts))
@@ -103,7 +105,7 @@ def format_table(report: BenchReport) -> str:
     if notes:
         out += [""] + notes
     out += ["", f"ratio = median / {ref}'s median; round ratio = median over rounds of (time / {ref}'s time in "
-                "the same round), with its 95% confidence interval. Below 1 is faster. Fidelity compares each model's outputs with the reference's."]
+                "the same round); interval = its 95% confidence interval, widened to every set of sessions' own median. Below 1 is faster. Fidelity compares each model's outputs with the reference's."]
     return "\n".join(out)
 
 
@@ -126,8 +128,8 @@ def format_markdown(report: BenchReport) -> str:
 
 CSV_HEADER = ["model", "path", "batch", "rounds", "median_ms", "p90_ms", "p99_ms", "min_ms", "ratio_of_medians",
               "median_round_ratio", "throughput_per_s", "file_bytes", "params", "macs", "peak_session_memory_bytes",
-              "max_abs", "max_rel", "cosine", "top1_agreement", "accuracy", "threads", "round_ratio_ci95_low",
-              "round_ratio_ci95_high"]
+              "max_abs", "max_rel", "cosine", "top1_agreement", "accuracy", "threads", "round_ratio_interval_low",
+              "round_ratio_interval_high"]
 
 
 def format_csv(report: BenchReport) -> str:
@@ -147,12 +149,26 @@ def format_csv(report: BenchReport) -> str:
                         0.0 if fid is None else fid.max_abs, 0.0 if fid is None else fid.max_rel,
                         1.0 if fid is None else fid.cosine,
                         ref_top1 if fid is None else _blank(fid.top1_agreement), _blank(e.accuracy),
-                        report.settings.threads, *d["median_round_ratio_ci95"]])
+                        report.settings.threads, *d["median_round_ratio_interval"]])
     return buf.getvalue()
 
 
 def _blank(x):
     return "" if x is None else x
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: lower-or-equal cost (x) with higher-or-equal
+    quality (y), strictly better in one of them. NaN points are never on the front."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if math.isnan(x) or math.isnan(y):
+            continue
+        dominated = any(not (math.isnan(a) or math.isnan(b)) and a <= x and b >= y and (a < x or b > y)
+                        for j, (a, b) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front
 
 
 def quality(report: BenchReport) -> tuple[str, list[float]]:
@@ -171,14 +187,24 @@ def _latency(e: Entry, batch: int) -> float:
     return e.timings[batch].median * 1e3
 
 
-def plot(report: BenchReport, path: str | Path) -> None:
-    """Median latency (first batch size) against quality, the Pareto front joined by a line."""
+def require_matplotlib():
+    """matplotlib.pyplot on a file-only backend, or a one-line error naming the extra to install."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'onnxopt[plot]'") from None
+    return plt
+
+
+def _label(name: str) -> str:
+    return name if len(name) <= 32 else Path(name).name  # long paths crowd the plot
+
+
+def plot_png(report: BenchReport) -> bytes:
+    """Median latency (first batch size) against quality, the Pareto front joined by a line."""
+    plt = require_matplotlib()
     batch = report.batches[0]
     ylabel, ys = quality(report)
     xs = [_latency(e, batch) for e in report.entries]
@@ -188,7 +214,7 @@ def plot(report: BenchReport, path: str | Path) -> None:
     ax.plot([xs[i] for i in front], [ys[i] for i in front], "o-", color="tab:red", zorder=3, label="Pareto front")
     for i, (e, x, y) in enumerate(zip(report.entries, xs, ys)):
         # staggered, so that models with the same score and similar latency stay legible
-        ax.annotate(Path(e.name).name, (x, y), textcoords="offset points", xytext=(5, 4 - 11 * (i % 3)), fontsize=8)
+        ax.annotate(_label(e.name), (x, y), textcoords="offset points", xytext=(5, 4 - 11 * (i % 3)), fontsize=8)
     ax.margins(x=0.25, y=0.15)
     ax.set_xlabel(f"median latency, ms (batch {batch}, {report.settings.threads} thread(s))")
     ax.set_ylabel(ylabel)
@@ -199,5 +225,11 @@ def plot(report: BenchReport, path: str | Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
+    return buf.getvalue()
+
+
+def plot(report: BenchReport, path: str | Path) -> None:
+    """plot_png, written atomically to `path`."""
     from .io import atomic_write_bytes
-    atomic_write_bytes(path, buf.getvalue())
+
+    atomic_write_bytes(path, plot_png(report))

@@ -5,7 +5,6 @@ onnxopt.errors); outputs are written atomically, so a failed or interrupted run 
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from .data import load_feeds
 from .errors import OnnxoptError, StrictFailure, UsageError
 from .pipeline import Pipeline, RunResult
 from .registry import available_passes, load_config, parse_spec
-from .report import format_inspect, format_run, human_bytes, inspect_model, table
+from .report import format_inspect, format_run, human_bytes, inspect_model, table, to_json
 from .runtime import parse_input_shape
 from .sidebyside import BenchReport, Settings, Subject, run_bench, unique_names
 
@@ -45,12 +44,17 @@ def _bench_progress(enabled: bool, budget: float | None):
     if not enabled:
         return None
     started: dict[str, float] = {}
+    drawn = [0.0]
 
     def show(what: str, done: int, total: int) -> None:
-        start = started.setdefault(what, time.perf_counter())
+        now = time.perf_counter()
+        start = started.setdefault(what, now)
+        if now - drawn[0] < 0.1 and done < total:  # called between timed rounds: keep it cheap
+            return
+        drawn[0] = now
         fraction = done / total if total else 1.0
         if budget and what.startswith("timing"):
-            fraction = max(fraction, min(1.0, (time.perf_counter() - start) / budget))
+            fraction = max(fraction, min(1.0, (now - start) / budget))
         bar = "#" * int(fraction * 30)
         click.echo(f"\r[{bar:<30}] {what} {done}/{total} ", nl=False, err=True)
     return show
@@ -119,6 +123,8 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
     source, data = model_io.load_model_and_bytes(model)
     if calib is not None:
         settings["calibration"] = load_feeds(calib, source)
+    if bench_data is not None:
+        load_feeds(bench_data, source)  # a bad data file is reported before the pipeline runs, not after
     pipeline = Pipeline(passes, input_shapes=shapes, progress=_progress(sys.stderr.isatty() and not as_json), **settings)
     result = pipeline.run(source, serialized=data)
     timed = None
@@ -129,16 +135,22 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
 
 
 def _bench_before_after(before: Subject, result: RunResult, output: Path | None, data: Path | None,
-                        shapes: dict, threads: int, as_json: bool, budget: float = 10.0) -> BenchReport:
+                        shapes: dict, threads: int, as_json: bool, budget: float = 10.0) -> BenchReport | None:
+    """The input model against the result, side by side. A failure here is a warning: the
+    optimized model is still written."""
     after = result.serialized if result.serialized is not None else model_io.serialize(result.model)
     subjects = [before, Subject(output.name if output else "optimized", result.model, after, output)]
     if subjects[0].name == subjects[1].name:
         subjects[1].name += " (optimized)"
     show = sys.stderr.isatty() and not as_json
-    bench_report = run_bench(subjects, Settings(threads=threads, budget_seconds=budget), data=data,
-                             input_shapes=shapes, progress=_bench_progress(show, budget))
-    _end_progress(show)
-    return bench_report
+    try:
+        return run_bench(subjects, Settings(threads=threads, budget_seconds=budget), data=data,
+                         input_shapes=shapes, progress=_bench_progress(show, budget))
+    except OnnxoptError as exc:
+        click.echo(f"warning: --bench: {exc}; the model is written, without the benchmark", err=True)
+        return None
+    finally:
+        _end_progress(show)
 
 
 def _finish(result: RunResult, model: Path, output: Path | None, report_path: Path | None, as_json: bool,
@@ -156,10 +168,10 @@ def _finish(result: RunResult, model: Path, output: Path | None, report_path: Pa
         files.append((output, result.serialized if result.serialized is not None
                       else model_io.serialize(result.model, output)))
     if report_path is not None:
-        files.append((report_path, (json.dumps(data, indent=2, default=str) + "\n").encode()))
+        files.append((report_path, to_json(data).encode()))
     model_io.atomic_write_files(files)
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(to_json(data), nl=False)
         return
     click.echo(format_run(report, verbose=verbose))
     if output is not None:
@@ -229,25 +241,28 @@ def bench(models: tuple[Path, ...], threads: int, rounds: int, budget: float, wa
           plot: Path | None) -> None:
     """Time MODELS side by side (the first is the reference) and compare their outputs.
 
-    One process, one session per model, warm-up, then interleaved rounds (each a shuffled order, the
-    next its reverse). Reports
+    One process; every model timed in the same rounds (each round a shuffled order, the next its
+    reverse), on --session-sets sets of sessions built in shuffled orders, after warm-up. Reports
     median/p90/p99/min latency, ratios against the first model, size, params, MACs, peak session
     memory, fidelity against the first model and, with labelled --data, top-1 accuracy."""
     from . import bench_report
 
-    outputs = {"json": json_out, "markdown": markdown_out, "csv": csv_out}
+    outputs = {"json": json_out, "markdown": markdown_out, "csv": csv_out, "plot": plot}
     to_stdout = [k for k, v in outputs.items() if v is not None and str(v) == "-"]
     if len(to_stdout) > 1:
         raise UsageError(f"only one of --{' / --'.join(to_stdout)} can print to stdout; give the others a FILE")
-    files = [v for v in [*outputs.values(), plot] if v is not None and str(v) != "-"]
-    for f in files:
-        for m in models:
-            model_io.check_output_path(m, f, False, what="result")
-        if f.suffix.lower() == ".onnx":  # `--json a.onnx b.onnx` would take the first model as FILE
-            raise UsageError(f"{f}: an output of --json/--markdown/--csv/--plot cannot be an .onnx file; "
-                             "to print to stdout, put the flag after the models")
-    if len(set(map(os.path.abspath, files))) < len(files):
+    files = {k: v for k, v in outputs.items() if v is not None and str(v) != "-"}
+    if len(set(map(os.path.abspath, files.values()))) < len(files):
         raise UsageError("two outputs name the same file")
+    for kind, f in files.items():
+        for m in [*models, *([data] if data is not None else [])]:
+            model_io.check_output_path(m, f, False, what="result")
+        # `--json` takes an optional FILE, so `--json a.onnx b.onnx` would read a model as the FILE
+        if f.suffix.lower() not in _RESULT_SUFFIXES[kind]:
+            raise UsageError(f"{f}: --{kind} writes a {' or '.join(_RESULT_SUFFIXES[kind])} file; to print to "
+                             "stdout, put the flag after the models")
+    if plot is not None:
+        bench_report.require_matplotlib()  # before minutes of timing, not after
     subjects = [Subject.from_path(p, name) for p, name in zip(models, unique_names(models))]
     if control:
         first = subjects[0]
@@ -261,20 +276,20 @@ def bench(models: tuple[Path, ...], threads: int, rounds: int, budget: float, wa
                            progress=_bench_progress(show, budget))
     finally:
         _end_progress(show)
-    texts = {"json": lambda: json.dumps(report.as_dict(), indent=2, default=str) + "\n",
-             "markdown": lambda: bench_report.format_markdown(report),
-             "csv": lambda: bench_report.format_csv(report)}
-    model_io.atomic_write_files([(v, texts[k]().encode()) for k, v in outputs.items()
-                                 if v is not None and str(v) != "-"])
-    if plot is not None:
-        bench_report.plot(report, plot)
+    render = {"json": lambda: to_json(report.as_dict()).encode(),
+              "markdown": lambda: bench_report.format_markdown(report).encode(),
+              "csv": lambda: bench_report.format_csv(report).encode(),
+              "plot": lambda: bench_report.plot_png(report)}
+    model_io.atomic_write_files([(f, render[kind]()) for kind, f in files.items()])  # all or none
     if to_stdout:
-        click.echo(texts[to_stdout[0]](), nl=False)
+        click.echo(render[to_stdout[0]]().decode(), nl=False)
     else:
         click.echo(bench_report.format_table(report))
-        for f in [*outputs.values(), plot]:
-            if f is not None and str(f) != "-":
-                click.echo(f"wrote {f}")
+        for f in files.values():
+            click.echo(f"wrote {f}")
+
+
+_RESULT_SUFFIXES = {"json": (".json",), "markdown": (".md", ".markdown"), "csv": (".csv",), "plot": (".png",)}
 
 
 @cli.command()
@@ -285,7 +300,10 @@ def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool) -> None:
     """Show opset, inputs/outputs, op histogram, params, MACs and weight bytes of MODEL."""
     info = inspect_model(model_io.load_model(model), _shapes(input_shapes))
     info["file_bytes"] = model.stat().st_size
-    click.echo(json.dumps(info, indent=2, default=str) if as_json else f"{model}\n{format_inspect(info)}")
+    if as_json:
+        click.echo(to_json(info), nl=False)
+    else:
+        click.echo(f"{model}\n{format_inspect(info)}")
 
 
 @cli.command("list-passes")
@@ -300,7 +318,7 @@ def list_passes(as_json: bool) -> None:
         entries.append({"name": name, "summary": cls.summary, "exact": cls.exact, "idempotent": cls.idempotent,
                         "needs_data": cls.needs_data, "options": describe(cls.Options)})
     if as_json:
-        click.echo(json.dumps(entries, indent=2, default=str))
+        click.echo(to_json(entries), nl=False)
         return
     for e in entries:
         kind = "exact" if e["exact"] else "lossy"

@@ -64,6 +64,19 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         raise BadData(f"{path}: cannot read as .npy/.npz ({str(exc).splitlines()[0][:120]})") from None
 
 
+def _class_labels(labels: np.ndarray, source: Path) -> np.ndarray:
+    """Integer class indices [N] (or [N, 1]); one-hot rows or fractional values are refused, because
+    top-1 accuracy compares them with an argmax."""
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    integral = np.issubdtype(labels.dtype, np.integer) or (
+        np.issubdtype(labels.dtype, np.floating) and bool(np.all(np.mod(labels, 1) == 0)))
+    if labels.ndim != 1 or not integral:
+        raise BadData(f"{source}: `labels` must be integer class indices of shape [N]; got {labels.dtype} "
+                      f"{list(labels.shape)} (one-hot rows: take their argmax)")
+    return labels.astype(np.int64)
+
+
 def load_feeds(path: str | Path, model: onnx.ModelProto) -> FeedSet:
     """Read a data file or folder (see the module docstring) and check it against the model."""
     p = Path(path)
@@ -81,7 +94,7 @@ def load_feeds(path: str | Path, model: onnx.ModelProto) -> FeedSet:
     for f in files:
         arrays = _read(f)
         if LABELS in arrays:
-            labels.append(arrays.pop(LABELS))
+            labels.append(_class_labels(arrays.pop(LABELS), f))
         if len(names) == 1 and len(arrays) == 1:
             arrays = {names[0]: next(iter(arrays.values()))}
         missing, extra = set(names) - set(arrays), set(arrays) - set(names)

@@ -47,6 +47,7 @@ so.intra_op_num_threads = threads
 so.inter_op_num_threads = 1
 so.log_severity_level = 3
 so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the timed sessions
 if reset_peak():
     before = status("VmRSS")
     session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])

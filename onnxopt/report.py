@@ -2,6 +2,9 @@
 reports' as_dict())."""
 from __future__ import annotations
 
+import json
+import math
+import numbers
 from collections.abc import Sequence
 
 import onnx
@@ -13,6 +16,22 @@ from .runtime import input_specs, resolve_input_shapes
 from .verify import Fidelity
 
 MAX_SKIPS_SHOWN = 8
+
+
+def _finite(value):
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return float(value) if math.isfinite(value) else None  # numpy floats too
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(data) -> str:
+    """Indented JSON that strict parsers (jq, JavaScript) accept: an infinite or NaN number (the
+    error of an output whose shape changed, say) becomes null; other objects become strings."""
+    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n"
 
 
 def human(n: float | None, unit: str = "") -> str:

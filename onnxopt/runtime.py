@@ -128,12 +128,16 @@ def check_feeds(model: onnx.ModelProto, feeds: Iterable[Feed], where: str = "dat
 
 
 def make_session(model: onnx.ModelProto | bytes, *, optimization: OptLevel = "disabled", threads: int = 1,
-                 optimized_model_path: str | None = None) -> ort.InferenceSession:
+                 optimized_model_path: str | None = None, spinning: bool = True) -> ort.InferenceSession:
+    """`spinning=False` stops idle intra-op threads from spinning after a run: where several
+    sessions take turns, a spinning pool would take cores from the session that runs next."""
     so = ort.SessionOptions()
     so.graph_optimization_level = _LEVELS[optimization]
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_model_path:
         so.optimized_model_filepath = optimized_model_path
     data = model if isinstance(model, bytes) else model.SerializeToString()
@@ -143,12 +147,17 @@ def make_session(model: onnx.ModelProto | bytes, *, optimization: OptLevel = "di
         raise BadModel(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:200]}") from None
 
 
-def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed]:
-    """Outputs per feed. Feed entries the model does not take are dropped, so the same feeds serve
-    a model and its optimized form after cleanup removed an unused input."""
-    names = [o.name for o in session.get_outputs()]
+def inputs_for(session: ort.InferenceSession, feed: Feed) -> Feed:
+    """The entries of `feed` the session takes: the same feeds serve a model and its optimized form
+    after cleanup removed an unused input."""
     wanted = {i.name for i in session.get_inputs()}
-    return [dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in wanted}))) for feed in feeds]
+    return {k: v for k, v in feed.items() if k in wanted}
+
+
+def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed]:
+    """Outputs per feed (see inputs_for)."""
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, session.run(names, inputs_for(session, feed)))) for feed in feeds]
 
 
 def run_model(model: onnx.ModelProto | bytes, feeds: Sequence[Feed], *, optimization: OptLevel = "disabled",

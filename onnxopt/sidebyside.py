@@ -9,7 +9,6 @@ faster model that changed its answers, or a smaller one that is slower, is not a
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,11 +17,12 @@ import onnx
 
 from . import io as model_io
 from .analysis.cost import model_stats
-from .bench import Timing, interleave, machine
+from .bench import Timing, interleave, machine, runner
 from .data import FeedSet, load_feeds
 from .errors import BadData, BadModel, UsageError
 from .memory import peak_session_bytes
-from .runtime import Feed, InputSpec, OptLevel, input_specs, make_session, random_feeds, resolve_input_shapes
+from .runtime import (Feed, InputSpec, OptLevel, input_specs, make_session, random_feeds, resolve_input_shapes,
+                      run_feeds)
 from .verify import Fidelity, compare
 
 SCHEMA = "onnxopt.bench/1"
@@ -133,17 +133,18 @@ def _describe(specs: Sequence[InputSpec]) -> str:
 
 
 def check_same_interface(subjects: Sequence[Subject]) -> None:
-    """Every model must take the reference's inputs (names, dtypes, ranks, fixed dims) and give as
-    many outputs: otherwise the same feeds cannot drive them and fidelity means nothing."""
+    """Every model must take a subset of the reference's inputs (cleanup may have removed an unused
+    one), each with the reference's dtype, rank and fixed dims, and give as many outputs: otherwise
+    the same feeds cannot drive them and fidelity means nothing."""
     first = subjects[0]
     ref = {s.name: s for s in input_specs(first.model)}
     for other in subjects[1:]:
         specs = {s.name: s for s in input_specs(other.model)}
-        mismatch = set(specs) != set(ref) or any(
-            specs[n].dtype != r.dtype or len(specs[n].shape) != len(r.shape)
+        mismatch = not set(specs) <= set(ref) or any(
+            spec.dtype != ref[n].dtype or len(spec.shape) != len(ref[n].shape)
             or any(isinstance(a, int) and isinstance(b, int) and a > 0 and b > 0 and a != b
-                   for a, b in zip(specs[n].shape, r.shape))
-            for n, r in ref.items() if n in specs)
+                   for a, b in zip(spec.shape, ref[n].shape))
+            for n, spec in specs.items() if n in ref)
         if mismatch:
             raise BadData(f"{other.name}: inputs ({_describe(list(specs.values()))}) do not match "
                           f"{first.name}'s ({_describe(list(ref.values()))})")
@@ -152,13 +153,41 @@ def check_same_interface(subjects: Sequence[Subject]) -> None:
             raise BadData(f"{other.name}: {n_other} output(s), {first.name} has {n_ref}: cannot compare them")
 
 
-def _batch_shapes(subjects: Sequence[Subject], base: dict[str, tuple[int, ...]], batch: int) -> dict[str, tuple[int, ...]]:
-    for s in subjects:
-        for spec in input_specs(s.model):
-            d = spec.shape[0] if spec.shape else None
-            if isinstance(d, int) and d > 0 and d != batch:
-                raise UsageError(f"--batch {batch}: {s.name} has a fixed batch size of {d} (input '{spec.name}')")
-    return {k: (batch, *v[1:]) for k, v in base.items()}
+def _batched(spec: InputSpec) -> bool:
+    """Whether axis 0 of an input is its batch: a dynamic first dim, or the first dim of an input of
+    rank 2 or more. A fixed-length vector input (scales, say) has no batch axis."""
+    if not spec.shape:
+        return False
+    first = spec.shape[0]
+    return not (isinstance(first, int) and first > 0) or len(spec.shape) >= 2
+
+
+def fixed_batch(subjects: Sequence[Subject]) -> int | None:
+    """The batch size some model fixes (None if every batched input is dynamic); models that fix
+    different ones cannot share feeds."""
+    fixed: dict[int, str] = {}
+    for sub in subjects:
+        for spec in input_specs(sub.model):
+            if _batched(spec) and isinstance(spec.shape[0], int) and spec.shape[0] > 0:
+                fixed.setdefault(spec.shape[0], f"{sub.name} (input '{spec.name}')")
+    if len(fixed) > 1:
+        raise BadData("the models fix different batch sizes: " + ", ".join(f"{w}: {b}" for b, w in fixed.items()))
+    return next(iter(fixed), None)
+
+
+def _batches(subjects: Sequence[Subject], asked: Sequence[int]) -> list[int]:
+    fixed = fixed_batch(subjects)
+    for b in asked:
+        if fixed is not None and b != fixed:
+            where = next(f"{sub.name} (input '{spec.name}')" for sub in subjects for spec in input_specs(sub.model)
+                         if _batched(spec) and spec.shape[0] == fixed)
+            raise UsageError(f"--batch {b}: {where} has a fixed batch size of {fixed}")
+    return list(dict.fromkeys(asked)) or [fixed or 1]
+
+
+def _batch_shapes(reference: onnx.ModelProto, base: dict[str, tuple[int, ...]], batch: int) -> dict[str, tuple[int, ...]]:
+    batched = {s.name for s in input_specs(reference) if _batched(s)}
+    return {k: (batch, *v[1:]) if k in batched else v for k, v in base.items()}
 
 
 def _slice_feed(feeds: FeedSet, batch: int) -> Feed:
@@ -167,11 +196,11 @@ def _slice_feed(feeds: FeedSet, batch: int) -> Feed:
     return {k: a[:batch] for k, a in feeds.arrays.items()}
 
 
-def _chunks(feeds: FeedSet, dynamic_batch: bool, chunk: int = 64) -> list[Feed]:
-    """All samples, in the largest batches the models accept (one batch of `chunk` if dynamic)."""
-    if not dynamic_batch:
-        return list(feeds)
-    return [{k: a[i:i + chunk] for k, a in feeds.arrays.items()} for i in range(0, feeds.samples, chunk)]
+def _chunks(feeds: FeedSet, fixed: int | None, chunk: int = 64) -> list[Feed]:
+    """All samples, in batches of the size a model fixes, else in batches of `chunk`."""
+    size = fixed or chunk
+    whole = feeds.samples // size * size if fixed else feeds.samples
+    return [{k: a[i:i + size] for k, a in feeds.arrays.items()} for i in range(0, whole, size)]
 
 
 def top1_accuracy(outputs: Sequence[Feed], labels: np.ndarray) -> float | None:
@@ -198,47 +227,42 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
     check_same_interface(subjects)
     reference = subjects[0].model
     base = resolve_input_shapes(reference, input_shapes)
-    dynamic_batch = all(not (isinstance(s.shape[0], int) and s.shape[0] > 0)
-                        for sub in subjects for s in input_specs(sub.model) if s.shape)
-    fixed = [s.shape[0] for sub in subjects for s in input_specs(sub.model)
-             if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0]
-    batches = list(dict.fromkeys(settings.batches)) or [fixed[0] if fixed else 1]
-    shapes = {b: _batch_shapes(subjects, base, b) for b in batches}
+    batches = _batches(subjects, settings.batches)
+    fixed = fixed_batch(subjects)
+    shapes = {b: _batch_shapes(reference, base, b) for b in batches}
 
-    feedset = load_feeds(data, reference) if data is not None else None
-    if feedset is not None:
+    labels = None
+    if data is not None:
+        feedset = load_feeds(data, reference)
         timing_feeds = {b: _slice_feed(feedset, b) for b in batches}
-        fidelity_feeds = _chunks(feedset, dynamic_batch)
-        source = f"{data} ({feedset.samples} samples)"
+        fidelity_feeds = _chunks(feedset, fixed)
+        if not fidelity_feeds:
+            raise BadData(f"{data}: {feedset.samples} samples, fewer than the fixed batch size {fixed}")
+        used = sum(len(next(iter(f.values()))) for f in fidelity_feeds)
+        source = f"{data} ({used} samples)" if used == feedset.samples else \
+            f"{data} ({used} of {feedset.samples} samples: whole batches of {fixed})"
+        if feedset.labels is not None:  # samples after the last whole batch do not run
+            labels = feedset.labels[:used]
     else:
         timing_feeds = {b: random_feeds(reference, shapes[b], seed=settings.seed)[0] for b in batches}
         fidelity_feeds = random_feeds(reference, shapes[batches[0]], seed=settings.seed + 1, count=settings.samples)
         source = f"random normal inputs, seed {settings.seed}"
-    labels = feedset.labels if feedset is not None else None
-    if labels is not None:  # samples after the last full batch of a fixed-batch model do not run
-        labels = labels[:sum(len(next(iter(f.values()))) for f in fidelity_feeds)]
 
     report = lambda what, done, total: progress(what, done, total) if progress else None  # noqa: E731
     memory: list[int | None] = []
     for i, sub in enumerate(subjects):
-        spec = {k: (v.shape, str(v.dtype)) for k, v in timing_feeds[batches[0]].items()}
+        takes = {s.name for s in input_specs(sub.model)}
+        spec = {k: (v.shape, str(v.dtype)) for k, v in timing_feeds[batches[0]].items() if k in takes}
         memory.append(peak_session_bytes(sub.data, spec, threads=settings.threads, optimization=settings.optimization)
                       if settings.memory else None)
         report("peak session memory", i + 1, len(subjects))
-    for b in batches:
-        _check_runs(subjects, timing_feeds[b], settings)
-    timings: dict[int, list[Timing]] = {}
-    sessions: list = []
-    for b in batches:
-        timings[b], sessions = _time_batch(subjects, timing_feeds[b], settings,
-                                           lambda done, total, label=f"timing batch {b}": report(label, done, total))
-
-    outputs = []
-    for sub, sess in zip(subjects, sessions):
-        names = [o.name for o in sess.get_outputs()]
-        wanted = {i.name for i in sess.get_inputs()}
-        outputs.append([dict(zip(names, sess.run(names, {k: v for k, v in f.items() if k in wanted})))
-                        for f in fidelity_feeds])
+    for feed in [*timing_feeds.values(), fidelity_feeds[0]]:
+        _check_runs(subjects, feed, settings)
+    timings = {b: _time_batch(subjects, timing_feeds[b], settings,
+                              lambda done, total, label=f"timing batch {b}": report(label, done, total))
+               for b in batches}
+    sessions = _build_sessions(subjects, settings, range(len(subjects)))
+    outputs = [run_feeds(session, fidelity_feeds) for session in sessions]
 
     entries = []
     for i, sub in enumerate(subjects):
@@ -249,7 +273,7 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
             timings={b: timings[b][i] for b in batches},
             fidelity=compare(outputs[0], outputs[i]) if i else None,
             accuracy=top1_accuracy(outputs[i], labels) if labels is not None else None))
-    fidelity_samples = sum(len(next(iter(f.values()))) for f in fidelity_feeds) if fidelity_feeds else 0
+    fidelity_samples = sum(len(next(iter(f.values()))) for f in fidelity_feeds)
     return BenchReport(settings=settings, machine=machine(), inputs={k: list(v) for k, v in shapes[batches[0]].items()},
                        data=source, fidelity_samples=fidelity_samples,
                        labelled_samples=len(labels) if labels is not None else 0, entries=entries)
@@ -259,16 +283,11 @@ def _build_sessions(subjects: Sequence[Subject], settings: Settings, order: Sequ
     made = {}
     for i in order:
         try:
-            made[i] = make_session(subjects[i].data, optimization=settings.optimization, threads=settings.threads)
+            made[i] = make_session(subjects[i].data, optimization=settings.optimization, threads=settings.threads,
+                                   spinning=False)
         except BadModel as exc:
             raise BadModel(f"{subjects[i].name}: {exc}") from None
     return [made[i] for i in range(len(subjects))]
-
-
-def _runner(session, feed: Feed) -> Callable[[], object]:
-    wanted = {i.name for i in session.get_inputs()}
-    inputs = {k: v for k, v in feed.items() if k in wanted}
-    return lambda: session.run(None, inputs)
 
 
 def _check_runs(subjects: Sequence[Subject], feed: Feed, settings: Settings) -> None:
@@ -276,7 +295,7 @@ def _check_runs(subjects: Sequence[Subject], feed: Feed, settings: Settings) -> 
     on these inputs is refused in one line, not in a traceback from the middle of the timing."""
     for sub, session in zip(subjects, _build_sessions(subjects, settings, range(len(subjects)))):
         try:
-            _runner(session, feed)()
+            runner(session, feed)()
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise BadModel(f"{sub.name}: onnxruntime cannot run it on inputs "
@@ -284,44 +303,32 @@ def _check_runs(subjects: Sequence[Subject], feed: Feed, settings: Settings) -> 
 
 
 def _time_batch(subjects: Sequence[Subject], feed: Feed, settings: Settings,
-                progress: Callable[[int, int], None]) -> tuple[list[Timing], list]:
+                progress: Callable[[int, int], None]) -> list[Timing]:
     """Interleaved timing of every subject on one feed, pooled over `settings.session_sets` sets
     of sessions, each built in a new shuffled order; the rounds and the budget are shared out.
 
     Where a session's buffers land in memory moves its speed by a few percent, and that placement
     follows the order sessions were built in: in one 14-model run, copies of one model built 1st,
     6th and 14th timed 1.000, 0.96 and 0.95. Pooling rounds over several building orders turns
-    that bias into noise the statistics see. Returns the timings and the last set of sessions."""
+    that bias into noise the statistics see (and Timing.round_ratio_interval widens to it)."""
     sets = max(1, min(settings.session_sets, settings.rounds))
     share = [settings.rounds // sets + (k < settings.rounds % sets) for k in range(sets)]
     budget = settings.budget_seconds / sets if settings.budget_seconds is not None else None
     rng = np.random.default_rng(settings.seed)
     seconds: list[list[float]] = [[] for _ in subjects]
     ratios: list[list[float]] = [[] for _ in subjects]
-    sessions: list = []
+    set_medians: list[list[float]] = [[] for _ in subjects]
     done_before = 0
     for k in range(sets):
-        sessions = []  # the previous set is freed before the next is built
         sessions = _build_sessions(subjects, settings, [int(i) for i in rng.permutation(len(subjects))])
-        part = interleave([(sub.name, _runner(sess, feed)) for sub, sess in zip(subjects, sessions)],
+        part = interleave([(sub.name, runner(sess, feed)) for sub, sess in zip(subjects, sessions)],
                           warmup=settings.warmup, rounds=share[k], budget_seconds=budget, seed=settings.seed + k,
                           progress=lambda done, total: progress(done_before + done, settings.rounds))
+        del sessions  # freed before the next set is built
         for i, t in enumerate(part):
             seconds[i] += t.seconds
             ratios[i] += t.round_ratios
+            if sets > 1:
+                set_medians[i].append(t.median_round_ratio)
         done_before += len(part[0].seconds)
-    return [Timing(sub.name, seconds[i], ratios[i]) for i, sub in enumerate(subjects)], sessions
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats: lower-or-equal cost (x) with higher-or-equal
-    quality (y), strictly better in one of them. NaN points are never on the front."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        if math.isnan(x) or math.isnan(y):
-            continue
-        dominated = any(not (math.isnan(a) or math.isnan(b)) and a <= x and b >= y and (a < x or b > y)
-                        for j, (a, b) in enumerate(points) if j != i)
-        if not dominated:
-            front.append(i)
-    return front
+    return [Timing(sub.name, seconds[i], ratios[i], set_medians[i]) for i, sub in enumerate(subjects)]

@@ -111,9 +111,9 @@ def test_as_dict_keys_and_values():
     b = Timing("B", [x / 1e3 for x in B_MS], B_RATIOS)
     d = b.as_dict(a)
     assert set(d) == {"name", "rounds", "median_ms", "p90_ms", "p99_ms", "min_ms", "ratio_of_medians",
-                      "median_round_ratio", "median_round_ratio_ci95"}
+                      "median_round_ratio", "median_round_ratio_interval"}
     # 5 rounds cannot support 95% (P(all 5 on one side) = 1/16 > 2.5%): the whole range
-    assert d["median_round_ratio_ci95"] == [0.5, 5.0]
+    assert d["median_round_ratio_interval"] == [0.5, 5.0]
     assert d["name"] == "B" and d["rounds"] == 5
     # B sorted: 2, 3, 4, 5, 10 -> median 4; p90 at position 3.6 -> 5 + 0.6 * 5 = 8; p99 at 3.96 -> 9.8
     assert d["median_ms"] == pytest.approx(4.0)
@@ -210,3 +210,13 @@ def test_median_interval_covers_the_median_at_least_95_percent_of_the_time():
     big = rng.lognormal(size=5000)  # normal approximation above 1000 values
     lo, hi = median_interval(big)
     assert lo < np.median(big) < hi and hi - lo < 0.1
+
+
+def test_the_interval_takes_in_every_session_sets_own_median():
+    """Rounds of one set of sessions share a placement bias: the interval must cover each set."""
+    ratios = [1.0 + 0.001 * (k % 7) for k in range(600)]  # pooled rounds: a tight interval near 1.003
+    tight = Timing("b", [1.0] * 600, ratios)
+    low, high = tight.round_ratio_interval()
+    assert 1.002 <= low <= high <= 1.004
+    pooled = Timing("b", [1.0] * 600, ratios, set_ratio_medians=[0.99, 1.003, 1.012])
+    assert pooled.round_ratio_interval() == (0.99, 1.012)

@@ -249,7 +249,7 @@ def test_json_before_the_models_does_not_overwrite_a_model(capsys, pair):
     a, b = pair
     before = a.read_bytes()
     code, out, err = invoke(capsys, "bench", "--json", a, b, *FAST)
-    one_line_error(code, out, err, 2, "a.onnx", "cannot be an .onnx file")
+    one_line_error(code, out, err, 2, "a.onnx", "--json writes a .json file")
     assert a.read_bytes() == before
 
 
@@ -307,3 +307,68 @@ def test_run_bench_with_bad_data_writes_nothing(capsys, tmp_path, resnet_bytes):
                             tmp_path / "d.npz", "-o", tmp_path / "out.onnx")
     one_line_error(code, out, err, 3, "d.npz", "shape")
     assert listing(tmp_path) == before
+
+
+# -- review findings: outputs that would destroy inputs, all-or-nothing, strict JSON -----------
+def test_an_output_with_the_wrong_suffix_or_naming_the_data_is_refused(capsys, tmp_path, pair):
+    a, b = pair
+    pb = tmp_path / "model.pb"
+    pb.write_bytes(b"not ours to overwrite")
+    code, out, err = invoke(capsys, "bench", "--json", pb, a, b, *FAST)
+    one_line_error(code, out, err, 2, "model.pb", "--json writes a .json file")
+    assert pb.read_bytes() == b"not ours to overwrite"
+    data = tmp_path / "d.csv.npz"
+    np.savez(data, input=np.ones((2, 4), np.float32))
+    before = data.read_bytes()
+    code, out, err = invoke(capsys, "bench", a, b, *FAST, "--data", data, "--csv", data)
+    one_line_error(code, out, err, 2, "overwrite")
+    assert data.read_bytes() == before
+
+
+def test_plot_without_matplotlib_fails_before_timing_and_writes_nothing(capsys, tmp_path, pair, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    import onnxopt.sidebyside as sidebyside
+    monkeypatch.setattr(sidebyside, "run_bench", lambda *a, **k: pytest.fail("timed before checking --plot"))
+    a, b = pair
+    code, out, err = invoke(capsys, "bench", a, b, *FAST, "--json", tmp_path / "r.json", "--plot", tmp_path / "p.png")
+    one_line_error(code, out, err, 2, "--plot needs matplotlib")
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "p.png").exists()
+
+
+def test_json_stays_strict_when_a_fidelity_is_infinite(capsys, tmp_path):
+    a = save(linear(W), tmp_path / "a.onnx")
+    w6 = np.concatenate([W, W], axis=1)  # 6 logits instead of 3: a shape change
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "W"], ["logits"])], "wider",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 6])],
+                              [numpy_helper.from_array(w6, "W")])
+    b = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "b.onnx")
+    code, out, err = invoke(capsys, "bench", a, b, *FAST, "--json")
+    assert code == 0, err
+    assert "Infinity" not in out and "NaN" not in out
+    d = json.loads(out)
+    assert d["models"][1]["fidelity_vs_reference"]["max_abs"] is None
+
+
+def test_run_bench_failure_is_a_warning_and_the_model_is_written(capsys, tmp_path, monkeypatch):
+    import onnxopt.cli as cli
+    from onnxopt.errors import BadModel
+
+    def broken(*args, **kwargs):
+        raise BadModel("optimized: onnxruntime cannot run it: simulated")
+
+    monkeypatch.setattr(cli, "run_bench", broken)
+    model = save(linear(W), tmp_path / "m.onnx")
+    code, out, err = invoke(capsys, "run", model, "--passes", "cleanup", "--bench", "-o", tmp_path / "out.onnx")
+    assert code == 0, err
+    assert (tmp_path / "out.onnx").is_file()
+    assert "warning: --bench: optimized: onnxruntime cannot run it: simulated" in err

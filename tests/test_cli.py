@@ -800,7 +800,7 @@ def test_demo_bundled(capsys):
     assert convs and int(convs.group(2)) * 2 == int(convs.group(1)), out  # one Conv per block
     assert "before" in out and "after" in out
     # real accuracy on the held-out digits, the same before and after (the passes are exact)
-    acc = re.search(r"accuracy (\d+\.\d+)% -> (\d+\.\d+)% on 360 held-out samples", out)
+    acc = re.search(r"accuracy (\d+\.\d+)% -> (\d+\.\d+)% on 360 labelled samples", out)
     assert acc, out
     assert acc.group(1) == acc.group(2) and float(acc.group(1)) >= 95.0
 

@@ -102,3 +102,26 @@ def test_calib_flag_reaches_the_pass(tmp_path, capsys, monkeypatch):
         main(["run", str(model_path), "--passes", "count-samples", "-o", str(tmp_path / "o2.onnx")])
     assert code.value.code == 3 and "--calib" in capsys.readouterr().err
     assert not (tmp_path / "o2.onnx").exists()
+
+
+@pytest.mark.parametrize("labels, ok", [
+    (np.array([0, 1, 2, 1]), True),
+    (np.array([[0], [1], [2], [1]]), True),           # [N, 1]
+    (np.array([0.0, 1.0, 2.0, 1.0]), True),           # whole numbers stored as floats
+    (np.eye(3)[[0, 1, 2, 1]], False),                 # one-hot
+    (np.array([0.5, 1.0, 2.0, 1.0]), False),          # fractional
+])
+def test_labels_must_be_class_indices(tmp_path, labels, ok):
+    from onnxopt.data import load_feeds
+    from onnxopt.errors import BadData
+    from onnxopt.models import build
+
+    model = build("resnet18-tiny")
+    path = tmp_path / "d.npz"
+    np.savez(path, input=np.zeros((4, 3, 32, 32), np.float32), labels=labels)
+    if ok:
+        got = load_feeds(path, model).labels
+        assert got.dtype == np.int64 and got.tolist() == [0, 1, 2, 1]
+    else:
+        with pytest.raises(BadData, match="labels` must be integer class indices of shape \\[N\\]"):
+            load_feeds(path, model)

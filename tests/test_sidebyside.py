@@ -19,10 +19,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.bench_report import CSV_HEADER, format_csv, format_markdown, format_table, plot, quality
+from onnxopt.bench_report import CSV_HEADER, format_csv, format_markdown, format_table, pareto_front, plot, quality
 from onnxopt.errors import BadData, OnnxoptError, UsageError
-from onnxopt.sidebyside import (SCHEMA, Settings, Subject, check_same_interface, pareto_front, run_bench,
-                                top1_accuracy, unique_names)
+from onnxopt.sidebyside import (SCHEMA, Settings, Subject, check_same_interface, run_bench, top1_accuracy,
+                                unique_names)
 
 FAST = Settings(budget_seconds=0.05, rounds=5, warmup=1, memory=False)
 W = np.random.default_rng(7).standard_normal((4, 3)).astype(np.float32)
@@ -300,8 +300,10 @@ def test_sessions_are_rebuilt_per_set_in_shuffled_orders_and_rounds_pooled(monke
     subjects = [subject(linear(W * np.float32(1 + k / 10)), f"m{k}") for k in range(5)]
     settings = dataclasses.replace(FAST, rounds=12, budget_seconds=None, session_sets=4)
     r = run_bench(subjects, settings)
-    assert len(built) == 5 + 5 * 4  # every model once for a first check run, then once per set
-    built = built[5:]
+    # every model: a check run on the timing feed and on the fidelity feed, once per set, once more
+    # for the fidelity runs
+    assert len(built) == 5 * 2 + 5 * 4 + 5
+    built = built[10:30]
     orders = [[next(i for i, s in enumerate(subjects) if s.data == d) for d in built[k:k + 5]] for k in range(0, 20, 5)]
     assert all(sorted(o) == list(range(5)) for o in orders) and len({tuple(o) for o in orders}) > 1
     assert all(len(e.timings[1].seconds) == 12 and len(e.timings[1].round_ratios) == 12 for e in r.entries)
@@ -324,16 +326,16 @@ def test_each_batch_size_is_timed_with_feeds_of_that_size(monkeypatch):
         for batch, t in e.timings.items():
             row = e.as_dict(r.reference)["latency"][str(batch)]
             assert row["throughput_per_s"] == pytest.approx(batch / t.median)
-    # per model: one check run at each batch size, (3 session sets x 1 warm-up + 5 rounds) at batch 4,
-    # then at batch 1, then 3 fidelity samples at batch 4
-    assert log == [4] * 2 + [1] * 2 + [4] * 16 + [1] * 16 + [4] * 3 * 2
+    # per model: a check run at each batch size and on the first fidelity feed, (3 session sets x 1
+    # warm-up + 5 rounds) at batch 4, then at batch 1, then 3 fidelity samples at batch 4
+    assert log == [4] * 2 + [1] * 2 + [4] * 2 + [4] * 16 + [1] * 16 + [4] * 3 * 2
     assert r.inputs == {"input": [4, 4]} and r.fidelity_samples == 3 * 4
     assert r.entries[0].macs == 4 * 4 * 3
 
 
 def test_batch_other_than_a_fixed_batch_dim_is_a_usage_error():
     subjects = [subject(linear(W, batch=1), "fixed.onnx"), subject(linear(W, batch=1), "b.onnx")]
-    with pytest.raises(UsageError, match=r"--batch 4: fixed\.onnx has a fixed batch size of 1") as err:
+    with pytest.raises(UsageError, match=r"--batch 4: fixed\.onnx \(input 'input'\) has a fixed batch size of 1") as err:
         run_bench(subjects, dataclasses.replace(FAST, batches=(1, 4)))
     assert "\n" not in str(err.value)
     # the model's own batch size is fine
@@ -342,7 +344,7 @@ def test_batch_other_than_a_fixed_batch_dim_is_a_usage_error():
 
 def test_batch_is_refused_when_any_model_fixes_it():
     subjects = [subject(linear(W), "dynamic.onnx"), subject(linear(W, batch=1), "fixed.onnx")]
-    with pytest.raises(UsageError, match="fixed.onnx has a fixed batch size of 1"):
+    with pytest.raises(UsageError, match=r"fixed\.onnx \(input 'input'\) has a fixed batch size of 1"):
         run_bench(subjects, dataclasses.replace(FAST, batches=(4,)))
 
 
@@ -405,7 +407,7 @@ def test_format_table(report):
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("model") and "ratio" in line)
     assert header.split() == ["model", "batch", "median", "ms", "p90", "ms", "p99", "ms", "min", "ms", "ratio",
-                              "round", "ratio", "95%", "CI", "per", "s"]
+                              "round", "ratio", "interval", "per", "s"]
     rows = {(cells[0], cells[1]): cells for cells in (line.split() for line in lines)
             if len(cells) == 10 and cells[0] in NAMES and cells[1].isdigit()}
     assert set(rows) == {(n, b) for n in NAMES for b in ("1", "4")}
@@ -555,3 +557,43 @@ def test_a_model_onnxruntime_cannot_load_or_run_is_named_in_one_line(monkeypatch
     monkeypatch.setattr(sidebyside, "make_session", refuse)
     with pytest.raises(BadModel, match=r"^good\.onnx: onnxruntime cannot load the model: bad node$"):
         run_bench([subject(linear(W), "good.onnx")], FAST)
+
+
+# -- review findings: batches, interfaces, data ---------------------------------------------
+def test_dynamic_reference_and_fixed_candidate_share_labelled_data_in_whole_batches(tmp_path):
+    x = np.random.default_rng(5).standard_normal((10, 4)).astype(np.float32)
+    labels = np.argmax(x @ W, axis=1)
+    labels[0] = (labels[0] + 1) % 3  # the first sample wrong: 7 of the 8 that run are right
+    np.savez(tmp_path / "d.npz", input=x, labels=labels)
+    r = run_bench([subject(linear(W), "dynamic.onnx"), subject(linear(W, batch=4), "fixed4.onnx")], FAST,
+                  data=tmp_path / "d.npz")
+    assert r.batches == [4] and r.inputs == {"input": [4, 4]}
+    assert r.fidelity_samples == 8 and r.labelled_samples == 8 and "8 of 10 samples" in r.data
+    assert r.entries[0].accuracy == r.entries[1].accuracy == pytest.approx(7 / 8)
+    assert r.entries[1].fidelity.max_abs == 0.0
+
+
+def test_models_that_fix_different_batch_sizes_are_refused_in_one_line():
+    with pytest.raises(BadData, match=r"^b\.onnx: inputs \(input: float32\[4,4\]\) do not match a\.onnx's"):
+        run_bench([subject(linear(W, batch=1), "a.onnx"), subject(linear(W, batch=4), "b.onnx")], FAST)
+
+
+def test_a_candidate_without_an_input_the_reference_ignores_is_accepted():
+    """cleanup removes unused graph inputs: the optimized model takes a subset of the inputs."""
+    with_unused = linear(W)
+    with_unused.graph.input.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, ["N", 2]))
+    r = run_bench([subject(with_unused, "before.onnx"), subject(linear(W), "after.onnx")], FAST)
+    assert r.entries[1].fidelity.max_abs == 0.0
+    with pytest.raises(BadData, match="do not match"):  # an input the reference lacks cannot be fed
+        check_same_interface([subject(linear(W), "after.onnx"), subject(with_unused, "before.onnx")])
+
+
+def test_a_fixed_length_vector_input_is_not_a_batch_axis():
+    # y = x * s with x [N, 4] and s [4]: s has no batch axis, so --batch changes x only
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["y"])], "scale",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    r = run_bench([subject(model, "a"), subject(model, "b")], dataclasses.replace(FAST, batches=(1, 8)))
+    assert r.batches == [1, 8] and r.inputs == {"x": [1, 4], "s": [4]}
