@@ -60,3 +60,32 @@ def apply(p: Pass, model: onnx.ModelProto, **ctx) -> tuple[onnx.ModelProto, Pass
     graph = Graph(model, input_shapes=shapes or resolve_input_shapes(model))
     result = p.run(graph, PassContext(input_shapes=graph.input_shapes, **ctx))
     return (graph.to_model() if result.changed else model), result
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`onnxopt ARGS` in-process, its streams captured by pytest's `capsys`: (exit code, stdout,
+    stderr). main() always ends with SystemExit."""
+    from .cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = 0 if exc.code is None else exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, out: str, err: str, expected_code: int, *words: str,
+                          prefix: str = "onnxopt: error:") -> str:
+    """The CLI's contract for every error a user can cause: the documented exit code, exactly one
+    line on stderr, no traceback. Returns the line."""
+    assert code == expected_code, (code, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = err.splitlines()
+    assert len(lines) == 1, f"stderr should be one line, got {len(lines)}: {err!r}"
+    assert lines[0].startswith(prefix), lines[0]
+    for w in words:
+        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+    return lines[0]

@@ -16,7 +16,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.cli import main
+from onnxopt.testing import assert_one_line_error as one_line_error
+from onnxopt.testing import run_cli as invoke
 
 FAST = ["--budget", "0.05", "--rounds", "5", "--warmup", "1", "--no-memory"]
 W = np.random.default_rng(7).standard_normal((4, 3)).astype(np.float32)
@@ -42,26 +43,6 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 def pair(tmp_path) -> tuple[Path, Path]:
     """a.onnx (y = x W) and b.onnx (y = x 1.1 W): b's max rel output change is 0.1."""
     return save(linear(W), tmp_path / "a.onnx"), save(linear(W * np.float32(1.1)), tmp_path / "b.onnx")
-
-
-def invoke(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (0 if code is None else code), out, err
-
-
-def one_line_error(code: int, out: str, err: str, expected: int, *words: str) -> str:
-    assert code == expected, (code, err)
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("onnxopt: error:"), lines[0]
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 def listing(directory: Path) -> list[str]:

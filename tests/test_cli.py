@@ -22,8 +22,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxopt.io
-from onnxopt.cli import main
-from onnxopt.testing import count_ops
+from onnxopt.testing import assert_one_line_error, count_ops
+from onnxopt.testing import run_cli as invoke
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("onnxopt")
 
@@ -99,30 +99,9 @@ def resnet(tmp_path, resnet_bytes) -> Path:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def invoke(capsys, *args) -> tuple[int, str, str]:
-    """Run main() in-process; it always ends with SystemExit."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (0 if code is None else code), out, err
-
-
 def listing(directory: Path) -> list[str]:
     """Every entry under `directory`, hidden ones (temp files) included."""
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
-
-
-def assert_one_line_error(code: int, out: str, err: str, expected_code: int, *words: str,
-                          prefix: str = "onnxopt: error:") -> None:
-    assert code == expected_code, (code, err)
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = err.splitlines()
-    assert len(lines) == 1, f"stderr should be one line, got {len(lines)}: {err!r}"
-    assert lines[0].startswith(prefix), lines[0]
-    for w in words:
-        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
 
 
 def assert_interrupted(code: int, out: str, err: str, *words: str) -> None:
