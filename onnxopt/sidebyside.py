@@ -1,8 +1,9 @@
 """`onnxopt bench`: several models measured side by side in one process.
 
-The first model is the reference. Every model gets one session, built once with the same options;
-all are timed in interleaved rounds (bench.interleave) at each batch size, and compared with the
-reference on the same feeds: fidelity per output, top-1 accuracy when the data carries labels. Size
+The first model is the reference. Every model runs in onnxruntime sessions built with the same
+options; all are timed in interleaved rounds (bench.interleave) at each batch size, over several
+sets of sessions (_time_batch), and compared with the reference on the same feeds: fidelity per
+output, top-1 accuracy when the data carries labels. Size
 on disk, parameters, MACs and peak session memory (memory.py) complete the picture, because a
 faster model that changed its answers, or a smaller one that is slower, is not a result.
 """
@@ -256,13 +257,10 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
         memory.append(peak_session_bytes(sub.data, spec, threads=settings.threads, optimization=settings.optimization)
                       if settings.memory else None)
         report("peak session memory", i + 1, len(subjects))
-    for feed in [*timing_feeds.values(), fidelity_feeds[0]]:
-        _check_runs(subjects, feed, settings)
+    outputs = _outputs(subjects, settings, list(timing_feeds.values()), fidelity_feeds)
     timings = {b: _time_batch(subjects, timing_feeds[b], settings,
                               lambda done, total, label=f"timing batch {b}": report(label, done, total))
                for b in batches}
-    sessions = _build_sessions(subjects, settings, range(len(subjects)))
-    outputs = [run_feeds(session, fidelity_feeds) for session in sessions]
 
     entries = []
     for i, sub in enumerate(subjects):
@@ -290,16 +288,23 @@ def _build_sessions(subjects: Sequence[Subject], settings: Settings, order: Sequ
     return [made[i] for i in range(len(subjects))]
 
 
-def _check_runs(subjects: Sequence[Subject], feed: Feed, settings: Settings) -> None:
-    """One inference per model before anything is timed: a model onnxruntime loads but cannot run
-    on these inputs is refused in one line, not in a traceback from the middle of the timing."""
+def _outputs(subjects: Sequence[Subject], settings: Settings, check_feeds: Sequence[Feed],
+             fidelity_feeds: Sequence[Feed]) -> list[list[Feed]]:
+    """Each model's outputs on the fidelity feeds, from one set of sessions that first runs every
+    timing feed once: a model onnxruntime loads but cannot run on these inputs is refused in one
+    line before anything is timed, not in a traceback from the middle of the timing."""
+    outputs = []
     for sub, session in zip(subjects, _build_sessions(subjects, settings, range(len(subjects)))):
+        feed = fidelity_feeds[0]
         try:
-            runner(session, feed)()
+            for feed in check_feeds:
+                runner(session, feed)()
+            outputs.append(run_feeds(session, fidelity_feeds))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise BadModel(f"{sub.name}: onnxruntime cannot run it on inputs "
                            f"{', '.join(f'{k} {list(v.shape)}' for k, v in feed.items())}: {first}") from None
+    return outputs
 
 
 def _time_batch(subjects: Sequence[Subject], feed: Feed, settings: Settings,

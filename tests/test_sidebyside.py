@@ -300,10 +300,9 @@ def test_sessions_are_rebuilt_per_set_in_shuffled_orders_and_rounds_pooled(monke
     subjects = [subject(linear(W * np.float32(1 + k / 10)), f"m{k}") for k in range(5)]
     settings = dataclasses.replace(FAST, rounds=12, budget_seconds=None, session_sets=4)
     r = run_bench(subjects, settings)
-    # every model: a check run on the timing feed and on the fidelity feed, once per set, once more
-    # for the fidelity runs
-    assert len(built) == 5 * 2 + 5 * 4 + 5
-    built = built[10:30]
+    # every model: once for a check run and the fidelity outputs, then once per set
+    assert len(built) == 5 + 5 * 4
+    built = built[5:]
     orders = [[next(i for i, s in enumerate(subjects) if s.data == d) for d in built[k:k + 5]] for k in range(0, 20, 5)]
     assert all(sorted(o) == list(range(5)) for o in orders) and len({tuple(o) for o in orders}) > 1
     assert all(len(e.timings[1].seconds) == 12 and len(e.timings[1].round_ratios) == 12 for e in r.entries)
@@ -326,9 +325,9 @@ def test_each_batch_size_is_timed_with_feeds_of_that_size(monkeypatch):
         for batch, t in e.timings.items():
             row = e.as_dict(r.reference)["latency"][str(batch)]
             assert row["throughput_per_s"] == pytest.approx(batch / t.median)
-    # per model: a check run at each batch size and on the first fidelity feed, (3 session sets x 1
-    # warm-up + 5 rounds) at batch 4, then at batch 1, then 3 fidelity samples at batch 4
-    assert log == [4] * 2 + [1] * 2 + [4] * 2 + [4] * 16 + [1] * 16 + [4] * 3 * 2
+    # per model: a check run at each batch size and 3 fidelity samples at batch 4 (one session per
+    # model), then (3 session sets x 1 warm-up + 5 rounds) at batch 4, then at batch 1
+    assert log == [4, 1, 4, 4, 4] * 2 + [4] * 16 + [1] * 16
     assert r.inputs == {"input": [4, 4]} and r.fidelity_samples == 3 * 4
     assert r.entries[0].macs == 4 * 4 * 3
 
