@@ -135,7 +135,8 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
 
 
 def _bench_before_after(before: Subject, result: RunResult, output: Path | None, data: Path | None,
-                        shapes: dict, threads: int, as_json: bool, budget: float = 10.0) -> BenchReport | None:
+                        shapes: dict, threads: int, as_json: bool, budget: float = 10.0,
+                        flag: str = "--bench") -> BenchReport | None:
     """The input model against the result, side by side. A failure here is a warning: the
     optimized model is still written."""
     after = result.serialized if result.serialized is not None else model_io.serialize(result.model)
@@ -147,7 +148,8 @@ def _bench_before_after(before: Subject, result: RunResult, output: Path | None,
         return run_bench(subjects, Settings(threads=threads, budget_seconds=budget), data=data,
                          input_shapes=shapes, progress=_bench_progress(show, budget))
     except OnnxoptError as exc:
-        click.echo(f"warning: --bench: {exc}; the model is written, without the benchmark", err=True)
+        written = "the model is written" if output is not None else "the optimization stands"
+        click.echo(f"warning: {flag}: {exc}; {written}, without the benchmark", err=True)
         return None
     finally:
         _end_progress(show)
@@ -247,11 +249,13 @@ def bench(models: tuple[Path, ...], threads: int, rounds: int, budget: float, wa
     memory, fidelity against the first model and, with labelled --data, top-1 accuracy."""
     from . import bench_report
 
-    outputs = {"json": json_out, "markdown": markdown_out, "csv": csv_out, "plot": plot}
+    outputs = {"json": json_out, "markdown": markdown_out, "csv": csv_out}
     to_stdout = [k for k, v in outputs.items() if v is not None and str(v) == "-"]
     if len(to_stdout) > 1:
         raise UsageError(f"only one of --{' / --'.join(to_stdout)} can print to stdout; give the others a FILE")
     files = {k: v for k, v in outputs.items() if v is not None and str(v) != "-"}
+    if plot is not None:
+        files["plot"] = plot  # a PNG always goes to a file
     if len(set(map(os.path.abspath, files.values()))) < len(files):
         raise UsageError("two outputs name the same file")
     for kind, f in files.items():
@@ -338,10 +342,11 @@ def list_passes(as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the result.")
 @click.option("--budget", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True,
               help="Seconds of interleaved timing, before vs after.")
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @click.option("-v", "--verbose", is_flag=True, help="List every declined region.")
-def demo(model_path: Path | None, data: Path | None, output: Path | None, budget: float, as_json: bool,
-         verbose: bool) -> None:
+def demo(model_path: Path | None, data: Path | None, output: Path | None, budget: float,
+         input_shapes: tuple[str, ...], as_json: bool, verbose: bool) -> None:
     """Run every pass that needs no data on a bundled model and show before/after: the graph,
     the accuracy on held-out data and the latency, measured side by side.
 
@@ -357,11 +362,15 @@ def demo(model_path: Path | None, data: Path | None, output: Path | None, budget
     if output is not None:
         model_io.check_output_path(path, output, False)
     source, serialized = model_io.load_model_and_bytes(path)
+    if data is not None:
+        load_feeds(data, source)  # a bad data file is reported before the pipeline runs
+    shapes = _shapes(input_shapes)
     if not as_json:
         click.echo(f"model: {path.name}; pipeline: {','.join(p.spec for p in passes)}\n")
-    result = Pipeline(passes, progress=_progress(sys.stderr.isatty() and not as_json)).run(source, serialized=serialized)
+    result = Pipeline(passes, input_shapes=shapes, progress=_progress(sys.stderr.isatty() and not as_json)).run(
+        source, serialized=serialized)
     before = Subject(path.name, source, serialized if serialized is not None else model_io.serialize(source, path), path)
-    timed = _bench_before_after(before, result, output, data, {}, 1, as_json, budget)
+    timed = _bench_before_after(before, result, output, data, shapes, 1, as_json, budget, flag="the benchmark")
     _finish(result, path, output, None, as_json, False, verbose, timed)
 
 

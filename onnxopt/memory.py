@@ -45,7 +45,7 @@ feed = {name: np.zeros(shape, dtype=dtype) for name, (shape, dtype) in spec.item
 so = ort.SessionOptions()
 so.intra_op_num_threads = threads
 so.inter_op_num_threads = 1
-so.log_severity_level = 3
+so.log_severity_level = 4
 so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
 so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the timed sessions
 if reset_peak():

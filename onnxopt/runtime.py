@@ -135,7 +135,7 @@ def make_session(model: onnx.ModelProto | bytes, *, optimization: OptLevel = "di
     so.graph_optimization_level = _LEVELS[optimization]
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach the user as one line from the exception, not as ORT's log
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_model_path:

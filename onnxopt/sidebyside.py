@@ -154,46 +154,40 @@ def check_same_interface(subjects: Sequence[Subject]) -> None:
             raise BadData(f"{other.name}: {n_other} output(s), {first.name} has {n_ref}: cannot compare them")
 
 
-def _batched(spec: InputSpec) -> bool:
-    """Whether axis 0 of an input is its batch: a dynamic first dim, or the first dim of an input of
-    rank 2 or more. A fixed-length vector input (scales, say) has no batch axis."""
-    if not spec.shape:
-        return False
-    first = spec.shape[0]
-    return not (isinstance(first, int) and first > 0) or len(spec.shape) >= 2
+def batch_inputs(model: onnx.ModelProto) -> tuple[set[str], int | None]:
+    """The inputs whose axis 0 is the batch, and the batch size the model fixes (None if dynamic).
 
-
-def fixed_batch(subjects: Sequence[Subject]) -> int | None:
-    """The batch size some model fixes (None if every batched input is dynamic); models that fix
-    different ones cannot share feeds."""
-    fixed: dict[int, str] = {}
-    for sub in subjects:
-        for spec in input_specs(sub.model):
-            if _batched(spec) and isinstance(spec.shape[0], int) and spec.shape[0] > 0:
-                fixed.setdefault(spec.shape[0], f"{sub.name} (input '{spec.name}')")
-    if len(fixed) > 1:
-        raise BadData("the models fix different batch sizes: " + ", ".join(f"{w}: {b}" for b, w in fixed.items()))
-    return next(iter(fixed), None)
+    Inputs with a dynamic first dim are the batched ones where there are any. In a model with
+    only static shapes, the first input's first dim is the batch, shared by every input that
+    starts with the same dim; a mask [3, 3] or a vector of scales beside an image [1, 3, H, W]
+    has no batch axis."""
+    specs = [s for s in input_specs(model) if s.shape]
+    dynamic = {s.name for s in specs if not (isinstance(s.shape[0], int) and s.shape[0] > 0)}
+    if dynamic or not specs:
+        return dynamic, None
+    first = specs[0].shape[0]
+    return {s.name for s in specs if s.shape[0] == first}, first
 
 
 def _batches(subjects: Sequence[Subject], asked: Sequence[int]) -> list[int]:
-    fixed = fixed_batch(subjects)
+    """The batch sizes to time: those asked for, or the one a model fixes (else 1)."""
+    fixed = {sub.name: batch_inputs(sub.model)[1] for sub in subjects}
+    fixed = {name: b for name, b in fixed.items() if b is not None}
     for b in asked:
-        if fixed is not None and b != fixed:
-            where = next(f"{sub.name} (input '{spec.name}')" for sub in subjects for spec in input_specs(sub.model)
-                         if _batched(spec) and spec.shape[0] == fixed)
-            raise UsageError(f"--batch {b}: {where} has a fixed batch size of {fixed}")
-    return list(dict.fromkeys(asked)) or [fixed or 1]
+        for name, size in fixed.items():
+            if b != size:
+                raise UsageError(f"--batch {b}: {name} has a fixed batch size of {size}")
+    return list(dict.fromkeys(asked)) or [next(iter(fixed.values()), 1)]
 
 
 def _batch_shapes(reference: onnx.ModelProto, base: dict[str, tuple[int, ...]], batch: int) -> dict[str, tuple[int, ...]]:
-    batched = {s.name for s in input_specs(reference) if _batched(s)}
+    batched = batch_inputs(reference)[0]
     return {k: (batch, *v[1:]) if k in batched else v for k, v in base.items()}
 
 
 def _slice_feed(feeds: FeedSet, batch: int) -> Feed:
     if feeds.samples < batch:
-        raise BadData(f"{feeds.source}: {feeds.samples} samples, fewer than --batch {batch}")
+        raise BadData(f"{feeds.source}: {feeds.samples} samples, fewer than one batch of {batch}")
     return {k: a[:batch] for k, a in feeds.arrays.items()}
 
 
@@ -202,6 +196,18 @@ def _chunks(feeds: FeedSet, fixed: int | None, chunk: int = 64) -> list[Feed]:
     size = fixed or chunk
     whole = feeds.samples // size * size if fixed else feeds.samples
     return [{k: a[i:i + size] for k, a in feeds.arrays.items()} for i in range(0, whole, size)]
+
+
+def _labelled_chunks(feeds: FeedSet, fixed: int | None) -> tuple[list[Feed], str, np.ndarray | None]:
+    """The data in batches (see _chunks), a line saying what of it is used, and the labels of the
+    samples that run: those after the last whole batch of a fixed batch size do not."""
+    chunks = _chunks(feeds, fixed)
+    if not chunks:
+        raise BadData(f"{feeds.source}: {feeds.samples} samples, fewer than the fixed batch size {fixed}")
+    used = sum(len(next(iter(f.values()))) for f in chunks)
+    source = f"{feeds.source} ({used} samples)" if used == feeds.samples else \
+        f"{feeds.source} ({used} of {feeds.samples} samples: whole batches of {fixed})"
+    return chunks, source, feeds.labels[:used] if feeds.labels is not None else None
 
 
 def top1_accuracy(outputs: Sequence[Feed], labels: np.ndarray) -> float | None:
@@ -227,27 +233,22 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
         raise UsageError("give at least one model")
     check_same_interface(subjects)
     reference = subjects[0].model
-    base = resolve_input_shapes(reference, input_shapes)
     batches = _batches(subjects, settings.batches)
-    fixed = fixed_batch(subjects)
-    shapes = {b: _batch_shapes(reference, base, b) for b in batches}
+    fixed = next((b for b in (batch_inputs(s.model)[1] for s in subjects) if b is not None), None)
 
-    labels = None
-    if data is not None:
-        feedset = load_feeds(data, reference)
+    feedset = load_feeds(data, reference) if data is not None else None
+    if feedset is not None:
+        # the data's own sample shape: it may fill dims the model leaves dynamic (H, W)
+        base = {k: (1, *a.shape[1:]) for k, a in feedset.arrays.items()}
+        shapes = {b: _batch_shapes(reference, base, b) for b in batches}
+        fidelity_feeds, source, labels = _labelled_chunks(feedset, fixed)
         timing_feeds = {b: _slice_feed(feedset, b) for b in batches}
-        fidelity_feeds = _chunks(feedset, fixed)
-        if not fidelity_feeds:
-            raise BadData(f"{data}: {feedset.samples} samples, fewer than the fixed batch size {fixed}")
-        used = sum(len(next(iter(f.values()))) for f in fidelity_feeds)
-        source = f"{data} ({used} samples)" if used == feedset.samples else \
-            f"{data} ({used} of {feedset.samples} samples: whole batches of {fixed})"
-        if feedset.labels is not None:  # samples after the last whole batch do not run
-            labels = feedset.labels[:used]
     else:
+        base = resolve_input_shapes(reference, input_shapes)
+        shapes = {b: _batch_shapes(reference, base, b) for b in batches}
         timing_feeds = {b: random_feeds(reference, shapes[b], seed=settings.seed)[0] for b in batches}
         fidelity_feeds = random_feeds(reference, shapes[batches[0]], seed=settings.seed + 1, count=settings.samples)
-        source = f"random normal inputs, seed {settings.seed}"
+        source, labels = f"random normal inputs, seed {settings.seed}", None
 
     report = lambda what, done, total: progress(what, done, total) if progress else None  # noqa: E731
     memory: list[int | None] = []
@@ -257,7 +258,15 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
         memory.append(peak_session_bytes(sub.data, spec, threads=settings.threads, optimization=settings.optimization)
                       if settings.memory else None)
         report("peak session memory", i + 1, len(subjects))
-    outputs = _outputs(subjects, settings, list(timing_feeds.values()), fidelity_feeds)
+    try:
+        outputs = _outputs(subjects, settings, list(timing_feeds.values()), fidelity_feeds)
+    except BadModel:
+        if feedset is None or fixed is not None:
+            raise
+        # A model that declares a dynamic batch but hard-codes one inside (a Reshape to [1, ...],
+        # common in exports) runs at the timed batch size only: compare in batches of that size.
+        fidelity_feeds, source, labels = _labelled_chunks(feedset, batches[0])
+        outputs = _outputs(subjects, settings, list(timing_feeds.values()), fidelity_feeds)
     timings = {b: _time_batch(subjects, timing_feeds[b], settings,
                               lambda done, total, label=f"timing batch {b}": report(label, done, total))
                for b in batches}
@@ -295,16 +304,19 @@ def _outputs(subjects: Sequence[Subject], settings: Settings, check_feeds: Seque
     line before anything is timed, not in a traceback from the middle of the timing."""
     outputs = []
     for sub, session in zip(subjects, _build_sessions(subjects, settings, range(len(subjects)))):
-        feed = fidelity_feeds[0]
-        try:
-            for feed in check_feeds:
-                runner(session, feed)()
-            outputs.append(run_feeds(session, fidelity_feeds))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise BadModel(f"{sub.name}: onnxruntime cannot run it on inputs "
-                           f"{', '.join(f'{k} {list(v.shape)}' for k, v in feed.items())}: {first}") from None
+        for feed in check_feeds:
+            _run_or_refuse(sub, session, feed)
+        outputs.append([_run_or_refuse(sub, session, feed) for feed in fidelity_feeds])
     return outputs
+
+
+def _run_or_refuse(sub: Subject, session, feed: Feed) -> Feed:
+    try:
+        return run_feeds(session, [feed])[0]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise BadModel(f"{sub.name}: onnxruntime cannot run it on inputs "
+                       f"{', '.join(f'{k} {list(v.shape)}' for k, v in feed.items())}: {first}") from None
 
 
 def _time_batch(subjects: Sequence[Subject], feed: Feed, settings: Settings,

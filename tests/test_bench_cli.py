@@ -353,3 +353,16 @@ def test_run_bench_failure_is_a_warning_and_the_model_is_written(capsys, tmp_pat
     assert code == 0, err
     assert (tmp_path / "out.onnx").is_file()
     assert "warning: --bench: optimized: onnxruntime cannot run it: simulated" in err
+
+
+def test_plot_to_stdout_is_refused_before_timing(capsys, pair):
+    a, b = pair
+    code, out, err = invoke(capsys, "bench", a, b, *FAST, "--plot", "-")
+    one_line_error(code, out, err, 2, "--plot writes a .png file")
+
+
+def test_demo_refuses_bad_data_before_optimizing(capsys, tmp_path):
+    np.savez(tmp_path / "ids.npz", input=np.zeros((2, 1, 32, 32), np.int64))
+    code, out, err = invoke(capsys, "demo", "--data", tmp_path / "ids.npz", "--budget", "0.1")
+    one_line_error(code, out, err, 3, "ids.npz", "int64")
+    assert "pipeline" not in out

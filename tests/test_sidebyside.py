@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import sys
 import io
 import json
 import math
@@ -334,7 +335,7 @@ def test_each_batch_size_is_timed_with_feeds_of_that_size(monkeypatch):
 
 def test_batch_other_than_a_fixed_batch_dim_is_a_usage_error():
     subjects = [subject(linear(W, batch=1), "fixed.onnx"), subject(linear(W, batch=1), "b.onnx")]
-    with pytest.raises(UsageError, match=r"--batch 4: fixed\.onnx \(input 'input'\) has a fixed batch size of 1") as err:
+    with pytest.raises(UsageError, match=r"--batch 4: fixed\.onnx has a fixed batch size of 1") as err:
         run_bench(subjects, dataclasses.replace(FAST, batches=(1, 4)))
     assert "\n" not in str(err.value)
     # the model's own batch size is fine
@@ -343,14 +344,14 @@ def test_batch_other_than_a_fixed_batch_dim_is_a_usage_error():
 
 def test_batch_is_refused_when_any_model_fixes_it():
     subjects = [subject(linear(W), "dynamic.onnx"), subject(linear(W, batch=1), "fixed.onnx")]
-    with pytest.raises(UsageError, match=r"fixed\.onnx \(input 'input'\) has a fixed batch size of 1"):
+    with pytest.raises(UsageError, match=r"--batch 4: fixed\.onnx has a fixed batch size of 1"):
         run_bench(subjects, dataclasses.replace(FAST, batches=(4,)))
 
 
 def test_data_with_fewer_samples_than_the_batch(tmp_path):
     path = tmp_path / "two.npz"
     np.savez(path, input=np.ones((2, 4), np.float32))
-    with pytest.raises(BadData, match=r"2 samples, fewer than --batch 4") as err:
+    with pytest.raises(BadData, match=r"2 samples, fewer than one batch of 4") as err:
         run_bench([subject(linear(W), "a"), subject(linear(W), "b")], dataclasses.replace(FAST, batches=(1, 4)),
                   data=path)
     assert "\n" not in str(err.value)
@@ -537,6 +538,9 @@ def test_a_model_onnxruntime_cannot_load_or_run_is_named_in_one_line(monkeypatch
         def get_inputs(self):
             return self._session.get_inputs()
 
+        def get_outputs(self):
+            return self._session.get_outputs()
+
         def run(self, *args):
             raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Reshape failed\nsecond line")
 
@@ -596,3 +600,64 @@ def test_a_fixed_length_vector_input_is_not_a_batch_axis():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     r = run_bench([subject(model, "a"), subject(model, "b")], dataclasses.replace(FAST, batches=(1, 8)))
     assert r.batches == [1, 8] and r.inputs == {"x": [1, 4], "s": [4]}
+
+
+def _model(nodes, inputs, outputs, inits=()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info(*i) for i in inputs],
+                              [helper.make_tensor_value_info(*o) for o in outputs], list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_batch_inputs_are_the_dynamic_ones_else_those_sharing_the_first_inputs_dim():
+    from onnxopt.sidebyside import batch_inputs
+
+    f = TensorProto.FLOAT
+    mask_dynamic = _model([helper.make_node("MatMul", ["x", "m"], ["y"])], [("x", f, ["N", 3]), ("m", f, [3, 3])],
+                          [("y", f, ["N", 3])])
+    assert batch_inputs(mask_dynamic) == ({"x"}, None)
+    mask_static = _model([helper.make_node("MatMul", ["x", "m"], ["y"])], [("x", f, [1, 3]), ("m", f, [3, 3])],
+                         [("y", f, [1, 3])])
+    assert batch_inputs(mask_static) == ({"x"}, 1)
+    r = run_bench([subject(mask_dynamic, "a"), subject(mask_dynamic, "b")], dataclasses.replace(FAST, batches=(1, 8)))
+    assert r.batches == [1, 8] and r.inputs == {"x": [1, 3], "m": [3, 3]}
+    r = run_bench([subject(mask_static, "a"), subject(mask_static, "b")], FAST)
+    assert r.batches == [1] and r.inputs == {"x": [1, 3], "m": [3, 3]}
+
+
+def test_rounds_of_every_session_set_widen_the_interval_end_to_end():
+    r = run_bench([subject(linear(W), "a"), subject(linear(W * np.float32(1.1)), "b")],
+                  dataclasses.replace(FAST, rounds=12, budget_seconds=None, session_sets=3))
+    t = r.entries[1].timings[1]
+    assert len(t.set_ratio_medians) == 3 and len(t.round_ratios) == 12
+    low, high = t.round_ratio_interval()
+    assert low <= min(t.set_ratio_medians) and high >= max(t.set_ratio_medians)
+
+
+def test_a_dynamic_batch_model_with_a_batch_hard_coded_inside_is_compared_in_batches_of_one(tmp_path):
+    """Exports often declare batch N but Reshape to [1, ...]: 64-sample chunks fail, batch 1 works."""
+    f = TensorProto.FLOAT
+    shape = numpy_helper.from_array(np.array([1, 3], np.int64), "shape")
+    model = _model([helper.make_node("MatMul", ["input", "W"], ["z"]), helper.make_node("Reshape", ["z", "shape"], ["y"])],
+                   [("input", f, ["N", 4])], [("y", f, [1, 3])], [numpy_helper.from_array(W, "W"), shape])
+    x = np.random.default_rng(2).standard_normal((70, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", input=x, labels=np.argmax(x @ W, axis=1))
+    r = run_bench([subject(model, "a"), subject(model, "b")], FAST, data=tmp_path / "d.npz")
+    assert r.fidelity_samples == 70 and r.labelled_samples == 70 and r.entries[0].accuracy == 1.0
+
+
+def test_data_fills_dynamic_spatial_dims(tmp_path):
+    f = TensorProto.FLOAT
+    model = _model([helper.make_node("GlobalAveragePool", ["x"], ["y"])], [("x", f, ["N", 3, "H", "W"])],
+                   [("y", f, ["N", 3, 1, 1])])
+    np.savez(tmp_path / "img.npz", x=np.ones((2, 3, 16, 16), np.float32))
+    r = run_bench([subject(model, "a"), subject(model, "b")], FAST, data=tmp_path / "img.npz")
+    assert r.inputs == {"x": [1, 3, 16, 16]}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak session memory is measured on Linux")
+def test_memory_is_measured_for_a_candidate_with_fewer_inputs():
+    with_unused = linear(W)
+    with_unused.graph.input.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, ["N", 2]))
+    r = run_bench([subject(with_unused, "before.onnx"), subject(linear(W), "after.onnx")],
+                  dataclasses.replace(FAST, memory=True))
+    assert all(isinstance(e.memory_bytes, int) and e.memory_bytes > 0 for e in r.entries)
