@@ -129,9 +129,13 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
     result = pipeline.run(source, serialized=data)
     timed = None
     if bench and not (strict and result.report.problems):
-        before = Subject(model.name, source, data if data is not None else model_io.serialize(source, model), model)
-        timed = _bench_before_after(before, result, output, bench_data, shapes, settings.get("threads", 1), as_json)
+        timed = _bench_before_after(_loaded(model, source, data), result, output, bench_data, shapes, settings.get("threads", 1), as_json)
     _finish(result, model, output, report_path, as_json, strict, verbose, timed)
+
+
+def _loaded(path: Path, model, serialized: bytes | None) -> Subject:
+    """The input model as a bench subject, from what load_model_and_bytes already read."""
+    return Subject(path.name, model, serialized if serialized is not None else model_io.serialize(model, path), path)
 
 
 def _bench_before_after(before: Subject, result: RunResult, output: Path | None, data: Path | None,
@@ -369,8 +373,7 @@ def demo(model_path: Path | None, data: Path | None, output: Path | None, budget
         click.echo(f"model: {path.name}; pipeline: {','.join(p.spec for p in passes)}\n")
     result = Pipeline(passes, input_shapes=shapes, progress=_progress(sys.stderr.isatty() and not as_json)).run(
         source, serialized=serialized)
-    before = Subject(path.name, source, serialized if serialized is not None else model_io.serialize(source, path), path)
-    timed = _bench_before_after(before, result, output, data, shapes, 1, as_json, budget, flag="the benchmark")
+    timed = _bench_before_after(_loaded(path, source, serialized), result, output, data, shapes, 1, as_json, budget, flag="the benchmark")
     _finish(result, path, output, None, as_json, False, verbose, timed)
 
 

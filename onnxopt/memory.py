@@ -19,7 +19,7 @@ from pathlib import Path
 _CHILD = r"""
 import json, resource, sys
 import numpy as np
-import onnxruntime as ort
+from onnxopt.runtime import make_session  # the timed sessions' options, spinning off as there
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -35,33 +35,19 @@ def reset_peak():
     except OSError:
         return False
 
-def peak():
+def lifetime_peak():
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb if sys.platform == "darwin" else kb * 1024  # Linux reports KiB, macOS bytes
 
 path, spec, threads, level = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 data = open(path, "rb").read()
 feed = {name: np.zeros(shape, dtype=dtype) for name, (shape, dtype) in spec.items()}
-so = ort.SessionOptions()
-so.intra_op_num_threads = threads
-so.inter_op_num_threads = 1
-so.log_severity_level = 4
-so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the timed sessions
-if reset_peak():
-    before = status("VmRSS")
-    session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-    session.run(None, feed)
-    print(json.dumps({"bytes": status("VmHWM") - before}))
-else:  # the process-lifetime peak: low for models smaller than what importing onnxruntime took
-    before = peak()
-    session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-    session.run(None, feed)
-    print(json.dumps({"bytes": peak() - before}))
+# without clear_refs, the process-lifetime peak: low for models smaller than the imports took
+resettable = reset_peak()
+before = status("VmRSS") if resettable else lifetime_peak()
+make_session(data, optimization=level, threads=threads, spinning=False).run(None, feed)
+print(json.dumps({"bytes": (status("VmHWM") if resettable else lifetime_peak()) - before}))
 """
-
-_LEVEL_NAMES = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-                "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
 def peak_session_bytes(model: bytes, feed_spec: dict[str, tuple[tuple[int, ...], str]], *, threads: int = 1,
@@ -78,7 +64,7 @@ def peak_session_bytes(model: bytes, feed_spec: dict[str, tuple[tuple[int, ...],
         spec = {k: [list(shape), dtype] for k, (shape, dtype) in feed_spec.items()}
         try:
             done = subprocess.run([sys.executable, "-c", _CHILD, str(path), json.dumps(spec), str(threads),
-                                   _LEVEL_NAMES[optimization]], capture_output=True, text=True, timeout=timeout)
+                                   optimization], capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired):
             return None
     if done.returncode != 0:
