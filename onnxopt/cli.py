@@ -362,7 +362,7 @@ def demo(model_path: Path | None, data: Path | None, output: Path | None, budget
     if data is None and model_path is None:
         data = FIXTURES / DEMO_DATA
     passes = [cls() for cls in sorted(available_passes().values(), key=lambda c: (c.stage, c.name))
-              if not cls.needs_data]
+              if not cls.needs_data and cls.exact]
     if output is not None:
         model_io.check_output_path(path, output, False)
     source, serialized = model_io.load_model_and_bytes(path)

@@ -502,6 +502,18 @@ class Graph:
             self._shapes = None
         self._edit(tensor, *(o for n in self.consumers(tensor) for o in n.proto.output))
 
+    def set_input_constant(self, node: Node, index: int, array: np.ndarray) -> None:
+        """Give input `index` of `node` the value `array`: in place when `node` alone reads that
+        constant, as a new constant otherwise (other readers keep the old value)."""
+        tensor = node.input(index)
+        if tensor in self._inits and self.reader_conflict(tensor, node) is None:
+            self.set_constant(tensor, array)
+            return
+        old_dims = tuple(self._inits[tensor].dims) if tensor in self._inits else None
+        self.set_input(node, index, self.add_constant(tensor or f"{node.name or node.op}_input{index}", array))
+        if tuple(np.shape(array)) != old_dims:
+            self._shapes = None
+
     def remove_constant(self, tensor: str) -> None:
         if self.is_used(tensor):
             raise GraphError(f"constant '{tensor}' is still used")

@@ -19,11 +19,13 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse/click naming
-    """Declare an option field with a default and a one-line help text."""
+def option(default: Any, help: str, *, aliases: tuple[str, ...] = ()) -> Any:  # noqa: A002 - argparse naming
+    """Declare an option field with a default and a one-line help text. `aliases` are other
+    spellings accepted on input (`global` for a field that cannot be named after a keyword)."""
+    metadata = {"help": help, "aliases": aliases}
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def cli_name(field_name: str) -> str:
@@ -83,10 +85,12 @@ def _coerce(pass_name: str, key: str, tp: Any, value: Any) -> Any:
 def build_options(pass_name: str, cls: type, values: dict[str, Any], base: Any = None) -> Any:
     """Make an Options instance from raw values (strings from the CLI or typed values)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    aliases = {a.replace("-", "_"): f.name for f in fields.values() for a in f.metadata.get("aliases", ())}
     types_ = _resolved_types(cls)
     kwargs: dict[str, Any] = {}
     for raw_key, value in values.items():
         key = str(raw_key).replace("-", "_")
+        key = aliases.get(key, key)
         if key not in fields:
             known = [cli_name(k) for k in fields]
             close = difflib.get_close_matches(cli_name(key), known, n=1)

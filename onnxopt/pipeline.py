@@ -54,6 +54,8 @@ class PassResult:
     stats: dict[str, float] = dataclasses.field(default_factory=dict)
     skipped: list[Skip] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # structured findings for the JSON report; a "tables" entry (title, headers, rows) is also shown
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def count(self, key: str, n: float = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
@@ -84,6 +86,7 @@ class PassContext:
     calibration: Iterable[Feed] | None = None
     progress: Progress = _no_progress
     threads: int = 1
+    dry_run: bool = False  # passes that can explain what they would do add it to details
 
 
 class Pass(abc.ABC):
@@ -150,6 +153,7 @@ class PassReport:
     notes: list[str]
     message: str = ""    # why it was rolled back or failed
     fidelity: Fidelity | None = None  # vs the model before this pass (when verified)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -237,8 +241,9 @@ class Pipeline:
     def __init__(self, passes: Sequence[Pass], *, verify: bool = True, rtol: float = DEFAULT_RTOL, samples: int = 2,
                  seed: int = 0, input_shapes: dict[str, Sequence[int]] | None = None,
                  calibration: Iterable[Feed] | None = None, instruments: Sequence[Instrument] = (),
-                 progress: Progress = _no_progress, threads: int = 1) -> None:
+                 progress: Progress = _no_progress, threads: int = 1, dry_run: bool = False) -> None:
         self.passes = list(passes)
+        self.dry_run = dry_run
         self.verify = verify
         self.rtol = rtol
         self.samples = samples
@@ -265,7 +270,7 @@ class Pipeline:
         shapes = resolve_input_shapes(model, self.input_shapes) if needs_shapes else {
             k: tuple(v) for k, v in self.input_shapes.items()}
         ctx = PassContext(seed=self.seed, input_shapes=shapes, calibration=self.calibration,
-                          progress=self.progress, threads=self.threads)
+                          progress=self.progress, threads=self.threads, dry_run=self.dry_run)
         full_check = _check(model, True) is None  # hold later models to the level the input meets
         current = model
         feeds: list[Feed] = []
@@ -344,7 +349,7 @@ class Pipeline:
     def _report(self, p: Pass, status: str, t0: float, result: PassResult, message: str = "",
                 fidelity: Fidelity | None = None) -> PassReport:
         return PassReport(p.name, p.spec, status, p.exact, time.perf_counter() - t0, dict(result.stats),
-                          list(result.skipped), list(result.notes), message, fidelity)
+                          list(result.skipped), list(result.notes), message, fidelity, dict(result.details))
 
     def _accept(self, p: Pass, candidate: onnx.ModelProto, result: PassResult, t0: float, full_check: bool,
                 feeds: list[Feed], previous_out: list[Feed] | None):

@@ -1,0 +1,55 @@
+"""Dry run: how much the outputs move when one group alone is pruned, at a few ratios.
+
+For each coupled group the model is pruned at each ratio with every other group left whole and
+run on a few samples; the cosine of its outputs with the original's says which groups tolerate
+pruning (a sensitivity scan in the manner of Li et al. 2016, Fig. 2)."""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxopt.analysis.channels import ChannelAnalysis, Group
+from onnxopt.graph import Graph
+from onnxopt.pipeline import PassContext
+from onnxopt.runtime import random_feeds, run_model
+from onnxopt.shrink import shrink
+from onnxopt.verify import compare
+
+from . import select
+
+RATIOS = (0.25, 0.5, 0.75)
+SAMPLES = 4
+
+
+def sensitivity_table(graph: Graph, groups: list[Group], scores: dict[int, np.ndarray], limits: select.Limits,
+                      ctx: PassContext, calibration=None) -> dict:
+    model = graph.to_model()
+    shapes = graph.input_shapes
+    feeds = list(calibration.feeds.tail(SAMPLES)) if calibration is not None and hasattr(
+        getattr(calibration, "feeds", None), "tail") else []
+    if not feeds:
+        feeds = random_feeds(model, shapes, seed=ctx.seed, count=SAMPLES)
+    reference = run_model(model, feeds, threads=ctx.threads)
+    rows = []
+    for k, g in enumerate(groups):
+        cosines = []
+        for r in RATIOS:
+            keep = select.legal_keep(g, g.size - int(g.size * r), limits)
+            if keep >= g.size:
+                cosines.append(None)
+                continue
+            trial = Graph(model, input_shapes=shapes)
+            analysis = ChannelAnalysis(trial)
+            same = _same_group(analysis, g)
+            shrink(trial, analysis, {same.id: select.choose(scores[g.id], keep, g.blocks)})
+            fid = compare(reference, run_model(trial.to_model(), feeds, threads=ctx.threads))
+            cosines.append(round(float(fid.cosine), 6))
+        rows.append({"group": g.label, "channels": g.size, "cosine": cosines})
+        ctx.progress("prune: sensitivity", k + 1, len(groups))
+    return {"ratios": list(RATIOS), "samples": len(feeds), "rows": rows}
+
+
+def _same_group(analysis: ChannelAnalysis, group: Group) -> Group:
+    """The group of a fresh analysis of the same model, found by its layers' output names."""
+    tensor = group.producers[0].outputs[0]
+    space = next(s for s in analysis.spaces if s.producer is not None and s.producer.outputs[0] == tensor)
+    return analysis.group_of(space.id)
