@@ -96,16 +96,20 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Allow the output path to be the input model.")
 @click.option("--strict", is_flag=True, help="Exit 4 and write nothing if any pass was rolled back or failed.")
 @click.option("-v", "--verbose", is_flag=True, help="List every declined region.")
+@click.option("--dry-run", is_flag=True, help="Write nothing; passes that can also explain their choices "
+              "(prune: per-group sensitivity) add it to the report.")
 @click.option("--bench", "bench", is_flag=True, help="Then time the input against the output side by side (see `onnxopt bench`).")
 @click.option("--bench-data", type=click.Path(path_type=Path), metavar="DATA",
               help="Real inputs for --bench (.npz; with `labels`, top-1 accuracy of both models).")
 def run(model: Path, spec: str | None, config: Path | None, output: Path | None, report_path: Path | None,
         as_json: bool, input_shapes: tuple[str, ...], calib: Path | None, verify: bool | None, rtol: float | None, samples: int | None,
-        seed: int | None, threads: int | None, overwrite: bool, strict: bool, verbose: bool, bench: bool,
-        bench_data: Path | None) -> None:
+        seed: int | None, threads: int | None, overwrite: bool, strict: bool, verbose: bool, dry_run: bool,
+        bench: bool, bench_data: Path | None) -> None:
     """Optimize MODEL with a pipeline of passes and write the result."""
     if bool(spec) == bool(config):
         raise UsageError("give exactly one of --passes SPEC or --config FILE")
+    if dry_run and (bench or output is not None):
+        raise UsageError("--dry-run writes nothing: drop -o/--bench (--report FILE keeps the JSON)")
     if bench_data is not None and not bench:
         raise UsageError("--bench-data is for --bench")
     passes, settings = load_config(config) if config else (parse_spec(spec), {})
@@ -113,8 +117,9 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
     settings.update({k: v for k, v in flags.items() if v is not None})
     shapes = {k: tuple(v) for k, v in settings.pop("input_shapes", {}).items()}
     shapes.update(_shapes(input_shapes))
-    output = output or model.with_name(model.name.removesuffix(".onnx") + ".opt.onnx")
-    model_io.check_output_path(model, output, overwrite)
+    if not dry_run:
+        output = output or model.with_name(model.name.removesuffix(".onnx") + ".opt.onnx")
+        model_io.check_output_path(model, output, overwrite)
     if report_path is not None:
         model_io.check_output_path(model, report_path, False, what="report")
         if model_io.same_file(report_path, output):
@@ -125,12 +130,13 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
         settings["calibration"] = load_feeds(calib, source)
     if bench_data is not None:
         load_feeds(bench_data, source)  # a bad data file is reported before the pipeline runs, not after
-    pipeline = Pipeline(passes, input_shapes=shapes, progress=_progress(sys.stderr.isatty() and not as_json), **settings)
+    pipeline = Pipeline(passes, input_shapes=shapes, progress=_progress(sys.stderr.isatty() and not as_json),
+                        dry_run=dry_run, **settings)
     result = pipeline.run(source, serialized=data)
     timed = None
     if bench and not (strict and result.report.problems):
         timed = _bench_before_after(_loaded(model, source, data), result, output, bench_data, shapes, settings.get("threads", 1), as_json)
-    _finish(result, model, output, report_path, as_json, strict, verbose, timed)
+    _finish(result, model, output, report_path, as_json, strict, verbose, timed, dry_run=dry_run)
 
 
 def _loaded(path: Path, model, serialized: bytes | None) -> Subject:
@@ -160,7 +166,7 @@ def _bench_before_after(before: Subject, result: RunResult, output: Path | None,
 
 
 def _finish(result: RunResult, model: Path, output: Path | None, report_path: Path | None, as_json: bool,
-            strict: bool, verbose: bool, bench: BenchReport | None = None) -> None:
+            strict: bool, verbose: bool, bench: BenchReport | None = None, *, dry_run: bool = False) -> None:
     report = result.report
     data = report.as_dict()
     data.update({"input": str(model), "output": str(output) if output else None})
@@ -179,9 +185,11 @@ def _finish(result: RunResult, model: Path, output: Path | None, report_path: Pa
     if as_json:
         click.echo(to_json(data), nl=False)
         return
-    click.echo(format_run(report, verbose=verbose))
+    click.echo(format_run(report, verbose=verbose, tables=dry_run))
     if output is not None:
         click.echo(f"wrote {output} ({human_bytes(output.stat().st_size)})")
+    elif dry_run:
+        click.echo("dry run: no model written" + (f"; report in {report_path}" if report_path else ""))
     if bench is not None:
         from .bench_report import format_table, headline
 

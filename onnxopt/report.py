@@ -15,6 +15,7 @@ from .pipeline import RunReport
 from .runtime import input_specs, resolve_input_shapes
 from .verify import Fidelity
 
+MAX_TABLE_ROWS = 25
 MAX_SKIPS_SHOWN = 8
 
 
@@ -98,7 +99,9 @@ def _pct(a: float | None, b: float | None) -> str:
     return f"{(b - a) / a:+.1%}"
 
 
-def format_run(report: RunReport, *, verbose: bool = False) -> str:
+def format_run(report: RunReport, *, verbose: bool = False, tables: bool = False) -> str:
+    """The run as text; a pass's detail tables (prune's groups and sensitivity) with verbose or
+    tables."""
     out = []
     rows = []
     for p in report.passes:
@@ -110,6 +113,13 @@ def format_run(report: RunReport, *, verbose: bool = False) -> str:
             out.append(f"  {p.name} {p.status}: {p.message}")
         for note in p.notes:
             out.append(f"  {p.name}: {note}")
+    for p in report.passes if verbose or tables else ():
+        for t in p.details.get("tables", ()):
+            rows = t["rows"] if verbose else t["rows"][:MAX_TABLE_ROWS]
+            out.append(f"\n{p.name}: {t['title']}")
+            out.append(table(rows, t["headers"], indent="  "))
+            if len(rows) < len(t["rows"]):
+                out.append(f"  ... and {len(t['rows']) - len(rows)} more rows (-v lists all)")
     open_skips = [(p.name, s) for p in report.passes for s in p.skipped if not s.settled_by]
     settled = [(p.name, s) for p in report.passes for s in p.skipped if s.settled_by]
     if open_skips:

@@ -168,11 +168,14 @@ class Prune(Pass):
         exclude = self.options.exclude
         hit = set()
         groups = []
+        frozen = result.details.setdefault("frozen", [])
         for g in analysis.groups:
             if g.size < 2 or not g.producers:
                 continue
             if g.frozen is not None:
-                if not any(p.id in told for p in g.producers):
+                frozen.append({"group": g.label, "channels": g.size, "why": g.frozen})
+                # a classifier writing the graph output is expected to stay: not a decline
+                if not g.frozen.startswith("reaches graph output") and not any(p.id in told for p in g.producers):
                     result.skip(g.producers[0], f"channels stay: {g.frozen}")
                 continue
             names = select.group_names(g)
