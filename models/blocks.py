@@ -201,6 +201,22 @@ class GraphBuilder:
         out = self.node("Clip", [x.name, *self._clip_bounds], scope)
         return Value(out, np.clip(x.data, 0.0, 6.0))
 
+    def sigmoid(self, x: Value, scope: Scope) -> Value:
+        return Value(self.node("Sigmoid", [x.name], scope), 1.0 / (1.0 + np.exp(-x.data)))
+
+    def mul(self, a: Value, b: Value, scope: Scope) -> Value:
+        """``a * b`` with ONNX (= numpy) broadcasting, e.g. a [N, C, H, W] trunk by a
+        [N, C, 1, 1] squeeze-excitation gate; the product keeps ``a``'s shape."""
+        assert np.broadcast_shapes(a.data.shape, b.data.shape) == a.data.shape, \
+            (a.name, a.shape, b.name, b.shape)
+        return Value(self.node("Mul", [a.name, b.name], scope), a.data * b.data)
+
+    def concat(self, parts: list[Value], scope: Scope) -> Value:
+        """``torch.cat(parts, 1)``: Concat on the channel axis."""
+        assert len({p.shape[1:] for p in parts}) == 1, [(p.name, p.shape) for p in parts]
+        out = self.node("Concat", [p.name for p in parts], scope, axis=1)
+        return Value(out, np.concatenate([p.data for p in parts], axis=1))
+
     def add(self, a: Value, b: Value, scope: Scope) -> Value:
         assert a.shape == b.shape, (a.name, a.shape, b.name, b.shape)
         return Value(self.node("Add", [a.name, b.name], scope), a.data + b.data)

@@ -5,7 +5,10 @@ Module and parameter names follow the reference PyTorch code, so the graphs read
 
 * ResNet, MobileNetV2, VGG-BN: torchvision (``torchvision/models/{resnet,mobilenetv2,vgg}.py``);
 * RepVGG: ``DingXiaoH/RepVGG:repvgg.py`` (Ding et al. 2021), ``RepVGGBlock``;
-* MobileOne: ``apple/ml-mobileone:mobileone.py`` (Vasu et al. 2023), ``MobileOneBlock``.
+* MobileOne: ``apple/ml-mobileone:mobileone.py`` (Vasu et al. 2023), ``MobileOneBlock``;
+* SE-Concat, a made-up net mixing SE-ResNet, SE-Inception and DenseNet blocks for channel pruning:
+  the SE module as ``Cadene/pretrained-models.pytorch:pretrainedmodels/models/senet.py``'s
+  ``SEModule``, Inception branches named as torchvision's ``inception.py``.
 
 Two simplifications against a real export: the classifier input is a ``Flatten`` where RepVGG and
 MobileOne write ``x.view(n, -1)`` (a Reshape), and the ``+ 0`` of absent branches (``id_out = 0``)
@@ -179,6 +182,75 @@ def mobileone(g: GraphBuilder, *, layers, widths, stem: int, classes: int, branc
     return g.gap_flatten_gemm(x, ROOT / "gap", ROOT / "linear", classes)
 
 
+# -- SE-Concat: squeeze-excitation around residuals and channel concatenations ------------------
+def se_module(g: GraphBuilder, x: Value, s: Scope, reduction: int) -> Value:
+    """``SEModule``: ``x * sigmoid(fc2(relu(fc1(avg_pool(x)))))``, fc1/fc2 1x1 convs with bias."""
+    c = x.shape[0]
+    y = g.gap(x, s / "avg_pool")
+    y = g.relu(g.conv(y, s / "fc1", max(1, c // reduction), 1, pad=0, bias="torch"), s / "relu")
+    y = g.sigmoid(g.conv(y, s / "fc2", c, 1, pad=0, bias="torch"), s / "sigmoid")
+    return g.mul(x, y, s)  # module_input * x: Mul(trunk [N,C,H,W], gate [N,C,1,1])
+
+
+def se_basic_block(g: GraphBuilder, x: Value, s: Scope, planes: int, stride: int,
+                   reduction: int) -> Value:
+    """SE-ResNet basic block: ``relu(shortcut + se_module(bn2(conv2(relu(bn1(conv1(x)))))))``."""
+    cin = x.shape[0]
+    y = g.relu(g.conv_bn(x, s / "conv1", s / "bn1", planes, 3, stride=stride), s / "relu")
+    y = se_module(g, g.conv_bn(y, s / "conv2", s / "bn2", planes, 3), s / "se_module", reduction)
+    shortcut = _downsample(g, x, s, planes, stride) if stride != 1 or cin != planes else x
+    return g.relu(g.add(shortcut, y, s), (s / "relu").again(1))
+
+
+def _basic_conv(g: GraphBuilder, x: Value, s: Scope, cout: int, k: int) -> Value:
+    """torchvision's Inception ``BasicConv2d``: conv, bn, then ``F.relu`` in the module's scope."""
+    return g.relu(g.conv_bn(x, s / "conv", s / "bn", cout, k), s)
+
+
+def mixed_block(g: GraphBuilder, x: Value, s: Scope, widths, reduction: int | None) -> Value:
+    """Inception module: ``torch.cat([branch1x1, branch3x3(, branch_pool)], 1)``, the pool branch
+    (max_pool2d 3/1/1 then a 1x1) when ``widths`` has three entries; SE-Inception when
+    ``reduction`` is given (the SE gate scales the concatenation)."""
+    branches = [_basic_conv(g, x, s / "branch1x1", widths[0], 1),
+                _basic_conv(g, x, s / "branch3x3", widths[1], 3)]
+    if len(widths) > 2:
+        pooled = g.maxpool(x, s, 3, 1, pad=1)
+        branches.append(_basic_conv(g, pooled, s / "branch_pool", widths[2], 1))
+    y = g.concat(branches, s)
+    return y if reduction is None else se_module(g, y, s / "se_module", reduction)
+
+
+def dense_layer(g: GraphBuilder, x: Value, s: Scope, growth: int) -> Value:
+    """DenseNet-style growth: ``torch.cat([x, relu(bn(conv(x)))], 1)`` (post-activation, unlike
+    DenseNet's BN-ReLU-Conv, so every BN follows a conv)."""
+    new = g.relu(g.conv_bn(x, s / "conv", s / "bn", growth, 3), s / "relu")
+    return g.concat([x, new], s)
+
+
+def se_concat(g: GraphBuilder, *, stem: int, widths, mixed, growth, reduction: int,
+              classes: int) -> Value:
+    """SE blocks (Hu et al. 2018, SENet) on residual branches and on an Inception concatenation
+    (Szegedy et al. 2015/2016), plus DenseNet concatenations (Huang et al. 2017).
+
+    stem (7x7/2 + maxpool) -> layer1.0 SE block, identity shortcut -> mixed1: three-branch
+    Inception + SE -> dense1 -> layer2.0 (stride 2, downsample reads the concat) -> layer2.1 ->
+    mixed2: two-branch Inception, no SE -> layer3.0 (stride 2) -> layer4.0 (stride 2) ->
+    dense2 -> avgpool -> fc, so the classifier reads a concatenation too."""
+    x = g.relu(g.conv_bn(g.input, ROOT / "conv1", ROOT / "bn1", stem, 7, stride=2, pad=3),
+               ROOT / "relu")
+    x = g.maxpool(x, ROOT / "maxpool", 3, 2, pad=1)
+    x = se_basic_block(g, x, ROOT / "layer1" / 0, widths[0], 1, reduction)
+    x = mixed_block(g, x, ROOT / "mixed1", mixed[0], reduction)
+    x = dense_layer(g, x, ROOT / "dense1", growth[0])
+    x = se_basic_block(g, x, ROOT / "layer2" / 0, widths[1], 2, reduction)
+    x = se_basic_block(g, x, ROOT / "layer2" / 1, widths[1], 1, reduction)
+    x = mixed_block(g, x, ROOT / "mixed2", mixed[1], None)
+    x = se_basic_block(g, x, ROOT / "layer3" / 0, widths[2], 2, reduction)
+    x = se_basic_block(g, x, ROOT / "layer4" / 0, widths[3], 2, reduction)
+    x = dense_layer(g, x, ROOT / "dense2", growth[1])
+    return g.gap_flatten_gemm(x, ROOT / "avgpool", ROOT / "fc", classes)
+
+
 # -- the registry ---------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Spec:
@@ -204,6 +276,18 @@ _REPVGG_TINY = dict(layers=(2, 2, 2, 1), widths=(8, 16, 16, 32), stem=8, classes
 # paper's stages 4 and 5 (5 + 5 blocks, both 256 wide) are the code's stage3 of 10 blocks
 _MOBILEONE_S0 = dict(layers=(2, 8, 10, 1), widths=(48, 128, 256, 1024), stem=48,
                      classes=1000, branches=4)
+_SENET_CONCAT = dict(stem=64, widths=(64, 128, 256, 512), mixed=((64, 96, 32), (128, 128)),
+                     growth=(32, 64), reduction=16, classes=1000)
+_SENET_CONCAT_TINY = dict(stem=8, widths=(8, 16, 24, 32), mixed=((8, 8, 8), (16, 16)),
+                          growth=(8, 8), reduction=4, classes=10)
+_VGG16_TINY_CFG = tuple(v if v == "M" else v // 8 for v in VGG16_CFG)[:-1]
+
+
+def _half(cfg):
+    """Every conv width halved: a 50% filter pruning of each conv."""
+    return tuple(v if v == "M" else v // 2 for v in cfg)
+
+
 _MOBILEONE_TINY = dict(layers=(2, 2, 2, 1), widths=(8, 16, 16, 32), stem=8, classes=10,
                        branches=4)
 
@@ -222,9 +306,11 @@ MODELS: dict[str, Spec] = {
         stem=8, last=64, classes=10), _TINY),
     "vgg16_bn": Spec(vgg_bn, {}, _TINY),
     # widths / 8; the last MaxPool is dropped so the classifier flattens a 64 x 2 x 2 map
-    "vgg16_bn-tiny": Spec(vgg_bn, dict(cfg=tuple(v if v == "M" else v // 8
-                                                 for v in VGG16_CFG)[:-1],
-                                       hidden=64, classes=10), _TINY),
+    "vgg16_bn-tiny": Spec(vgg_bn, dict(cfg=_VGG16_TINY_CFG, hidden=64, classes=10), _TINY),
+    # what 50% filter pruning of every conv and of the hidden Linear leaves (classes unchanged)
+    "vgg16_bn-half": Spec(vgg_bn, dict(cfg=_half(VGG16_CFG), hidden=256), _TINY),
+    "vgg16_bn-half-tiny": Spec(vgg_bn, dict(cfg=_half(_VGG16_TINY_CFG), hidden=32, classes=10),
+                               _TINY),
     "repvgg_a0": Spec(repvgg, _REPVGG_A0),
     "repvgg_a0-deploy": Spec(repvgg, dict(_REPVGG_A0, deploy=True)),
     "repvgg_a0-tiny": Spec(repvgg, _REPVGG_TINY, _TINY),
@@ -233,4 +319,6 @@ MODELS: dict[str, Spec] = {
     "mobileone_s0-deploy": Spec(mobileone, dict(_MOBILEONE_S0, deploy=True)),
     "mobileone_s0-tiny": Spec(mobileone, _MOBILEONE_TINY, _TINY),
     "mobileone_s0-tiny-deploy": Spec(mobileone, dict(_MOBILEONE_TINY, deploy=True), _TINY),
+    "senet_concat": Spec(se_concat, _SENET_CONCAT),
+    "senet_concat-tiny": Spec(se_concat, _SENET_CONCAT_TINY, _TINY),
 }

@@ -351,6 +351,10 @@ class Graph:
     def consumers(self, tensor: str) -> tuple[Node, ...]:
         return tuple(self._consumers.get(tensor, {}).values())
 
+    def subgraph_reads(self, node: Node) -> frozenset[str]:
+        """Outer tensors read inside `node`'s subgraphs (If/Loop/Scan bodies)."""
+        return frozenset(self._implicit.get(node.id, ()))
+
     def is_used(self, tensor: str) -> bool:
         return bool(self._consumers.get(tensor)) or tensor in self._output_names
 

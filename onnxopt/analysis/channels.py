@@ -170,7 +170,7 @@ class ChannelAnalysis:
             self._frozen.setdefault(self.root(int(sid)), reason)
 
     def _freeze_inputs(self, node: Node, reason: str) -> None:
-        for t in node.inputs:
+        for t in (*node.inputs, *self.graph.subgraph_reads(node)):
             if t in self.maps:
                 self._freeze_map(self.maps[t], f"read by {node.label}: {reason}")
 
@@ -202,6 +202,9 @@ class ChannelAnalysis:
         op = node.op
         if node.domain not in ("", "ai.onnx"):
             return f"custom op {node.domain}.{op}"
+        if self.graph.subgraph_reads(node) or any(
+                a.type in (a.GRAPH, a.GRAPHS) for a in node.proto.attribute):
+            return f"{op} has subgraphs"
         if op in HARMLESS_READERS:
             return None
         if op in ("Conv", "ConvTranspose"):

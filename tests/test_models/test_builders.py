@@ -40,7 +40,7 @@ def _init(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
 
 
 def classes(name: str) -> int:
-    return 1000 if name in FULL and name != "vgg16_bn" else 10
+    return 1000 if name in FULL and not name.startswith("vgg16_bn") else 10
 
 
 def test_available_names():
@@ -49,6 +49,7 @@ def test_available_names():
     expected |= {f"{n}-tiny" for n in ("resnet18", "resnet50", "mobilenetv2", "vgg16_bn",
                                        "repvgg_a0", "mobileone_s0")}
     expected |= {"repvgg_a0-tiny-deploy", "mobileone_s0-tiny-deploy"}
+    expected |= {"senet_concat", "senet_concat-tiny", "vgg16_bn-half", "vgg16_bn-half-tiny"}
     assert models.available() == sorted(expected)
 
 
@@ -236,6 +237,93 @@ def test_vgg_tiny_flattens_a_spatial_map():
     assert (counts["Conv"], counts["BatchNormalization"], counts["MaxPool"]) == (13, 13, 4)
     gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
     assert list(_init(model, gemm.input[1]).dims) == [64, 64 * 2 * 2]
+
+
+@pytest.mark.parametrize("name, half", [("vgg16_bn", "vgg16_bn-half"),
+                                        ("vgg16_bn-tiny", "vgg16_bn-half-tiny")])
+def test_vgg_half_is_a_50_percent_filter_pruning(name, half):
+    full, pruned = models.build(name), models.build(half)
+    assert models.input_shape(half) == models.input_shape(name)
+    strip = lambda m: [(n.name, n.op_type) for n in m.graph.node]  # noqa: E731
+    assert strip(pruned) == strip(full)
+    shapes = lambda m, op: [list(_init(m, n.input[1]).dims)  # noqa: E731
+                            for n in m.graph.node if n.op_type == op]
+    convs, half_convs = shapes(full, "Conv"), shapes(pruned, "Conv")
+    assert len(convs) == len(half_convs) == 13
+    for (cout, cin, k, _), (hcout, hcin, hk, _) in zip(convs, half_convs):
+        assert (hcout, hk) == (cout // 2, k) and cout % 2 == 0
+        assert hcin == (3 if cin == 3 else cin // 2)
+    (hidden, flat), (n_classes, _) = shapes(full, "Gemm")
+    assert shapes(pruned, "Gemm") == [[hidden // 2, flat // 2], [n_classes, hidden // 2]]
+    assert n_classes == 10
+
+
+def _se_gates(model) -> list[onnx.NodeProto]:
+    """Mul nodes fed by GlobalAveragePool -> Conv 1x1 -> Relu -> Conv 1x1 -> Sigmoid from the
+    Mul's other input: squeeze-excitation, the gate [N,C,1,1] scaling the trunk [N,C,H,W]."""
+    producers = {n.output[0]: n for n in model.graph.node}
+    found = []
+    for mul in (n for n in model.graph.node if n.op_type == "Mul"):
+        chain, node = [], producers.get(mul.input[1])
+        for op in ("Sigmoid", "Conv", "Relu", "Conv", "GlobalAveragePool"):
+            if node is None or node.op_type != op:
+                break
+            chain.append(node)
+            node = producers.get(node.input[0])
+        else:
+            if chain[-1].input[0] == mul.input[0]:  # the GAP reads the trunk being scaled
+                found.append(mul)
+    return found
+
+
+@pytest.mark.parametrize("name", ["senet_concat", "senet_concat-tiny"])
+def test_senet_concat_structure(name):
+    model = models.build(name)
+    nodes = model.graph.node
+    producers = {n.output[0]: n for n in nodes}
+    se_muls = _se_gates(model)
+    assert len(se_muls) >= 2
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    for mul in se_muls:
+        (n, c, h, w), gate = shapes[mul.input[0]], shapes[mul.input[1]]
+        assert gate == [n, c, 1, 1] and shapes[mul.output[0]] == [n, c, h, w]
+    for mul in se_muls:  # bias 1x1 convs, C -> C/r -> C
+        sigmoid = producers[mul.input[1]]
+        fc2 = producers[sigmoid.input[0]]
+        fc1 = producers[producers[fc2.input[0]].input[0]]
+        (c_red, c, k1, _), (c_out, c_red2, k2, _) = (_init(model, n.input[1]).dims
+                                                     for n in (fc1, fc2))
+        assert (k1, k2, c_red2, c_out) == (1, 1, c_red, c) and c_red < c
+        assert len(fc1.input) == len(fc2.input) == 3
+    concats = [n for n in nodes if n.op_type == "Concat"]
+    assert concats and all([(a.name, onnx.helper.get_attribute_value(a)) for a in n.attribute]
+                           == [("axis", 1)] for n in concats)
+    assert any(len(n.input) == 3 for n in concats)
+    # Inception: branch convs of one input concatenated, a conv consumes the concatenation
+    consumers = collections.defaultdict(list)
+    for n in nodes:
+        for i in n.input:
+            consumers[i].append(n)
+    assert any(c.op_type == "Conv" for n in concats for c in consumers[n.output[0]])
+    # DenseNet: a block input concatenated with Relu(BN(Conv(block input)))
+    def grown_from(n):
+        chain = [producers[n.input[1]]]
+        for _ in range(2):
+            chain.append(producers[chain[-1].input[0]])
+        return [c.op_type for c in chain] == ["Relu", "BatchNormalization", "Conv"] and \
+            chain[-1].input[0] == n.input[0]
+    assert any(grown_from(n) for n in concats if len(n.input) == 2)
+    # SE-ResNet: Add(shortcut, Mul(trunk, gate))
+    se_outputs = {mul.output[0] for mul in se_muls}
+    assert any(n.op_type == "Add" and n.input[1] in se_outputs for n in nodes)
+    gemm = nodes[-1]
+    assert gemm.op_type == "Gemm" and gemm.output[0] == "output"
+    assert [producers[gemm.input[0]].op_type, producers[producers[gemm.input[0]].input[0]]
+            .op_type] == ["Flatten", "GlobalAveragePool"]
+    # every BN follows a conv
+    assert all(producers[n.input[0]].op_type == "Conv" for n in nodes
+               if n.op_type == "BatchNormalization")
 
 
 def test_unknown_fixture_names_the_ones_there_are():
