@@ -55,10 +55,16 @@ class Space:
     producer: Node | None     # the node whose filters are these channels
     weight: str | None = None  # its weight tensor
     axis: int = 0              # the weight's output-channel axis
+    offset: int = 0            # first filter of the weight that is channel 0 here (split spaces)
 
     @property
     def label(self) -> str:
         return self.producer.label if self.producer is not None else f"source #{self.id}"
+
+    @property
+    def key(self) -> tuple[str, int] | None:
+        """Names these channels across analyses of the same model: producer output and offset."""
+        return (self.producer.outputs[0], self.offset) if self.producer is not None else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +108,10 @@ class Group:
         return [s.producer for s in self.spaces if s.producer is not None]
 
     @property
+    def key(self) -> tuple[str, int] | None:
+        return next((s.key for s in self.spaces if s.key is not None), None)
+
+    @property
     def label(self) -> str:
         names = [p.label for p in self.producers]
         return names[0] + (f" (+{len(names) - 1} coupled)" if len(names) > 1 else "") if names else f"group {self.id}"
@@ -122,6 +132,7 @@ class ChannelAnalysis:
         self._frozen: dict[int, str] = {}
         self._blocks: dict[int, int] = {}
         self._readers: dict[int, list[Node]] = {}  # space id -> consuming layers
+        self._split: set[int] = set()  # spaces replaced by their parts
         self.unknown: list[tuple[Node, str]] = []  # nodes that froze channels, and why
         for node in graph.topological_nodes():
             reason = self._visit(node)
@@ -164,6 +175,104 @@ class ChannelAnalysis:
         if rb in self._blocks:
             self._blocks[ra] = math.lcm(self._blocks.get(ra, 1), self._blocks[rb])
         self._readers.setdefault(ra, []).extend(self._readers.pop(rb, []))
+
+    def _members(self, root: int) -> list[Space]:
+        return [s for s in self.spaces if s.id not in self._split and self.root(s.id) == root]
+
+    def _split_class(self, space_id: int, cuts: list[int]) -> None:
+        """Cut a space, and every space coupled with it, into parts at channel indices `cuts`:
+        each part becomes a space of its own (parts at the same place stay coupled) and every
+        channel map is rewritten to name the parts."""
+        root = self.root(space_id)
+        size = self.spaces[root].size
+        bounds = [0, *sorted(set(c for c in cuts if 0 < c < size)), size]
+        members = self._members(root)
+        frozen, readers = self._frozen.get(root), list(self._readers.get(root, []))
+        parts: dict[int, list[int]] = {}
+        for m in members:
+            ids = []
+            for lo, hi in zip(bounds, bounds[1:]):
+                part = self._new_space(hi - lo, m.producer, m.weight, m.axis, frozen=frozen)
+                part.offset = m.offset + lo
+                ids.append(part.id)
+            parts[m.id] = ids
+            self._split.add(m.id)
+        for k in range(len(bounds) - 1):
+            first = parts[members[0].id][k]
+            self._readers[first] = list(readers)
+            for m in members[1:]:
+                self._union(first, parts[m.id][k])
+        starts = np.asarray(bounds[:-1])
+        for tensor, cm in list(self.maps.items()):
+            hit = np.isin(cm.space, list(parts))
+            if not hit.any():
+                continue
+            space, index = cm.space.copy(), cm.index.copy()
+            seg = np.searchsorted(starts, index[hit], side="right") - 1
+            space[hit] = [parts[int(sp)][int(k)] for sp, k in zip(cm.space[hit], seg)]
+            index[hit] = index[hit] - starts[seg]
+            self.maps[tensor] = ChannelMap(space, index)
+
+    def _cuts(self, a: ChannelMap, b: ChannelMap) -> tuple[int, list[int]] | None | str:
+        """A space of `a` whose channels do not line up one-to-one with a single space of `b` (as
+        one run, at offset 0), and where to cut it; None when all line up; a reason when they
+        cannot be made to."""
+        for sid in np.unique(a.space):
+            at = np.flatnonzero(a.space == sid)
+            order = np.argsort(a.index[at], kind="stable")
+            idx = a.index[at][order]
+            if len(np.unique(idx)) != len(idx):
+                return "channels repeat (after a flatten or a depthwise multiplier)"
+            partner = b.space[at][order]
+            shift = b.index[at][order] - idx
+            size = self.spaces[int(sid)].size
+            cuts = [int(idx[i]) for i in range(1, len(idx)) if partner[i] != partner[i - 1]
+                    or shift[i] != shift[i - 1] or idx[i] != idx[i - 1] + 1]
+            if idx[0] != 0:
+                cuts.append(int(idx[0]))
+            if idx[-1] != size - 1:
+                cuts.append(int(idx[-1]) + 1)
+            if not cuts and (shift[0] != 0 or self.spaces[int(partner[0])].size != size):
+                # one run at an offset into a longer space: cut the partner instead
+                continue
+            if cuts:
+                return int(sid), cuts
+        return None
+
+    def _couple(self, node: Node, tensors: list[str]) -> ChannelMap | None:
+        """Make the channels that `tensors` line up position by position one group each, cutting
+        spaces where a run of one meets parts of several (an SE gate over a Concat). Returns the
+        first tensor's map afterwards; None (and the channels frozen) when they cannot be."""
+        for _ in range(64):
+            maps = [self.maps[t] for t in tensors]
+            todo = None
+            for a in maps:
+                for b in maps:
+                    if a is b:
+                        continue
+                    todo = self._cuts(a, b)
+                    if todo is not None:
+                        break
+                if todo is not None:
+                    break
+            if todo is None:
+                break
+            if isinstance(todo, str) or self._blocks.get(self.root(todo[0]), 1) > 1:
+                reason = todo if isinstance(todo, str) else "would cut a grouped conv's channels"
+                for m in maps:
+                    self._freeze_map(m, f"{node.label} lines up channels it cannot couple: {reason}")
+                return maps[0]
+            self._split_class(*todo)
+        maps = [self.maps[t] for t in tensors]
+        first = maps[0]
+        for m in maps[1:]:
+            if not np.array_equal(m.index, first.index):
+                for mm in maps:
+                    self._freeze_map(mm, f"{node.label} lines up channels at different offsets")
+                return first
+            for a, b in set(zip(first.space.tolist(), m.space.tolist())):
+                self._union(a, b)
+        return first
 
     def _freeze_map(self, m: ChannelMap, reason: str) -> None:
         for sid in np.unique(m.space):
@@ -327,21 +436,12 @@ class ChannelAnalysis:
             shape = g.static_shape(t)
             if shape is None or len(shape) != rank:
                 return f"'{t}' has another rank than the result"
-            m = self.map_of(t)
-            if m is None:
+            if self.map_of(t) is None:
                 return f"shape of '{t}' unknown"
-            maps.append(m)
+            maps.append(t)
         if not maps:
             return "no operand carries the channels"
-        first = maps[0]
-        for m in maps[1:]:
-            if not np.array_equal(m.index, first.index):
-                self._freeze_map(first, f"{node.label} lines up channels at different offsets")
-                self._freeze_map(m, f"{node.label} lines up channels at different offsets")
-                continue
-            for a, b in set(zip(first.space.tolist(), m.space.tolist())):
-                self._union(a, b)
-        self.maps[node.outputs[0]] = first
+        self.maps[node.outputs[0]] = self._couple(node, maps)
         return None
 
     def _axis(self, node: Node, rank: int, default: int) -> int:
@@ -360,10 +460,8 @@ class ChannelAnalysis:
             return None
         if not all(len(m) == len(maps[0]) for m in maps):
             return "inputs of different widths"
-        for m in maps[1:]:  # concatenation along another axis: channels line up like Add's
-            for a, b in set(zip(maps[0].space.tolist(), m.space.tolist())):
-                self._union(a, b)
-        self.maps[node.outputs[0]] = maps[0]
+        # concatenation along another axis: channels line up like Add's
+        self.maps[node.outputs[0]] = self._couple(node, list(node.inputs))
         return None
 
     def split_sizes(self, node: Node) -> list[int] | None:
@@ -504,7 +602,8 @@ class ChannelAnalysis:
     def _collect_groups(self) -> list[Group]:
         members: dict[int, list[Space]] = {}
         for s in self.spaces:
-            members.setdefault(self.root(s.id), []).append(s)
+            if s.id not in self._split:
+                members.setdefault(self.root(s.id), []).append(s)
         groups = []
         for r, spaces in members.items():
             size = self.spaces[r].size
@@ -526,6 +625,12 @@ class ChannelAnalysis:
     def group_of(self, space_id: int) -> Group:
         r = self.root(space_id)
         return next(g for g in self.groups if g.id == r)
+
+    def group_by_key(self, key: tuple[str, int]) -> Group | None:
+        """The group holding the channels that `Group.key` / `Space.key` names (another analysis
+        of the same model finds the same group this way)."""
+        space = next((s for s in self.spaces if s.id not in self._split and s.key == key), None)
+        return self.group_of(space.id) if space is not None else None
 
     def kept_positions(self, tensor: str, keep: dict[int, np.ndarray]) -> np.ndarray | None:
         """Positions of `tensor`'s channel axis that stay when group id -> kept channel indices

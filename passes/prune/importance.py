@@ -46,21 +46,26 @@ def filter_norms(graph: Graph, group: Group, p: int) -> np.ndarray:
     for space in group.spaces:
         if space.producer is None or space.weight is None:
             continue
-        w = np.moveaxis(graph.constant(space.weight).astype(np.float64), space.axis, 0).reshape(space.size, -1)
+        rows_of = slice(space.offset, space.offset + space.size)
+        w = np.moveaxis(graph.constant(space.weight).astype(np.float64), space.axis, 0)
+        w = w.reshape(w.shape[0], -1)[rows_of]
         norm = np.abs(w).sum(axis=1) if p == 1 else np.sqrt((w * w).sum(axis=1))
         bn = _following_bn(graph, space.producer)
         scale = _bn_scale(graph, bn) if bn is not None else None
+        scale = scale[rows_of] if scale is not None else None
         rows.append(norm * scale if scale is not None and scale.shape == norm.shape else norm)
     return _normalized_mean(rows) if rows else np.ones(group.size)
 
 
 def bn_gammas(graph: Graph, group: Group) -> np.ndarray | None:
     rows = []
-    for producer in group.producers:
-        bn = _following_bn(graph, producer)
+    for space in group.spaces:
+        bn = _following_bn(graph, space.producer) if space.producer is not None else None
         gamma = graph.constant(bn.input(1)) if bn is not None else None
-        if gamma is not None and gamma.shape == (group.size,):
-            rows.append(np.abs(gamma.astype(np.float64)))
+        if gamma is not None and gamma.ndim == 1:
+            part = gamma[space.offset:space.offset + space.size]
+            if part.shape == (group.size,):
+                rows.append(np.abs(part.astype(np.float64)))
     return _normalized_mean(rows) if rows else None
 
 

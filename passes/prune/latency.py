@@ -279,12 +279,7 @@ def _greedy(layers: list[_Layer], groups: list[Group], scores: dict[int, np.ndar
 
 
 def _translate(plan: dict[int, np.ndarray], source: ChannelAnalysis, target: ChannelAnalysis) -> dict[int, np.ndarray]:
-    out = {}
-    for gid, keep in plan.items():
-        tensor = source.group_of(gid).producers[0].outputs[0]
-        space = next(s for s in target.spaces if s.producer is not None and s.producer.outputs[0] == tensor)
-        out[target.root(space.id)] = keep
-    return out
+    return {target.group_by_key(source.group_of(gid).key).id: keep for gid, keep in plan.items()}
 
 
 def _measure_ratio(model: onnx.ModelProto, pruned: onnx.ModelProto, shapes, ctx: PassContext, seed: int) -> float:

@@ -49,7 +49,8 @@ def sensitivity_table(graph: Graph, groups: list[Group], scores: dict[int, np.nd
 
 
 def _same_group(analysis: ChannelAnalysis, group: Group) -> Group:
-    """The group of a fresh analysis of the same model, found by its layers' output names."""
-    tensor = group.producers[0].outputs[0]
-    space = next(s for s in analysis.spaces if s.producer is not None and s.producer.outputs[0] == tensor)
-    return analysis.group_of(space.id)
+    """The group of a fresh analysis of the same model."""
+    found = analysis.group_by_key(group.key)
+    if found is None:
+        raise RuntimeError(f"{group.label}: not found again in the model")
+    return found

@@ -1,0 +1,98 @@
+"""Channel surgery is exact: a pruned model computes what the original computes when the layers
+reading the removed channels ignore them (their input columns zeroed).
+
+Removed channels then reach nothing that is kept: couplings (Add, the Mul of an SE gate, Concat)
+only carry them to other removed positions, and every dense reader drops them. So for ANY keep-set
+the pruned graph must equal this masked original to float precision; a wrong offset in a Concat, a
+Flatten column block, a Split size or a group's rows shows up as a large difference."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxopt import models
+from onnxopt.analysis.channels import ChannelAnalysis
+from onnxopt.graph import Graph
+from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
+from onnxopt.shrink import shrink
+
+ZOO = ["resnet18-tiny", "resnet50-tiny", "mobilenetv2-tiny", "vgg16_bn-tiny", "repvgg_a0-tiny",
+       "mobileone_s0-tiny", "senet_concat-tiny"]
+
+
+def random_keep(analysis: ChannelAnalysis, rng: np.random.Generator, fraction: float) -> dict[int, np.ndarray]:
+    keep = {}
+    for g in analysis.prunable:
+        per_block = g.size // g.blocks
+        n = max(1, int(round(per_block * fraction)))
+        keep[g.id] = np.concatenate([b * per_block + np.sort(rng.choice(per_block, n, replace=False))
+                                     for b in range(g.blocks)])
+    return keep
+
+
+def masked(graph: Graph, analysis: ChannelAnalysis, keep: dict[int, np.ndarray]) -> onnx.ModelProto:
+    """The original with every dense reader's input columns of removed channels zeroed."""
+    g = Graph(graph.to_model(), input_shapes=graph.input_shapes)
+    for n in g.nodes():
+        if n.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or g.constant(n.input(1)) is None:
+            continue
+        kept = analysis.kept_positions(n.input(0), keep)
+        if kept is None:
+            continue
+        w = g.constant(n.input(1)).copy()
+        cin = len(analysis.maps[n.input(0)])
+        gone = np.setdiff1d(np.arange(cin), kept)
+        group = int(n.attr("group", 1)) if n.op == "Conv" else 1
+        if n.op == "Conv" and group > 1:
+            per = cin // group
+            if per == 1:
+                continue  # depthwise: its removed outputs are dropped downstream
+            for c in gone:
+                block, rel = divmod(int(c), per)
+                rows = w.shape[0] // group
+                w[block * rows:(block + 1) * rows, rel] = 0
+        elif n.op == "Conv" or (n.op == "Gemm" and int(n.attr("transB", 0))):
+            w[:, gone] = 0
+        else:  # ConvTranspose [Cin, Cout, ...], MatMul and Gemm without transB [K, M]
+            w[gone] = 0
+        g.set_input_constant(n, 1, w)
+    return g.to_model()
+
+
+@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("fraction", [0.5, 0.25])
+def test_pruned_equals_masked_original(name, fraction):
+    model = models.build(name)
+    shapes = resolve_input_shapes(model)
+    graph = Graph(model, input_shapes=shapes)
+    analysis = ChannelAnalysis(graph)
+    assert analysis.prunable, "the zoo model has prunable groups"
+    keep = random_keep(analysis, np.random.default_rng(hash((name, fraction)) % 2**32), fraction)
+    reference_model = masked(graph, analysis, keep)
+    shrink(graph, analysis, keep)
+    pruned = graph.to_model()
+    onnx.checker.check_model(pruned, full_check=True)
+    feeds = random_feeds(model, shapes, seed=1, count=2)
+    want, got = run_model(reference_model, feeds), run_model(pruned, feeds)
+    for w, g in zip(want, got):
+        for k in w:
+            np.testing.assert_allclose(g[k], w[k], rtol=1e-4, atol=1e-4 * float(np.abs(w[k]).max()))
+    before = sum(np.prod(t.dims) for t in model.graph.initializer)
+    after = sum(np.prod(t.dims) for t in pruned.graph.initializer)
+    assert after < before * (0.75 if fraction == 0.5 else 0.5)
+
+
+def test_se_gate_over_a_concat_is_coupled_part_by_part():
+    """senet_concat's mixed1 block puts an SE gate (one conv of 192 channels) over the Concat of
+    three branches (64 + 96 + 32): the gate conv's filters are cut into three parts, each coupled
+    with its branch, instead of freezing all four layers."""
+    model = models.build("senet_concat")
+    graph = Graph(model, input_shapes=resolve_input_shapes(model))
+    analysis = ChannelAnalysis(graph)
+    gate = [g for g in analysis.groups if any("mixed1/se_module/fc2" in p.name for p in g.producers)]
+    assert len(gate) == 3
+    assert sorted(g.size for g in gate) == [32, 64, 96]
+    assert all(g.frozen is None and len(g.producers) == 2 for g in gate)
+    offsets = sorted(s.offset for g in gate for s in g.spaces if "fc2" in s.producer.name)
+    assert offsets == [0, 64, 160]
