@@ -96,3 +96,45 @@ def test_se_gate_over_a_concat_is_coupled_part_by_part():
     assert all(g.frozen is None and len(g.producers) == 2 for g in gate)
     offsets = sorted(s.offset for g in gate for s in g.spaces if "fc2" in s.producer.name)
     assert offsets == [0, 64, 160]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenetv2", "vgg16_bn", "senet_concat"])
+def test_full_size_zoo_prunes_exactly_against_the_masked_original(name):
+    model = models.build(name)
+    shapes = resolve_input_shapes(model)
+    graph = Graph(model, input_shapes=shapes)
+    analysis = ChannelAnalysis(graph)
+    keep = random_keep(analysis, np.random.default_rng(7), 0.7)
+    reference_model = masked(graph, analysis, keep)
+    shrink(graph, analysis, keep)
+    pruned = graph.to_model()
+    feeds = random_feeds(model, shapes, seed=1, count=1)
+    want, got = run_model(reference_model, feeds)[0], run_model(pruned, feeds)[0]
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4 * float(np.abs(want[k]).max()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenetv2", "vgg16_bn", "senet_concat"])
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_full_size_zoo_through_the_pipeline(name, ratio):
+    """fold-bn then prune: every Conv reads as many channels as its input has, the model shrinks by
+    about what the ratio promises, and onnxruntime runs it."""
+    from onnxopt.analysis.cost import model_stats
+    from onnxopt.pipeline import Pipeline
+
+    model = models.build(name)
+    run = Pipeline.parse(f"fold-bn,prune:ratio={ratio}", verify=False).run(model)
+    prune = run.report.passes[1]
+    assert prune.status == "applied"
+    shapes = resolve_input_shapes(model)
+    g = Graph(run.model, input_shapes=shapes)
+    for n in g.nodes("Conv"):
+        w = g.constant(n.input(1))
+        assert w.shape[1] * int(n.attr("group", 1)) == g.static_shape(n.input(0))[1], n.label
+    before, after = model_stats(model, shapes).params, model_stats(run.model, shapes).params
+    kept = 1 - ratio
+    assert after < before * (kept + 0.1), (before, after)  # inputs and outputs shrink: ~kept**2
+    (out,) = run_model(run.model, random_feeds(model, shapes, seed=0, count=1))
+    assert all(np.isfinite(v).all() for v in out.values())

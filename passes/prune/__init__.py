@@ -17,6 +17,7 @@ absorbing the mean of what was removed (see `recover`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from typing import Literal
 
@@ -74,7 +75,8 @@ class Prune(Pass):
         criterion: Literal["l1", "l2", "bn", "data"] = option(
             "l1", "importance: filter norm l1/l2 (Li et al.), BN |gamma| (read before fold-bn), or data (--calib)")
         global_ranking: bool = option(
-            False, "rank channels of all groups together (scores normalized per group)", aliases=("global",))
+            False, "rank channels of all groups together, scores normalized per group (also: global=true)",
+            aliases=("global",))
         ratios: tuple[str, ...] = option((), "per-layer overrides PATTERN=RATIO (node/weight name or regex, "
                                              "or op type), first match wins, e.g. 'layer1.*=0.1|fc=0'")
         max_ratio: float = option(1.0, "never remove more than this fraction of one group")
@@ -196,6 +198,8 @@ class _Limited:
     """The first `n` feeds of a calibration set, re-iterable, with its held-back tail."""
 
     def __init__(self, feeds, n: int) -> None:
+        if iter(feeds) is feeds:  # a generator: importance and recovery each read it, so keep it
+            feeds = list(itertools.islice(feeds, n))
         self.feeds, self.n = feeds, n
 
     def __iter__(self):
