@@ -113,6 +113,11 @@ class Pass(abc.ABC):
         """Build from untyped values (CLI strings, YAML/JSON)."""
         return cls(_options.build_options(cls.name, cls.Options, values))
 
+    def needs_calibration(self) -> bool:
+        """Whether this configured pass needs ctx.calibration (the class's needs_data, or an option
+        that asks for data, like prune's criterion=data). Checked before any pass runs."""
+        return self.needs_data
+
     def requires(self, graph: Graph, ctx: PassContext) -> None:
         """Raise PreconditionError (one line) when the pass cannot run on this model at all."""
 
@@ -263,9 +268,9 @@ class Pipeline:
         """Run every pass on a copy of `model`. `serialized` may pass the model's bytes when the
         caller has them (saves serializing large models again for onnxruntime)."""
         start = time.perf_counter()
-        hungry = [p.name for p in self.passes if p.needs_data]
+        hungry = [p.spec for p in self.passes if p.needs_calibration()]
         if hungry and self.calibration is None:
-            raise BadData(f"pass {', '.join(hungry)} needs calibration data: give --calib FILE (.npz/.npy or a folder)")
+            raise BadData(f"{', '.join(hungry)} needs calibration data: give --calib FILE (.npz/.npy or a folder)")
         needs_shapes = self.verify or any(p.needs_static_shapes for p in self.passes)
         shapes = resolve_input_shapes(model, self.input_shapes) if needs_shapes else {
             k: tuple(v) for k, v in self.input_shapes.items()}

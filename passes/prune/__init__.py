@@ -25,7 +25,6 @@ import numpy as np
 
 from onnxopt.analysis.channels import ChannelAnalysis, Group
 from onnxopt.analysis.cost import node_macs
-from onnxopt.errors import BadData
 from onnxopt.graph import Graph
 from onnxopt.options import option
 from onnxopt.pipeline import Pass, PassContext, PassResult
@@ -104,9 +103,8 @@ class Prune(Pass):
                 except re.error as exc:
                     raise ValueError(f"exclude pattern {pattern!r}: {exc}") from None
 
-    def requires(self, graph: Graph, ctx: PassContext) -> None:
-        if self.options.criterion == "data" and ctx.calibration is None:
-            raise BadData("prune: criterion=data needs calibration data: give --calib FILE")
+    def needs_calibration(self) -> bool:
+        return self.options.criterion == "data"
 
     @property
     def _inert(self) -> bool:
