@@ -71,8 +71,9 @@ class Prune(Pass):
     @dataclasses.dataclass(frozen=True)
     class Options:
         ratio: float = option(0.3, "fraction of each group's channels to remove (of all channels with global)")
-        criterion: Literal["l1", "l2", "bn", "data"] = option(
-            "l1", "importance: filter norm l1/l2 (Li et al.), BN |gamma| (read before fold-bn), or data (--calib)")
+        criterion: Literal["auto", "l1", "l2", "bn", "data"] = option(
+            "auto", "importance: filter norm l1/l2 (Li et al.), BN |gamma| (read before fold-bn), data (output "
+                    "energy on --calib samples); auto = data with --calib, else l1")
         global_ranking: bool = option(
             False, "rank channels of all groups together, scores normalized per group (also: global=true)",
             aliases=("global",))
@@ -122,7 +123,13 @@ class Prune(Pass):
             result.notes.append("no prunable channel group")
             return result
         calibration = _Limited(ctx.calibration, o.samples) if ctx.calibration is not None else None
-        scores, notes = score_groups(graph, analysis, groups, o.criterion, calibration=calibration,
+        criterion = o.criterion if o.criterion != "auto" else ("data" if calibration is not None else "l1")
+        result.details["criterion"] = criterion
+        if o.criterion == "auto":
+            result.notes.append(f"importance: {criterion}" + (
+                f" (output energy on {len(calibration)} calibration samples)" if criterion == "data" else
+                " (filter norm; give --calib for data-driven importance and recovery)"))
+        scores, notes = score_groups(graph, analysis, groups, criterion, calibration=calibration,
                                      threads=ctx.threads,
                                      progress=lambda i: ctx.progress("prune: importance", i, len(calibration)))
         result.notes += notes
