@@ -122,7 +122,7 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
         model_io.check_output_path(model, output, overwrite)
     if report_path is not None:
         model_io.check_output_path(model, report_path, False, what="report")
-        if model_io.same_file(report_path, output):
+        if output is not None and model_io.same_file(report_path, output):
             raise UsageError(f"{report_path}: --report and -o name the same file")
     calib = calib or settings.pop("calib", None)
     source, data = model_io.load_model_and_bytes(model)

@@ -41,9 +41,18 @@ def _coerce(pass_name: str, key: str, tp: Any, value: Any) -> Any:
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if len(args) < len(get_args(tp)) and (
+                value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
             return None
-        return _coerce(pass_name, key, args[0], value)
+        problem = None
+        for a in args:  # the first member type that takes the value: `int | Literal["auto"]`
+            try:
+                return _coerce(pass_name, key, a, value)
+            except BadOption as exc:
+                problem = problem or exc
+        if len(args) > 1:
+            raise BadOption(f"{where} expects {_type_name(tp)}, got {value!r}")
+        raise problem
     if origin is Literal:
         choices = get_args(tp)
         if value in choices and not isinstance(value, bool):
@@ -120,7 +129,8 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return "|".join(map(str, get_args(tp)))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None)) + " or none"
+        optional = type(None) in get_args(tp)
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None)) + (" or none" if optional else "")
     if origin in (tuple, list):
         return "list of " + _type_name((get_args(tp) or (str,))[0])
     return getattr(tp, "__name__", str(tp))

@@ -163,3 +163,19 @@ def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed
 def run_model(model: onnx.ModelProto | bytes, feeds: Sequence[Feed], *, optimization: OptLevel = "disabled",
               threads: int = 1) -> list[Feed]:
     return run_feeds(make_session(model, optimization=optimization, threads=threads), feeds)
+
+
+def nchwc_block() -> int:
+    """Channel block of onnxruntime's NCHWc Conv kernels on this CPU (MLAS: 16 with AVX-512F, 8
+    with AVX2 or AVX; 1 where the layout is not used). A Conv whose channel counts are not
+    multiples of it falls back to slower kernels: pruning rounds widths to it by default."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return 1
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return 8
+    return 16 if "avx512f" in flags else 8

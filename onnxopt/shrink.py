@@ -40,6 +40,10 @@ class Shrinker:
         self.keep = {gid: np.sort(np.asarray(k, np.int64)) for gid, k in keep.items()}
         self.kept: dict[str, np.ndarray | None] = {}
         self.rank: dict[str, int] = {}
+        # read from the original shapes before any edit: edits clear the inferred shapes, and a
+        # half-edited graph infers widths that are neither before nor after
+        self.split_sizes: dict[int, list[int] | None] = {}
+        self.slice_windows: dict[int, tuple[int, int] | None | str] = {}
 
     def positions(self, tensor: str) -> np.ndarray | None:
         if tensor not in self.kept:
@@ -61,6 +65,10 @@ class Shrinker:
             for t in (*n.inputs, *n.outputs):
                 if t and t not in self.rank and (s := g.shape(t)) is not None:
                     self.rank[t] = len(s)
+            if n.op == "Split":
+                self.split_sizes[n.id] = self.analysis.split_sizes(n)
+            elif n.op == "Slice":
+                self.slice_windows[n.id] = self.analysis.slice_window(n)
         edited = 0
         for n in nodes:
             ins = self.positions(n.input(0)) if n.inputs else None
@@ -170,7 +178,7 @@ class Shrinker:
         parts = [self.positions(t) for t in n.outputs]
         if all(p is None for p in parts):
             return False
-        sizes = self.analysis.split_sizes(n)
+        sizes = self.split_sizes[n.id]
         new = [len(p) if p is not None else s for p, s in zip(parts, sizes)]
         g = self.graph
         if n.has_attr("split"):
@@ -184,7 +192,7 @@ class Shrinker:
         return True
 
     def _slice(self, n: Node) -> bool:
-        window = self.analysis.slice_window(n)
+        window = self.slice_windows[n.id]
         ins = self.positions(n.input(0))
         if window is None or isinstance(window, str) or ins is None:
             return False

@@ -132,7 +132,7 @@ class ChannelAnalysis:
         self._frozen: dict[int, str] = {}
         self._blocks: dict[int, int] = {}
         self._readers: dict[int, list[Node]] = {}  # space id -> consuming layers
-        self._split: set[int] = set()  # spaces replaced by their parts
+        self._replaced: set[int] = set()  # spaces cut into parts (see _split_class)
         self.unknown: list[tuple[Node, str]] = []  # nodes that froze channels, and why
         for node in graph.topological_nodes():
             reason = self._visit(node)
@@ -177,7 +177,7 @@ class ChannelAnalysis:
         self._readers.setdefault(ra, []).extend(self._readers.pop(rb, []))
 
     def _members(self, root: int) -> list[Space]:
-        return [s for s in self.spaces if s.id not in self._split and self.root(s.id) == root]
+        return [s for s in self.spaces if s.id not in self._replaced and self.root(s.id) == root]
 
     def _split_class(self, space_id: int, cuts: list[int]) -> None:
         """Cut a space, and every space coupled with it, into parts at channel indices `cuts`:
@@ -196,7 +196,7 @@ class ChannelAnalysis:
                 part.offset = m.offset + lo
                 ids.append(part.id)
             parts[m.id] = ids
-            self._split.add(m.id)
+            self._replaced.add(m.id)
         for k in range(len(bounds) - 1):
             first = parts[members[0].id][k]
             self._readers[first] = list(readers)
@@ -602,7 +602,7 @@ class ChannelAnalysis:
     def _collect_groups(self) -> list[Group]:
         members: dict[int, list[Space]] = {}
         for s in self.spaces:
-            if s.id not in self._split:
+            if s.id not in self._replaced:
                 members.setdefault(self.root(s.id), []).append(s)
         groups = []
         for r, spaces in members.items():
@@ -629,7 +629,7 @@ class ChannelAnalysis:
     def group_by_key(self, key: tuple[str, int]) -> Group | None:
         """The group holding the channels that `Group.key` / `Space.key` names (another analysis
         of the same model finds the same group this way)."""
-        space = next((s for s in self.spaces if s.id not in self._split and s.key == key), None)
+        space = next((s for s in self.spaces if s.id not in self._replaced and s.key == key), None)
         return self.group_of(space.id) if space is not None else None
 
     def kept_positions(self, tensor: str, keep: dict[int, np.ndarray]) -> np.ndarray | None:

@@ -29,6 +29,7 @@ from onnxopt.graph import Graph
 from onnxopt.options import option
 from onnxopt.pipeline import Pass, PassContext, PassResult
 from onnxopt.registry import register_pass
+from onnxopt.runtime import nchwc_block
 from onnxopt.shrink import shrink
 
 from . import select
@@ -81,7 +82,9 @@ class Prune(Pass):
                                              "or op type), first match wins, e.g. 'layer1.*=0.1|fc=0'")
         max_ratio: float = option(1.0, "never remove more than this fraction of one group")
         min_channels: int = option(1, "never keep fewer channels than this in one group")
-        round_to: int = option(1, "keep a multiple of N channels per group (8 or 16 suit ORT's CPU kernels)")
+        round_to: int | Literal["auto"] = option(
+            "auto", "keep a multiple of N channels per group; auto = the channel block of onnxruntime's CPU Conv "
+                    "kernels here (8 with AVX2, 16 with AVX-512; odd widths run slower), 1 = no rounding")
         exclude: tuple[str, ...] = option((), "layers whose channels stay: node/weight names, regexes or op types")
         recover: bool = option(True, "refit the layers that read pruned channels by least squares (needs --calib)")
         samples: int = option(256, "calibration samples used for data importance and recovery")
@@ -93,7 +96,7 @@ class Prune(Pass):
                 raise ValueError(f"ratio must be in [0, 1), got {self.ratio:g}")
             if not 0 < self.max_ratio <= 1:
                 raise ValueError(f"max-ratio must be in (0, 1], got {self.max_ratio:g}")
-            if self.round_to < 1 or self.min_channels < 1 or self.samples < 1:
+            if (self.round_to != "auto" and self.round_to < 1) or self.min_channels < 1 or self.samples < 1:
                 raise ValueError("round-to, min-channels and samples must be at least 1")
             if self.target_latency is not None and not 0 < self.target_latency < 1:
                 raise ValueError(f"target-latency must be in (0, 1), got {self.target_latency:g}")
@@ -133,7 +136,9 @@ class Prune(Pass):
                                      threads=ctx.threads,
                                      progress=lambda i: ctx.progress("prune: importance", i, len(calibration)))
         result.notes += notes
-        limits = select.Limits(o.max_ratio, o.min_channels, o.round_to)
+        round_to = nchwc_block() if o.round_to == "auto" else o.round_to
+        result.details["round_to"] = round_to
+        limits = select.Limits(o.max_ratio, o.min_channels, round_to)
         overrides = _parse_overrides(o.ratios)
         for pattern, _ in overrides:
             if not any(select.matches(pattern, n) for g in analysis.groups for n in select.group_names(g)):
