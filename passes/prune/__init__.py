@@ -259,7 +259,7 @@ def _group_row(g: Group, scores: np.ndarray, keep: np.ndarray | None, macs: dict
 def _tables(result: PassResult) -> None:
     rows = [[r["group"], str(len(r["layers"])), str(r["channels"]), str(r["kept"]), f"{r['mac_share']:.1%}",
              f"{r['importance']['min']:.2f}/{r['importance']['median']:.2f}"] for r in result.details["groups"]]
-    tables = [{"title": "channel groups", "headers": ["group", "layers", "channels", "kept", "MACs",
+    tables = [{"title": "channel groups", "headers": ["group", "layers", "channels", "kept", "MACs touched",
                                                      "importance min/median"], "rows": rows}]
     sens = result.details.get("sensitivity")
     if sens:
