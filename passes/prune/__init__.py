@@ -84,7 +84,7 @@ class Prune(Pass):
         min_channels: int = option(1, "never keep fewer channels than this in one group")
         round_to: int | Literal["auto"] = option(
             "auto", "keep a multiple of N channels per group; auto = the channel block of onnxruntime's CPU Conv "
-                    "kernels here (8 with AVX2, 16 with AVX-512; odd widths run slower), 1 = no rounding")
+                    "kernels on this machine (8 or 16, asked of onnxruntime; other widths run slower), 1 = no rounding")
         exclude: tuple[str, ...] = option((), "layers whose channels stay: node/weight names, regexes or op types")
         recover: bool = option(True, "refit the layers that read pruned channels by least squares (needs --calib)")
         samples: int = option(256, "calibration samples used for data importance and recovery")

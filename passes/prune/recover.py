@@ -39,8 +39,8 @@ class _Layer:
     outs: np.ndarray | None   # kept output positions (of the original output)
     bias: bool                # fit an intercept
     geometry: tuple | None    # Conv: (kernel, strides, pads_begin, dilations)
-    fit: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])  # A, B, yy
-    val: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
+    fit: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0, []])  # A, B, yy, pending rows
+    val: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0, []])
     targets: dict = dataclasses.field(default_factory=dict)  # feed index -> (positions, Y rows)
 
 
@@ -169,14 +169,28 @@ def _store(graph: Graph, layer: _Layer, mat: np.ndarray) -> None:
             graph.set_input(n, 2, graph.add_constant(f"{n.name or n.op}.bias", b))
 
 
-def _accumulate(stats: list, x: np.ndarray, y: np.ndarray) -> None:
-    stats[0] = stats[0] + x.T @ x
-    stats[1] = stats[1] + x.T @ y
-    stats[2] = stats[2] + float((y * y).sum())
+FLUSH_ROWS = 4096
+
+
+def _accumulate(stats: list, x: np.ndarray | None, y: np.ndarray | None) -> None:
+    """Add rows to X'X, X'Y and Y'Y; rows wait until there are FLUSH_ROWS of them (x=None flushes):
+    a few large products instead of one per sample, which on a busy machine is the difference
+    between BLAS threads helping and fighting."""
+    pending = stats[3]
+    if x is not None:
+        pending.append((x, y))
+    if not pending or (x is not None and sum(len(p) for p, _ in pending) < FLUSH_ROWS):
+        return
+    xs = np.concatenate([p for p, _ in pending])
+    ys = np.concatenate([q for _, q in pending])
+    pending.clear()
+    stats[0] = stats[0] + xs.T @ xs
+    stats[1] = stats[1] + xs.T @ ys
+    stats[2] = stats[2] + float((ys * ys).sum())
 
 
 def _error(stats: list, w: np.ndarray) -> float:
-    a, b, yy = stats
+    a, b, yy = stats[:3]
     if isinstance(a, float):
         return math.nan
     return float(yy - 2 * (w * b).sum() + (w * (a @ w)).sum())
@@ -184,7 +198,7 @@ def _error(stats: list, w: np.ndarray) -> float:
 
 def _solve(layer: _Layer, w0: np.ndarray) -> tuple[np.ndarray, str, float, float]:
     """Best of W0 and ridge solutions by held-back error: (weights, choice, error before, after)."""
-    a, b, _ = layer.fit
+    a, b = layer.fit[:2]
     scale = float(np.mean(np.diag(a))) or 1.0
     eye = np.eye(len(a))
     best_w, best, choice = w0, _error(layer.val, w0), "kept"
@@ -243,6 +257,8 @@ def recover(graph: Graph, original, analysis: ChannelAnalysis, plan: dict, calib
                     x = np.hstack([x, np.ones((len(x), 1))])
                 _accumulate(ly.fit if i in fit_idx else ly.val, x, y)
         for ly in members:
+            _accumulate(ly.fit, None, None)
+            _accumulate(ly.val, None, None)
             w0 = _weights(graph, ly)
             w, choice, before, after = _solve(ly, w0)
             ly.targets.clear()

@@ -568,7 +568,7 @@ def test_dry_run_on_the_cli_keeps_the_report(capsys, tmp_path):
 
 
 def test_round_to_auto_is_the_cpu_conv_block():
-    """By default widths are rounded to onnxruntime's NCHWc block on this CPU (8 or 16 on x86):
+    """By default widths are rounded to onnxruntime's NCHWc block on this machine (8 or 16 on x86):
     digits_resnet's 16..64-wide groups keep multiples of it, and the details say which."""
     from onnxopt.runtime import nchwc_block
 
