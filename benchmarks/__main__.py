@@ -2,10 +2,10 @@
 import sys
 import time
 
-from . import foundation, peers, reparam
+from . import foundation, peers, prune, reparam
 from .summary import record_run, write_summary
 
-SUITES = [foundation, reparam, peers]
+SUITES = [foundation, reparam, peers, prune]
 
 
 def main(argv: list[str]) -> None:

@@ -70,12 +70,14 @@ def take_notes() -> list[str]:
 
 # -- onnxopt ---------------------------------------------------------------------------------------
 
-def _onnxopt(model: onnx.ModelProto, spec: str) -> onnx.ModelProto:
-    """`onnxopt run --passes SPEC` in-process: verification on, as the CLI runs it by default."""
+def _onnxopt(model: onnx.ModelProto, spec: str,
+             calibration: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
+    """`onnxopt run --passes SPEC [--calib ...]` in-process: verification on, as the CLI runs it by
+    default (on the last calibration samples when there are any)."""
     from onnxopt.pipeline import Pipeline
     from onnxopt.registry import parse_spec
 
-    run = Pipeline(parse_spec(spec)).run(model)
+    run = Pipeline(parse_spec(spec), calibration=calibration).run(model)
     if run.report.problems:
         bad = run.report.problems[0]
         raise RuntimeError(f"onnxopt {bad.name} {bad.status}: {bad.message}")
@@ -89,6 +91,11 @@ def onnxopt_fold_bn(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] |
 def onnxopt_fold_bn_reparam(model: onnx.ModelProto,
                             calib: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
     return _onnxopt(model, "fold-bn,reparam,cleanup")
+
+
+def onnxopt_prune_30(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] | None) -> onnx.ModelProto:
+    # the calibration samples drive the least-squares recovery of the layers that read pruned channels
+    return _onnxopt(model, "fold-bn,prune:ratio=0.3", _need_calib(calib, "onnxopt prune with recovery"))
 
 
 # -- onnxoptimizer ---------------------------------------------------------------------------------
@@ -127,11 +134,15 @@ def onnxsim_simplify_quantize(model: onnx.ModelProto,
     return onnxsim_quantize(onnxsim_simplify(model), calib)
 
 
-def onnxsim_prune_30(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
+def onnxsim_prune(model: onnx.ModelProto, sparsity: float = 0.3) -> onnx.ModelProto:
     # onnxsim's pruning looks for Conv -> Conv chains and expects BN already folded (its docstring):
     # onnxopt fold-bn runs first, and its time is part of this job's time.
     onnxsim = _require("onnxsim")
-    return onnxsim.apply_structured_pruning(onnxopt_fold_bn(model), sparsity=0.3, importance_norm="l1")
+    return onnxsim.apply_structured_pruning(onnxopt_fold_bn(model), sparsity=sparsity, importance_norm="l1")
+
+
+def onnxsim_prune_30(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
+    return onnxsim_prune(model, 0.3)
 
 
 # -- onnxruntime.quantization ----------------------------------------------------------------------
@@ -257,4 +268,8 @@ JOBS = [
     PeerJob("onnxsim_prune_30", "onnxsim prune 30% (after onnxopt fold-bn)", onnxsim_prune_30, False,
             "onnxopt fold-bn,cleanup, then onnxsim.apply_structured_pruning(sparsity=0.3, importance_norm='l1'); "
             "no recovery"),
+    PeerJob("onnxopt_prune_30", "onnxopt prune 30% + recovery", onnxopt_prune_30, True,
+            "onnxopt Pipeline fold-bn,prune:ratio=0.3 with the calibration samples as calibration data: 30% of every "
+            "coupled channel group removed, ranked by output energy on those samples (criterion=auto), then the "
+            "layers that read pruned channels refit by least squares (verification on)"),
 ]

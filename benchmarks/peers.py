@@ -3,8 +3,8 @@
 For each model: the original, the original again (the A/A control: its ratio is the noise floor),
 onnxopt fold-bn and fold-bn+reparam, onnxoptimizer fuse_bn_into_conv, onnxsim simplify, ORT
 quantize_static (defaults, and U8S8 per-channel after quant_pre_process), onnxsim quantize_static
-(as called, and after onnxsim simplify) and onnxsim structured pruning at 30% (peer_tools.JOBS says
-exactly what each calls). Each job's own wall time is the "optimizer time". All variants of one model
+(as called, and after onnxsim simplify), onnxsim structured pruning at 30% and onnxopt's at 30% with
+least-squares recovery on the calibration samples (peer_tools.JOBS says exactly what each calls). Each job's own wall time is the "optimizer time". All variants of one model
 are measured in one `onnxopt.sidebyside.run_bench` call: one session each, interleaved rounds,
 medians, one intra-op thread, ORT_ENABLE_ALL (what a deployment uses); reference = the original.
 

@@ -47,7 +47,90 @@ def aa_controls(folder: Path = RESULTS) -> list[tuple[str, str, float, float]]:
     for m in (_load(folder, "peers") or {}).get("models", []):
         aa = m["aa_control"]
         rows.append(("peers", m["model"], aa["ratio_of_medians"], aa["median_round_ratio"]))
+    prune = _load(folder, "prune") or {}
+    for section, models in (("A", [prune.get("a")]), ("B", prune.get("b", [])), ("D", prune.get("d", []))):
+        for m in models:
+            if not m or "bench" not in m:
+                continue
+            for label, row in m["bench"]["rows"].items():
+                if "(A/A" in label:
+                    rows.append(("prune", f"{section}: {m['model']}", row["ratio_of_medians"],
+                                 row["median_round_ratio"]))
     return rows
+
+
+def prune_headline(folder: Path = RESULTS) -> list[str]:
+    """The prune suite's claims in one screen: pruned vs built at half width, recovery vs onnxsim,
+    accuracy with recovery, latency-aware ratios (the tables behind them are in prune.md)."""
+    data = _load(folder, "prune")
+    if not data:
+        return []
+    lines = ["## At a glance: structured pruning", ""]
+    a = data.get("a") or {}
+    if "bench" in a:
+        p = a["pruned_vs_half"]
+        lines += [f"- **A.** VGG-16-BN pruned 50% vs the same net built at half width: same weight shapes "
+                  f"{'yes' if a['same_weight_shapes'] else 'NO'}; latency ratio **{p['ratio_of_medians']:.3f}** "
+                  f"(median round ratio {p['median_round_ratio']:.3f}, 95% interval [{p['interval'][0]:.3f}, "
+                  f"{p['interval'][1]:.3f}]; goal 1 ± 5%); {a['speedup_vs_original']:.2f}x faster than the original."]
+    elif a:
+        lines.append(f"- **A.** failed: {a.get('error')}")
+    lines += ["", "**B.** Digits models at 30%: cosine vs the original / top-1 accuracy on the 360 held-out "
+              "test samples / latency ratio vs the original / parameters (recovery calibrated on 256 training "
+              "samples; the 'onnxsim's params' row prunes to onnxsim's parameter count):", ""]
+    b = [m for m in data.get("b", []) if "bench" in m]
+    matched = "(onnxsim's params)"
+
+    def canonical(label: str) -> str:  # the matched row names its own ratio, which differs per model
+        return "onnxopt + recovery at onnxsim's params" if label.endswith(matched) else label
+
+    if b:
+        labels = list(dict.fromkeys(canonical(label) for m in b for label in m["labels"] if "(A/A" not in label))
+        lines += ["| variant | " + " | ".join(m["model"] for m in b) + " |", "|---|" + "---|" * len(b)]
+        for label in labels:
+            cells = []
+            for m in b:
+                r = next((v for k, v in m["bench"]["rows"].items() if canonical(k) == label), None)
+                cells.append("-" if r is None else
+                             f"{'-' if r['cosine'] is None else format(r['cosine'], '.4f')} / "
+                             f"{'-' if r['accuracy'] is None else format(r['accuracy'], '.1%')} / "
+                             f"{r['ratio_of_medians']:.2f} / {r['params'] / 1e3:.1f}k")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for m in data.get("b", []):
+        if "error" in m:
+            lines += ["", f"{m['model']}: failed: {m['error']}"]
+    c = data.get("c") or {}
+    if c.get("models"):
+        lines += ["", "**C.** Top-1 accuracy on the digits test split, before → after pruning with recovery "
+                  "(without recovery in brackets); removed = share of prunable channels removed (widths rounded to "
+                  "onnxruntime's NCHWc block remove less than the ratio on these narrow nets):", "",
+                  "| model | spec | removed | accuracy | params |", "|---|---|---:|---|---:|"]
+        for m in c["models"]:
+            for r in m["rows"]:
+                if "error" in r:
+                    lines.append(f"| {m['model']} | `{r['spec']}` | - | failed | - |")
+                    continue
+                lines.append(f"| {m['model']} | `{r['spec']}` | {r.get('channels_removed', float('nan')):.0%} | "
+                             f"{m['before']['accuracy']:.1%} → **{r['accuracy']:.1%}** "
+                             f"({r['no_recovery']['accuracy']:.1%}) | {m['before']['params']:,} → {r['params']:,} |")
+    d = data.get("d") or []
+    if d:
+        lines += ["", "**D.** target-latency=0.6: the pass's own predicted / measured ratio, then measured "
+                  "independently side by side; cosine vs the original (8 random inputs) against the uniform-ratio "
+                  "models closest to its latency on either side (widths rounded as the pass rounds them):", "",
+                  "| model | pass: predicted / measured | measured (independent) | cosine | uniform models: "
+                  "latency vs the target-latency model, cosine |", "|---|---|---:|---:|---|"]
+        for m in d:
+            if "error" in m:
+                lines.append(f"| {m['model']} | failed: {m['error']} | | | |")
+                continue
+            chosen = m["latency"]["chosen"]
+            t = m["bench"]["rows"][m["labels"][1]]
+            others = "; ".join(f"r={u['ratio']:.3f}: {u['latency_vs_target_model']:.3f}x, {u['cosine']:.4f}"
+                               for u in m["uniform"])
+            lines.append(f"| {m['model']} | {chosen['predicted']:.3f} / {chosen['measured']:.3f} | "
+                         f"**{m['measured_ratio']:.3f}** | {t['cosine']:.4f} | {others} |")
+    return lines + [""]
 
 
 def headline(folder: Path = RESULTS) -> list[str]:
@@ -114,6 +197,7 @@ def write_summary(quick: bool = False, threads: int = 1) -> str:
                      f"[{name}.json]({name}.json) |")
     lines.append("")
     lines += headline(folder)
+    lines += prune_headline(folder)
     lines += ["## Every table", ""]
     for name in run["suites"]:
         path = folder / f"{name}.md"
