@@ -66,7 +66,8 @@ class Shrinker:
                 if t and t not in self.rank and (s := g.shape(t)) is not None:
                     self.rank[t] = len(s)
             if n.op == "Split":
-                self.split_sizes[n.id] = self.analysis.split_sizes(n)
+                on_channels = self.analysis.split_axis(n) == 1
+                self.split_sizes[n.id] = self.analysis.split_sizes(n) if on_channels else None
             elif n.op == "Slice":
                 self.slice_windows[n.id] = self.analysis.slice_window(n)
         edited = 0
@@ -128,8 +129,11 @@ class Shrinker:
         if op == "Slice":
             return self._slice(n)
         if op == "Resize" and outs is not None and len(n.inputs) > 3 and n.input(3):
+            slot = self.analysis.resize_channel_slot(n, self.rank.get(n.input(0), 0))
+            if slot is None:
+                return False
             sizes = g.constant(n.input(3)).copy()
-            sizes[1] = len(outs)
+            sizes[slot] = len(outs)
             g.set_input_constant(n, 3, sizes)
             return True
         return False
@@ -179,6 +183,8 @@ class Shrinker:
         if all(p is None for p in parts):
             return False
         sizes = self.split_sizes[n.id]
+        if sizes is None:  # split along another axis: its sizes do not count channels
+            return False
         new = [len(p) if p is not None else s for p, s in zip(parts, sizes)]
         g = self.graph
         if n.has_attr("split"):
@@ -186,9 +192,12 @@ class Shrinker:
         elif len(n.inputs) > 1 and n.input(1):
             g.set_input_constant(n, 1, np.asarray(new, np.int64))
         elif len(set(new)) != 1:
-            # equal split (num_outputs): write the sizes out
-            g.set_attr(n, "num_outputs", None)
-            g.set_input(n, 1, g.add_constant(f"{n.name or 'split'}_sizes", np.asarray(new, np.int64)))
+            # equal parts no more: write the sizes out (an attribute before opset 13, an input since)
+            if (g.opset_of("") or g.opset) < 13:
+                g.set_attr(n, "split", [int(s) for s in new])
+            else:
+                g.set_attr(n, "num_outputs", None)
+                g.set_input(n, 1, g.add_constant(f"{n.name or 'split'}_sizes", np.asarray(new, np.int64)))
         return True
 
     def _slice(self, n: Node) -> bool:

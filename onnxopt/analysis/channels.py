@@ -315,7 +315,7 @@ class ChannelAnalysis:
                 a.type in (a.GRAPH, a.GRAPHS) for a in node.proto.attribute):
             return f"{op} has subgraphs"
         if op in HARMLESS_READERS:
-            return None
+            return None if self._batch_only(node) else f"{op} result is used beyond the batch size"
         if op in ("Conv", "ConvTranspose"):
             return self._conv(node)
         if op in ("Gemm", "MatMul"):
@@ -331,6 +331,24 @@ class ChannelAnalysis:
         if op in PASS_THROUGH:
             return self._pass_through(node)
         return f"{op} is not a channel-wise op prune knows"
+
+    def _batch_only(self, node: Node) -> bool:
+        """A Shape whose result only ever yields the batch dimension (Gather of index 0, or
+        Shape(end=1)): the x.view(x.size(0), -1) of exports. Any other use could carry the channel
+        count into another tensor's shape."""
+        g = self.graph
+        if node.op == "Size":
+            return False
+        if int(node.attr("start", 0)) == 0 and node.attr("end") is not None and int(node.attr("end")) == 1:
+            return True
+        out = node.outputs[0]
+        if g.is_graph_output(out):
+            return False
+        for reader in g.consumers(out):
+            index = g.constant(reader.input(1)) if reader.op == "Gather" and len(reader.inputs) > 1 else None
+            if index is None or int(reader.attr("axis", 0)) != 0 or index.size != 1 or int(index.ravel()[0]) != 0:
+                return False
+        return True
 
     def _const_inputs_ok(self, node: Node, indices) -> str | None:
         for i in indices:
@@ -427,15 +445,22 @@ class ChannelAnalysis:
             dim = self._aligned_dim(t, rank)
             if dim is None:
                 return f"shape of '{t}' unknown"
+            shape = None if g.is_constant(t) else g.static_shape(t)
+            if shape is not None and len(shape) != rank:
+                # broadcast from a lower rank: its own channel axis lands on another axis
+                if t in self.maps:
+                    self._freeze_map(self.maps[t], f"{node.label} broadcasts it along another axis")
+                if dim not in (1,):
+                    return f"'{t}' has another rank than the result"
+                continue
             if dim == 1 and c != 1:
                 continue  # broadcast along channels: no channel of its own
             if dim != c:
                 return "operands broadcast in a way prune does not follow"
             if g.is_constant(t):
                 continue  # a per-channel constant: sliced with the channels
-            shape = g.static_shape(t)
-            if shape is None or len(shape) != rank:
-                return f"'{t}' has another rank than the result"
+            if shape is None:
+                return f"shape of '{t}' unknown"
             if self.map_of(t) is None:
                 return f"shape of '{t}' unknown"
             maps.append(t)
@@ -463,6 +488,19 @@ class ChannelAnalysis:
         # concatenation along another axis: channels line up like Add's
         self.maps[node.outputs[0]] = self._couple(node, list(node.inputs))
         return None
+
+    def resize_channel_slot(self, node: Node, rank: int) -> int | None:
+        """Index of the channel axis in a Resize's scales/sizes (opset 18 may list only some axes
+        in `axes`); None when the channel axis is not among them."""
+        axes = node.attr("axes")
+        if axes is None:
+            return 1
+        axes = [a + rank if a < 0 else a for a in axes]
+        return axes.index(1) if 1 in axes else None
+
+    def split_axis(self, node: Node) -> int | None:
+        shape = self.graph.static_shape(node.input(0))
+        return self._axis(node, len(shape), 0) if shape is not None else None
 
     def split_sizes(self, node: Node) -> list[int] | None:
         """Sizes of a Split's outputs along its axis (from the inferred output shapes)."""
@@ -585,9 +623,10 @@ class ChannelAnalysis:
                     return "pads the channel axis"
         if op == "PRelu" and self._aligned_dim(node.input(1), rank) not in (1, len(x)):
             return "slope broadcasts in a way prune does not follow"
-        if op == "Resize" and len(node.inputs) > 2 and node.input(2):
-            scales = g.constant(node.input(2))
-            if scales.size and scales.ravel()[1] != 1:
+        if op == "Resize":
+            slot = self.resize_channel_slot(node, rank)
+            scales = g.constant(node.input(2)) if len(node.inputs) > 2 and node.input(2) else None
+            if slot is not None and scales is not None and scales.size and scales.ravel()[slot] != 1:
                 return "resizes the channel axis"
         out_shape = g.static_shape(node.outputs[0])
         if out_shape is None or len(out_shape) < 2 or out_shape[1] != len(x):

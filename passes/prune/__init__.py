@@ -146,7 +146,9 @@ class Prune(Pass):
         fixed = {g.id: r for g in groups if (r := select.ratio_for(g, -1.0, overrides)) >= 0}
         if o.target_latency is not None:
             from .latency import latency_plan
-            plan = latency_plan(graph, analysis, groups, scores, o.target_latency, limits, ctx, result)
+            fixed_plan = select.local_plan([g for g in groups if g.id in fixed], scores, fixed, limits)
+            plan = latency_plan(graph, analysis, groups, scores, o.target_latency, limits, ctx, result,
+                                fixed=fixed_plan, fixed_ids=set(fixed))
         elif o.global_ranking:
             plan = select.global_plan(groups, scores, o.ratio, fixed, limits)
         else:

@@ -229,14 +229,17 @@ def _layers(graph: Graph, analysis: ChannelAnalysis, groups: list[Group]) -> lis
 
 
 def _greedy(layers: list[_Layer], groups: list[Group], scores: dict[int, np.ndarray], limits: select.Limits,
-            budget: float) -> tuple[dict[int, int], float]:
-    """Widths per group whose predicted time saving reaches `budget` seconds, cheapest first."""
+            budget: float, fixed: dict[int, int] | None = None) -> tuple[dict[int, int], float]:
+    """Widths per group whose predicted time saving reaches `budget` seconds, cheapest first.
+    Groups in `fixed` (group id -> width: a per-layer ratio override) keep that width; the time it
+    saves counts towards the budget."""
     sizes = {g.id: g.size for g in groups}
     counts = dict(sizes)
+    fixed = fixed or {}
     ladders = {}
     for g in groups:
         widths = sorted({select.legal_keep(g, max(1, round(g.size * f)), limits) for f in STEPS}, reverse=True)
-        ladders[g.id] = [w for w in widths if w <= g.size]
+        ladders[g.id] = [w for w in widths if w <= g.size] if g.id not in fixed else [g.size]
     step_at = {g.id: 0 for g in groups}
     cost_sorted = {}
     for g in groups:
@@ -248,8 +251,9 @@ def _greedy(layers: list[_Layer], groups: list[Group], scores: dict[int, np.ndar
         for gid in set(ly.in_groups) | set(ly.out_groups):
             by_group[gid].append(ly)
     base = {id(ly): predict(ly, counts, sizes) for ly in layers}
-    current = dict(base)
-    saved = 0.0
+    counts.update(fixed)
+    current = {id(ly): predict(ly, counts, sizes) for ly in layers}
+    saved = sum(base[k] - current[k] for k in base)
     while saved < budget:
         best = None
         for g in groups:
@@ -291,7 +295,12 @@ def _measure_ratio(model: onnx.ModelProto, pruned: onnx.ModelProto, shapes, ctx:
 
 
 def latency_plan(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], scores: dict[int, np.ndarray],
-                 target: float, limits: select.Limits, ctx: PassContext, result: PassResult) -> dict[int, np.ndarray]:
+                 target: float, limits: select.Limits, ctx: PassContext, result: PassResult, *,
+                 fixed: dict[int, np.ndarray] | None = None, fixed_ids: set[int] | None = None) -> dict[int, np.ndarray]:
+    """`fixed`: keep-sets of groups a ratio override settles (`fixed_ids` lists every overridden
+    group, pruned or not); the planner chooses the other groups' widths."""
+    fixed = fixed or {}
+    fixed_widths = {g.id: len(fixed[g.id]) if g.id in fixed else g.size for g in groups if g.id in (fixed_ids or ())}
     table = LatencyTable(cache_path())
     layers = _layers(graph, analysis, groups)
     measure_layers(graph, layers, table, ctx)
@@ -306,8 +315,10 @@ def latency_plan(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], s
     aim = target
     tried = []
     for attempt in range(MAX_ROUNDS):
-        counts, saved = _greedy(layers, groups, scores, limits, budget=(1 - aim) * total)
-        plan = {g.id: select.choose(scores[g.id], counts[g.id], g.blocks) for g in groups if counts[g.id] < g.size}
+        counts, saved = _greedy(layers, groups, scores, limits, budget=(1 - aim) * total, fixed=fixed_widths)
+        plan = {g.id: select.choose(scores[g.id], counts[g.id], g.blocks) for g in groups
+                if counts[g.id] < g.size and g.id not in fixed_widths}
+        plan.update(fixed)
         predicted = 1 - saved / total
         trial = Graph(model, input_shapes=shapes)
         trial_analysis = ChannelAnalysis(trial)
