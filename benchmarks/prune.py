@@ -154,7 +154,20 @@ def verdict(cosine: float, uniforms: Sequence[tuple[float, float]]) -> dict:
     as_slow = [(lat, cos) for lat, cos in uniforms if lat >= 1 - SAME_LATENCY]
     return {"better_than_all": all(cosine > cos for _, cos in uniforms),
             "better_than_as_slow": all(cosine > cos for _, cos in as_slow) if as_slow else None,
-            "as_slow_compared": len(as_slow)}
+            "as_slow_compared": len(as_slow),
+            "uniform_cosine_at_equal_latency": at_equal_latency(uniforms)}
+
+
+def at_equal_latency(uniforms: Sequence[tuple[float, float]]) -> float | None:
+    """The cosine a uniform cut would have at exactly the target-latency model's latency: linear
+    between the closest slower and the closest faster uniform model (rounded widths make latency a
+    step function of the ratio, so none lands on it); None without a model on each side."""
+    slower = [u for u in uniforms if u[0] >= 1]
+    faster = [u for u in uniforms if u[0] < 1]
+    if not slower or not faster:
+        return None
+    (l1, c1), (l0, c0) = min(slower), max(faster)
+    return c0 + (c1 - c0) * (1 - l0) / (l1 - l0)
 
 
 # -- rounding of widths ----------------------------------------------------------------------------
@@ -546,7 +559,7 @@ def markdown_b(b: list[dict], data_round: str) -> list[str]:
              "onnxsim's (bisection, within 2%; without rounding where rounded widths cannot get that close). "
              "Latency: ratio of medians against the original, side by side. Widths: the multiple kept widths "
              "are rounded to (the pass's default is round-to=" + data_round + "); channel counts that are "
-             "not multiples of onnxruntime's NCHWc block (8 with AVX2, 16 with AVX-512) take Convs out of its "
+             "not multiples of onnxruntime's NCHWc block (8 here; onnxopt asks onnxruntime for it) take Convs out of its "
              "blocked kernels, which the row with the other rounding shows.", ""]
     for m in b:
         lines += [f"### {m['model']}", ""]
@@ -641,7 +654,13 @@ def markdown_d(d: list[dict]) -> list[str]:
         v = m["verdict"]
         others = "; ".join(f"{u['label']}: {u['latency_vs_target_model']:.3f}x its latency, cosine {_cos(u['cosine'])}"
                            for u in m["uniform"])
-        if v["better_than_as_slow"] is None:
+        equal = at_equal_latency([(u["latency_vs_target_model"], u["cosine"]) for u in m["uniform"]])
+        cos_t = m["bench"]["rows"][m["labels"][1]]["cosine"]
+        if equal is not None:
+            say = (f"at equal latency (linear between the two uniform models) a uniform cut would have cosine "
+                   f"{equal:.4f}: the target-latency plan is " + ("**more faithful**" if cos_t > equal else
+                                                                  "**NOT more faithful**"))
+        elif v["better_than_as_slow"] is None:
             say = ("every uniform model compared is faster than it (not like-for-like): "
                    + ("it is more faithful than all of them" if v["better_than_all"] else "not more faithful than all"))
         else:

@@ -118,18 +118,23 @@ def prune_headline(folder: Path = RESULTS) -> list[str]:
         lines += ["", "**D.** target-latency=0.6: the pass's own predicted / measured ratio, then measured "
                   "independently side by side; cosine vs the original (8 random inputs) against the uniform-ratio "
                   "models closest to its latency on either side (widths rounded as the pass rounds them):", "",
-                  "| model | pass: predicted / measured | measured (independent) | cosine | uniform models: "
-                  "latency vs the target-latency model, cosine |", "|---|---|---:|---:|---|"]
+                  "| model | pass: predicted / measured | measured (independent) | cosine | uniform cut at equal "
+                  "latency (interpolated) | uniform models: latency vs the target-latency model, cosine |",
+                  "|---|---|---:|---:|---:|---|"]
         for m in d:
             if "error" in m:
-                lines.append(f"| {m['model']} | failed: {m['error']} | | | |")
+                lines.append(f"| {m['model']} | failed: {m['error']} | | | | |")
                 continue
             chosen = m["latency"]["chosen"]
             t = m["bench"]["rows"][m["labels"][1]]
             others = "; ".join(f"r={u['ratio']:.3f}: {u['latency_vs_target_model']:.3f}x, {u['cosine']:.4f}"
                                for u in m["uniform"])
+            from .prune import at_equal_latency
+
+            equal = at_equal_latency([(u["latency_vs_target_model"], u["cosine"]) for u in m["uniform"]])
             lines.append(f"| {m['model']} | {chosen['predicted']:.3f} / {chosen['measured']:.3f} | "
-                         f"**{m['measured_ratio']:.3f}** | {t['cosine']:.4f} | {others} |")
+                         f"**{m['measured_ratio']:.3f}** | {t['cosine']:.4f} | "
+                         f"{'-' if equal is None else format(equal, '.4f')} | {others} |")
     return lines + [""]
 
 

@@ -89,3 +89,35 @@ def assert_one_line_error(code: int, out: str, err: str, expected_code: int, *wo
     for w in words:
         assert w in lines[0], f"{w!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def masked_original(graph, analysis, keep) -> onnx.ModelProto:
+    """The exactness oracle of channel surgery: `graph`'s model with every dense reader's input
+    columns of the channels `keep` removes set to zero. Removed channels then reach nothing that is
+    kept (couplings only carry them to other removed positions), so for ANY keep-set the graph
+    `onnxopt.shrink.shrink(graph, analysis, keep)` makes must compute the same outputs."""
+    g = Graph(graph.to_model(), input_shapes=graph.input_shapes)
+    for n in g.nodes():
+        if n.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or g.constant(n.input(1)) is None:
+            continue
+        kept = analysis.kept_positions(n.input(0), keep)
+        if kept is None:
+            continue
+        w = g.constant(n.input(1)).copy()
+        cin = len(analysis.maps[n.input(0)])
+        gone = np.setdiff1d(np.arange(cin), kept)
+        group = int(n.attr("group", 1)) if n.op == "Conv" else 1
+        if n.op == "Conv" and group > 1:
+            per = cin // group
+            if per == 1:
+                continue  # depthwise: its removed outputs are dropped downstream
+            rows = w.shape[0] // group
+            for c in gone:
+                block, rel = divmod(int(c), per)
+                w[block * rows:(block + 1) * rows, rel] = 0
+        elif n.op == "Conv" or (n.op == "Gemm" and int(n.attr("transB", 0))):
+            w[:, gone] = 0
+        else:  # ConvTranspose [Cin, Cout, ...], MatMul and Gemm without transB [K, M]
+            w[gone] = 0
+        g.set_input_constant(n, 1, w)
+    return g.to_model()

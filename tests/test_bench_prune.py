@@ -99,7 +99,8 @@ def test_verdict_is_conclusive_only_against_a_uniform_model_no_faster():
     v = prune.verdict(0.89, [(0.946, 0.78)])
     assert v["better_than_all"] and v["better_than_as_slow"] is None
     v = prune.verdict(0.89, [(1.18, 0.80), (0.946, 0.78)])
-    assert v == {"better_than_all": True, "better_than_as_slow": True, "as_slow_compared": 1}
+    assert v == {"better_than_all": True, "better_than_as_slow": True, "as_slow_compared": 1,
+                 "uniform_cosine_at_equal_latency": pytest.approx(0.78 + 0.02 * 0.054 / 0.234)}
     assert prune.verdict(0.75, [(1.18, 0.80), (0.946, 0.70)])["better_than_as_slow"] is False
 
 
@@ -107,3 +108,10 @@ def test_round_specs_time_the_default_and_the_other_rounding():
     rounded, unrounded = prune.round_specs()
     assert (rounded == "") != (unrounded == "")  # exactly one of them is the pass's default
     assert prune.described("").endswith("(default)") and prune.described(",round-to=1") == "round-to=1"
+
+
+def test_uniform_cosine_at_equal_latency_interpolates_between_the_bracketing_models():
+    assert prune.at_equal_latency([(1.324, 0.6536), (0.956, 0.4596)]) == pytest.approx(
+        0.4596 + (0.6536 - 0.4596) * 0.044 / 0.368)
+    assert prune.at_equal_latency([(1.2, 0.8), (1.1, 0.7)]) is None  # both slower: no bracket
+    assert prune.verdict(0.6, [(1.324, 0.6536), (0.956, 0.4596)])["uniform_cosine_at_equal_latency"] < 0.6

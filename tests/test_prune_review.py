@@ -25,6 +25,7 @@ from onnxopt.passes.prune.recover import RIDGE, recover
 from onnxopt.pipeline import PassContext, PassResult
 from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
 from onnxopt.shrink import shrink
+from onnxopt.testing import masked_original as masked
 from onnxopt.testing import apply
 
 F32 = np.float32
@@ -61,34 +62,6 @@ def group_of(analysis, producer_name):
     return g
 
 
-def masked(graph: Graph, analysis: ChannelAnalysis, keep) -> onnx.ModelProto:
-    """The original with every dense reader's input columns of removed channels zeroed (a copy of
-    tests/test_shrink.py's helper: test files cannot import each other)."""
-    g = Graph(graph.to_model(), input_shapes=graph.input_shapes)
-    for n in g.nodes():
-        if n.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or g.constant(n.input(1)) is None:
-            continue
-        kept = analysis.kept_positions(n.input(0), keep)
-        if kept is None:
-            continue
-        wt = g.constant(n.input(1)).copy()
-        cin = len(analysis.maps[n.input(0)])
-        gone = np.setdiff1d(np.arange(cin), kept)
-        group = int(n.attr("group", 1)) if n.op == "Conv" else 1
-        if n.op == "Conv" and group > 1:
-            per = cin // group
-            if per == 1:
-                continue
-            for c in gone:
-                block, rel = divmod(int(c), per)
-                rows = wt.shape[0] // group
-                wt[block * rows:(block + 1) * rows, rel] = 0
-        elif n.op == "Conv" or (n.op == "Gemm" and int(n.attr("transB", 0))):
-            wt[:, gone] = 0
-        else:
-            wt[gone] = 0
-        g.set_input_constant(n, 1, wt)
-    return g.to_model()
 
 
 def keep_every_other(analysis):

@@ -16,6 +16,7 @@ from onnxopt.analysis.channels import ChannelAnalysis
 from onnxopt.graph import Graph
 from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
 from onnxopt.shrink import shrink
+from onnxopt.testing import masked_original as masked
 
 ZOO = ["resnet18-tiny", "resnet50-tiny", "mobilenetv2-tiny", "vgg16_bn-tiny", "repvgg_a0-tiny",
        "mobileone_s0-tiny", "senet_concat-tiny"]
@@ -31,33 +32,6 @@ def random_keep(analysis: ChannelAnalysis, rng: np.random.Generator, fraction: f
     return keep
 
 
-def masked(graph: Graph, analysis: ChannelAnalysis, keep: dict[int, np.ndarray]) -> onnx.ModelProto:
-    """The original with every dense reader's input columns of removed channels zeroed."""
-    g = Graph(graph.to_model(), input_shapes=graph.input_shapes)
-    for n in g.nodes():
-        if n.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or g.constant(n.input(1)) is None:
-            continue
-        kept = analysis.kept_positions(n.input(0), keep)
-        if kept is None:
-            continue
-        w = g.constant(n.input(1)).copy()
-        cin = len(analysis.maps[n.input(0)])
-        gone = np.setdiff1d(np.arange(cin), kept)
-        group = int(n.attr("group", 1)) if n.op == "Conv" else 1
-        if n.op == "Conv" and group > 1:
-            per = cin // group
-            if per == 1:
-                continue  # depthwise: its removed outputs are dropped downstream
-            for c in gone:
-                block, rel = divmod(int(c), per)
-                rows = w.shape[0] // group
-                w[block * rows:(block + 1) * rows, rel] = 0
-        elif n.op == "Conv" or (n.op == "Gemm" and int(n.attr("transB", 0))):
-            w[:, gone] = 0
-        else:  # ConvTranspose [Cin, Cout, ...], MatMul and Gemm without transB [K, M]
-            w[gone] = 0
-        g.set_input_constant(n, 1, w)
-    return g.to_model()
 
 
 @pytest.mark.parametrize("name", ZOO)

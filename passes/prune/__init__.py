@@ -33,7 +33,7 @@ from onnxopt.runtime import nchwc_block
 from onnxopt.shrink import shrink
 
 from . import select
-from .importance import CRITERIA, score_groups
+from .importance import score_groups
 from .recover import recover
 from .sensitivity import sensitivity_table
 

@@ -21,7 +21,6 @@ from onnxopt.analysis.channels import ChannelAnalysis, Group
 from onnxopt.graph import Graph, Node
 from onnxopt.runtime import Feed, make_session, run_feeds
 
-CRITERIA = ("l1", "l2", "bn", "data")  # the pass also takes "auto": data with calibration, else l1
 
 
 def _normalized_mean(rows: list[np.ndarray]) -> np.ndarray:
