@@ -171,7 +171,10 @@ class Shrinker:
         if outs is None:
             return False
         g = self.graph
-        shape = g.constant(n.input(1)).copy()
+        shape = g.constant(n.input(1))
+        if shape is None:  # computed as [batch, -1] (the analysis checked): follows the width
+            return False
+        shape = shape.copy()
         if shape[1] in (0, -1):  # copied from the input, or inferred
             return False
         shape[1] = len(outs)  # [N, C', ...], or a flatten's [N, C'*H*W]: outs counts its columns

@@ -112,3 +112,51 @@ def test_full_size_zoo_through_the_pipeline(name, ratio):
     assert after < before * (kept + 0.1), (before, after)  # inputs and outputs shrink: ~kept**2
     (out,) = run_model(run.model, random_feeds(model, shapes, seed=0, count=1))
     assert all(np.isfinite(v).all() for v in out.values())
+
+
+def _view_model(rest: int) -> onnx.ModelProto:
+    """conv -> relu -> x.view(x.size(0), REST) as the torch exporter writes it -> Gemm; dynamic batch."""
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             nh.from_array(rng.standard_normal((10, 8 * 4 * 4)).astype(np.float32), "fc"),
+             nh.from_array(np.array(0, np.int64), "zero"), nh.from_array(np.array([0], np.int64), "ax0"),
+             nh.from_array(np.array([rest], np.int64), "rest")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Shape", ["r1"], ["s"]), helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"]),
+             helper.make_node("Concat", ["n1", "rest"], ["shp"], axis=0),
+             helper.make_node("Reshape", ["r1", "shp"], ["flat"]), helper.make_node("Gemm", ["flat", "fc"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "view", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_torch_view_batch_minus_one_is_followed_and_stays_right():
+    """x.view(x.size(0), -1): the conv before it is prunable, the Gemm loses the matching columns,
+    the computed shape needs no rewrite, and any batch size still runs."""
+    model = _view_model(-1)
+    shapes = resolve_input_shapes(model)
+    graph = Graph(model, input_shapes=shapes)
+    analysis = ChannelAnalysis(graph)
+    (group,) = analysis.prunable
+    assert group.size == 8 and [p.name or p.op for p in group.producers] == ["Conv"]
+    keep = {group.id: np.array([0, 2, 3, 6])}
+    reference_model = masked(graph, analysis, keep)
+    shrink(graph, analysis, keep)
+    pruned = graph.to_model()
+    shapes = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    assert shapes["w1"] == (4, 3, 3, 3) and shapes["fc"] == (10, 64)
+    feeds = [{"x": np.random.default_rng(1).standard_normal((3, 3, 4, 4)).astype(np.float32)}]
+    np.testing.assert_allclose(run_model(pruned, feeds)[0]["y"], run_model(reference_model, feeds)[0]["y"],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_computed_shape_with_an_explicit_width_freezes_the_channels():
+    """x.view(x.size(0), 128): the 128 would be wrong after pruning, so the conv keeps its channels."""
+    model = _view_model(128)
+    analysis = ChannelAnalysis(Graph(model, input_shapes=resolve_input_shapes(model)))
+    assert not analysis.prunable
+    assert any(n.op == "Reshape" for n, _ in analysis.unknown)

@@ -568,7 +568,7 @@ class ChannelAnalysis:
         x_shape, y_shape = g.static_shape(node.input(0)), g.static_shape(node.outputs[0])
         if x_shape is None or y_shape is None:
             return "shape unknown"
-        if node.op == "Reshape" and not g.is_constant(node.input(1)):
+        if node.op == "Reshape" and not g.is_constant(node.input(1)) and not self._batch_by_rest(node.input(1)):
             return "target shape is not a constant"
         x = self.map_of(node.input(0))
         if x is None or len(x_shape) < 2 or len(y_shape) < 2 or x_shape[0] != y_shape[0]:
@@ -581,6 +581,29 @@ class ChannelAnalysis:
             self.maps[node.outputs[0]] = x.repeat(inner)  # C-major: channel c owns columns c*HW..
             return None
         return "reshape mixes channels with other axes"
+
+    def _batch_by_rest(self, tensor: str) -> bool:
+        """A Reshape target computed as [batch size, -1]: torch's x.view(x.size(0), -1), exported as
+        Concat(Unsqueeze(Gather(Shape(x), 0)), [-1]). It stays right whatever the channel count."""
+        g = self.graph
+        concat = g.producer(tensor)
+        if concat is None or concat.op != "Concat" or len(concat.inputs) != 2 or int(concat.attr("axis", 0)) != 0:
+            return False
+        rest = g.constant(concat.input(1))
+        if rest is None or rest.size != 1 or int(rest.ravel()[0]) != -1:
+            return False
+        first = concat.input(0)
+        if g.is_constant(first):
+            return g.constant(first).size == 1
+        node = g.producer(first)
+        while node is not None and node.op in ("Unsqueeze", "Cast", "Identity"):
+            node = g.producer(node.input(0))
+        if node is None or node.op != "Gather":
+            return False
+        index = g.constant(node.input(1))
+        shape = g.producer(node.input(0))
+        return (index is not None and index.size == 1 and int(index.ravel()[0]) == 0
+                and int(node.attr("axis", 0)) == 0 and shape is not None and shape.op == "Shape")
 
     def _pass_through(self, node: Node) -> str | None:
         g = self.graph
