@@ -749,8 +749,9 @@ class Graph:
         if src.ir_version < 4:  # before IR 4 every initializer must also be declared as an input
             g.input.extend(helper.make_tensor_value_info(n, self._inits[n].data_type, list(self._inits[n].dims))
                            for n in kept if n not in declared_inputs and (weights or _small(self._inits[n])))
-        for name in extra_outputs:
-            g.output.append(helper.make_empty_tensor_value_info(name))
+        for name in dict.fromkeys(extra_outputs):
+            if name not in self._output_names:  # already an output: exposed as it is
+                g.output.append(helper.make_empty_tensor_value_info(name))
         existing = set(self._producer) | set(self._inits) | set(self._inputs)
         dirty = self._dirty_tensors() if self._touched else set()
         stale = [vi.name for vi in src.graph.value_info if vi.name in dirty]

@@ -713,11 +713,15 @@ class ChannelAnalysis:
                 touched = True
         return np.flatnonzero(mask) if touched else None
 
+    def roots(self, tensor: str) -> np.ndarray | None:
+        """The group id of each position of `tensor`'s channel axis; None for an unmapped tensor."""
+        m = self.maps.get(tensor)
+        return None if m is None else np.array([self.root(int(s)) for s in m.space], np.int64)
+
     def positions_of(self, tensor: str, group: Group) -> Iterator[tuple[int, int]]:
         """(position, channel index) pairs where `group`'s channels sit in `tensor`."""
-        m = self.maps.get(tensor)
-        if m is None:
+        roots = self.roots(tensor)
+        if roots is None:
             return
-        roots = np.array([self.root(int(s)) for s in m.space])
         for p in np.flatnonzero(roots == group.id):
-            yield int(p), int(m.index[p])
+            yield int(p), int(self.maps[tensor].index[p])

@@ -238,9 +238,9 @@ def _group_macs(graph: Graph, analysis: ChannelAnalysis, groups: list[Group]) ->
         total += m
         touched = set()
         for t in (n.input(0), n.outputs[0]):
-            cm = analysis.maps.get(t)
-            if cm is not None:
-                touched |= {analysis.root(int(s)) for s in np.unique(cm.space)}
+            roots = analysis.roots(t)
+            if roots is not None:
+                touched |= set(np.unique(roots).tolist())
         for gid in touched & ids:
             per[gid] += m
     return {gid: per[gid] / total if total else 0.0 for gid in ids}

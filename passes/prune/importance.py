@@ -21,6 +21,8 @@ from onnxopt.analysis.channels import ChannelAnalysis, Group
 from onnxopt.graph import Graph, Node
 from onnxopt.runtime import Feed, make_session, run_feeds
 
+from ..fold_bn import _bn_affine
+
 
 
 def _normalized_mean(rows: list[np.ndarray]) -> np.ndarray:
@@ -34,10 +36,9 @@ def _following_bn(graph: Graph, producer: Node) -> Node | None:
 
 
 def _bn_scale(graph: Graph, bn: Node) -> np.ndarray | None:
-    gamma, var = graph.constant(bn.input(1)), graph.constant(bn.input(4))
-    if gamma is None or var is None:
-        return None
-    return np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + float(bn.attr("epsilon", 1e-5)))
+    """|gamma / sqrt(var + eps)|: fold-bn's per-channel scale of the BN, None where it declines."""
+    affine = _bn_affine(graph, bn)
+    return None if isinstance(affine, str) else np.abs(affine.scale)
 
 
 def filter_norms(graph: Graph, group: Group, p: int) -> np.ndarray:
@@ -88,7 +89,7 @@ def _reader_weight_energy(graph: Graph, reader: Node) -> np.ndarray | None:
 def channel_energy(graph: Graph, tensors: list[str], calibration: Iterable[Feed], *, threads: int = 1,
                    limit: int | None = None, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """E[x^2] per channel position of each tensor over the calibration samples (streamed)."""
-    model = graph.to_model(extra_outputs=[t for t in tensors if not graph.is_graph_output(t)])
+    model = graph.to_model(extra_outputs=tensors)
     session = make_session(model, threads=threads)
     sums = {t: None for t in tensors}
     counts = dict.fromkeys(tensors, 0)

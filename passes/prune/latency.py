@@ -216,13 +216,13 @@ def _layers(graph: Graph, analysis: ChannelAnalysis, groups: list[Group]) -> lis
         if x is None or y is None or graph.static_shape(n.input(0)) is None:
             continue
 
-        def count(m):
-            roots = np.array([analysis.root(int(s)) for s in m.space])
+        def count(tensor: str) -> dict[int, int]:
+            roots = analysis.roots(tensor)
             return {int(r): int((roots == r).sum()) for r in np.unique(roots) if int(r) in ids}
 
         cin, cout = len(x), len(y)
         depthwise = n.op == "Conv" and int(n.attr("group", 1)) == cin and cin > 1
-        ins, outs = count(x), count(y)
+        ins, outs = count(n.input(0)), count(n.outputs[0])
         if ins or outs:
             layers.append(_Layer(n, cin, cout, ins, outs, depthwise))
     return layers

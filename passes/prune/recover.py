@@ -27,6 +27,9 @@ from onnxopt.graph import Graph, Node
 from onnxopt.pipeline import PassContext, PassResult
 from onnxopt.runtime import make_session, run_feeds
 
+from ..reparam.branches import _pads as conv_pads
+from ..reparam.kernels import Decline
+
 MAX_STAGES = 8
 ROWS_PER_LAYER = 16384          # sampled output positions per layer over all samples
 RIDGE = (1e-6, 1e-4, 1e-2, 1e-1, 1.0)
@@ -49,23 +52,14 @@ def _conv_geometry(graph: Graph, n: Node) -> tuple | str:
     x = graph.static_shape(n.input(0))
     if w.ndim != 4 or x is None:
         return "only 2-D convolutions are refit"
-    kernel = w.shape[2:]
+    kernel = tuple(w.shape[2:])
     strides = tuple(n.attr("strides", [1, 1]))
     dil = tuple(n.attr("dilations", [1, 1]))
-    auto = n.attr("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("NOTSET", "VALID"):
-        pads = tuple(n.attr("pads", [0, 0, 0, 0])) if auto == "NOTSET" else (0, 0, 0, 0)
-        begin, end = pads[:2], pads[2:]
-    else:
-        begin, end = [], []
-        for size, k, s, d in zip(x[2:], kernel, strides, dil):
-            out = math.ceil(size / s)
-            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
-            begin.append(lo)
-            end.append(total - lo)
-    return tuple(kernel), strides, tuple(begin), tuple(end), dil
+    try:
+        pads = conv_pads(graph, n, kernel, strides, dil)
+    except Decline as exc:
+        return str(exc)
+    return kernel, strides, pads[:2], pads[2:], dil
 
 
 def _layers(graph: Graph, analysis: ChannelAnalysis, plan: dict, result: PassResult) -> list[_Layer]:
@@ -230,7 +224,7 @@ def recover(graph: Graph, original, analysis: ChannelAnalysis, plan: dict, calib
     # the original network's outputs of every refit layer, at sampled positions
     names = [ly.node.outputs[0] for ly in layers]
     orig_graph = Graph(original)
-    session = make_session(orig_graph.to_model(extra_outputs=[t for t in names if not orig_graph.is_graph_output(t)]),
+    session = make_session(orig_graph.to_model(extra_outputs=names),
                            threads=ctx.threads)
     for i, feed in enumerate(feeds):
         (out,) = run_feeds(session, [feed])
@@ -246,7 +240,7 @@ def recover(graph: Graph, original, analysis: ChannelAnalysis, plan: dict, calib
     for k, stage in enumerate(stages):
         members = [layers[j] for j in stage]
         inputs = list(dict.fromkeys(ly.node.input(0) for ly in members))
-        model = graph.to_model(extra_outputs=[t for t in inputs if not graph.is_graph_output(t)])
+        model = graph.to_model(extra_outputs=inputs)
         session = make_session(model, threads=ctx.threads)
         for i, feed in enumerate(feeds):
             (out,) = run_feeds(session, [feed])
