@@ -13,11 +13,11 @@ from pathlib import Path
 import click
 
 from . import io as model_io
-from .data import load_feeds
-from .errors import OnnxoptError, StrictFailure, UsageError
+from .data import RANDOM, load_feeds, random_calibration
+from .errors import BadData, OnnxoptError, StrictFailure, UsageError
 from .pipeline import Pipeline, RunResult
 from .registry import available_passes, load_config, parse_spec
-from .report import format_inspect, format_run, human_bytes, inspect_model, table, to_json
+from .report import format_fusion, format_inspect, format_run, human_bytes, inspect_model, table, to_json
 from .runtime import parse_input_shape
 from .sidebyside import BenchReport, Settings, Subject, run_bench, unique_names
 
@@ -87,7 +87,10 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
 @input_shape_option
 @click.option("--calib", type=click.Path(path_type=Path), metavar="DATA",
-              help="Sample inputs for passes that calibrate: .npz/.npy, or a folder of them.")
+              help="Sample inputs for passes that calibrate: .npz/.npy, or a folder of them; `random` for "
+                   "seeded random inputs (smoke tests only: ranges from noise).")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path), metavar="DATA",
+              help="Labelled data (.npz with `labels`) for accuracy budgets (quantize:max-drop=...).")
 @click.option("--verify/--no-verify", default=None, help="Compare outputs after every pass (default on).")
 @click.option("--rtol", type=float, default=None, help="Max relative output error an exact pass may cause [1e-4; at least 8 ulp of the output dtype].")
 @click.option("--samples", type=click.IntRange(1, 64), default=None, help="Random samples for verification [2].")
@@ -102,7 +105,8 @@ def cli() -> None:
 @click.option("--bench-data", type=click.Path(path_type=Path), metavar="DATA",
               help="Real inputs for --bench (.npz; with `labels`, top-1 accuracy of both models).")
 def run(model: Path, spec: str | None, config: Path | None, output: Path | None, report_path: Path | None,
-        as_json: bool, input_shapes: tuple[str, ...], calib: Path | None, verify: bool | None, rtol: float | None, samples: int | None,
+        as_json: bool, input_shapes: tuple[str, ...], calib: Path | None, eval_data: Path | None,
+        verify: bool | None, rtol: float | None, samples: int | None,
         seed: int | None, threads: int | None, overwrite: bool, strict: bool, verbose: bool, dry_run: bool,
         bench: bool, bench_data: Path | None) -> None:
     """Optimize MODEL with a pipeline of passes and write the result."""
@@ -127,7 +131,13 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
     calib = calib or settings.pop("calib", None)
     source, data = model_io.load_model_and_bytes(model)
     if calib is not None:
-        settings["calibration"] = load_feeds(calib, source)
+        settings["calibration"] = (random_calibration(source, shapes) if str(calib) == RANDOM and not Path(calib).exists()
+                                   else load_feeds(calib, source))
+    if eval_data is not None:
+        evaluation = load_feeds(eval_data, source)
+        if evaluation.labels is None:
+            raise BadData(f"{eval_data}: --eval needs `labels` (integer class indices) next to the inputs")
+        settings["evaluation"] = evaluation
     if bench_data is not None:
         load_feeds(bench_data, source)  # a bad data file is reported before the pipeline runs, not after
     pipeline = Pipeline(passes, input_shapes=shapes, progress=_progress(sys.stderr.isatty() and not as_json),
@@ -311,15 +321,24 @@ _RESULT_SUFFIXES = {"json": (".json",), "markdown": (".md", ".markdown"), "csv":
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @input_shape_option
+@click.option("--fusion", is_flag=True, help="Also audit a quantized model: what onnxruntime runs in integer "
+              "kernels and every op it leaves in float between DequantizeLinear and QuantizeLinear.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool) -> None:
+def inspect(model: Path, input_shapes: tuple[str, ...], fusion: bool, as_json: bool) -> None:
     """Show opset, inputs/outputs, op histogram, params, MACs and weight bytes of MODEL."""
-    info = inspect_model(model_io.load_model(model), _shapes(input_shapes))
+    source, data = model_io.load_model_and_bytes(model)
+    info = inspect_model(source, _shapes(input_shapes))
     info["file_bytes"] = model.stat().st_size
+    if fusion:
+        from .analysis.fusion import audit
+
+        info["fusion"] = audit(data if data is not None else model_io.serialize(source, model)).as_dict()
     if as_json:
         click.echo(to_json(info), nl=False)
     else:
         click.echo(f"{model}\n{format_inspect(info)}")
+        if fusion:
+            click.echo(format_fusion(info["fusion"]))
 
 
 @cli.command("list-passes")

@@ -22,6 +22,8 @@ from .errors import BadData
 from .runtime import Feed, check_feeds, input_specs
 
 LABELS = "labels"
+RANDOM = "random"  # `--calib random`: seeded noise, for smoke tests only
+RANDOM_SAMPLES = 32
 
 
 class FeedSet:
@@ -113,3 +115,16 @@ def load_feeds(path: str | Path, model: onnx.ModelProto) -> FeedSet:
         raise BadData(f"{p}: fewer samples ({feeds.samples}) than one batch of {batch}")
     check_feeds(model, feeds.take(1), str(p))
     return feeds
+
+
+def random_calibration(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None, *,
+                       samples: int = RANDOM_SAMPLES, seed: int = 0) -> FeedSet:
+    """Seeded random inputs in place of calibration data. Ranges calibrated on noise say nothing
+    about real inputs: this exists so a pipeline can be smoke-tested without data, when asked."""
+    from .runtime import random_feeds, resolve_input_shapes
+
+    resolved = resolve_input_shapes(model, shapes or {})
+    feeds = random_feeds(model, resolved, seed=seed, count=samples)
+    arrays = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+    batch = next(iter(resolved.values()))[0] if resolved else 1
+    return FeedSet(arrays, batch, None, f"{RANDOM} ({samples} seeded samples)")

@@ -84,6 +84,7 @@ class PassContext:
     seed: int = 0
     input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     calibration: Iterable[Feed] | None = None
+    evaluation: Any = None  # labelled data (a FeedSet with labels) for passes that keep an accuracy budget
     progress: Progress = _no_progress
     threads: int = 1
     dry_run: bool = False  # passes that can explain what they would do add it to details
@@ -246,8 +247,10 @@ class Pipeline:
     def __init__(self, passes: Sequence[Pass], *, verify: bool = True, rtol: float = DEFAULT_RTOL, samples: int = 2,
                  seed: int = 0, input_shapes: dict[str, Sequence[int]] | None = None,
                  calibration: Iterable[Feed] | None = None, instruments: Sequence[Instrument] = (),
-                 progress: Progress = _no_progress, threads: int = 1, dry_run: bool = False) -> None:
+                 progress: Progress = _no_progress, threads: int = 1, dry_run: bool = False,
+                 evaluation: Any = None) -> None:
         self.passes = list(passes)
+        self.evaluation = evaluation
         self.dry_run = dry_run
         self.verify = verify
         self.rtol = rtol
@@ -270,11 +273,11 @@ class Pipeline:
         start = time.perf_counter()
         hungry = [p.spec for p in self.passes if p.needs_calibration()]
         if hungry and self.calibration is None:
-            raise BadData(f"{', '.join(hungry)} needs calibration data: give --calib FILE (.npz/.npy or a folder)")
+            raise BadData(f"{', '.join(hungry)} needs calibration data: give --calib FILE (.npz/.npy or a folder; `--calib random` for a smoke test)")
         needs_shapes = self.verify or any(p.needs_static_shapes for p in self.passes)
         shapes = resolve_input_shapes(model, self.input_shapes) if needs_shapes else {
             k: tuple(v) for k, v in self.input_shapes.items()}
-        ctx = PassContext(seed=self.seed, input_shapes=shapes, calibration=self.calibration,
+        ctx = PassContext(seed=self.seed, input_shapes=shapes, calibration=self.calibration, evaluation=self.evaluation,
                           progress=self.progress, threads=self.threads, dry_run=self.dry_run)
         full_check = _check(model, True) is None  # hold later models to the level the input meets
         current = model

@@ -191,3 +191,18 @@ def format_inspect(info: dict) -> str:
     if info["note"]:
         lines.append(f"note: {info['note']}")
     return "\n".join(lines)
+
+
+def format_fusion(fusion: dict) -> str:
+    """The fusion audit of `inspect --fusion`: integer kernels, then every float island."""
+    ints = fusion["integer_ops"]
+    islands = fusion["float_islands"]
+    lines = ["fusion (onnxruntime's optimized graph):"]
+    if not ints and not fusion["dequantize_linear"]:
+        lines.append("  not a quantized model: no integer kernels, no DequantizeLinear")
+        return "\n".join(lines)
+    lines.append(f"  integer kernels: {', '.join(f'{n} {op}' for op, n in ints.items()) or 'none'}")
+    lines.append(f"  QuantizeLinear {fusion['quantize_linear']}, DequantizeLinear {fusion['dequantize_linear']} left")
+    lines.append(f"  float islands: {len(islands)}" + (" (every quantized op runs in an integer kernel)" if not islands else ""))
+    lines += [f"    {i['op']} {i['name']!r}: {i['inputs_from']}" for i in islands]
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""What onnxruntime actually runs in integer arithmetic: the fusion audit of a QDQ model.
+
+A QDQ file only suggests integer kernels; onnxruntime fuses `DQ -> op -> Q` units at session start
+and leaves the rest in float between a DequantizeLinear and a QuantizeLinear. Those float islands
+are why "the quantized model is not faster". The audit lets onnxruntime optimize the model (the
+level that runs the QDQ fusions, before layout changes blur op names), reads the graph it wrote
+(SessionOptions.optimized_model_filepath) and lists every float op still fed by a DequantizeLinear.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import tempfile
+
+import onnx
+import onnxruntime as ort
+
+from ..errors import BadModel
+
+QDQ = {"QuantizeLinear", "DequantizeLinear"}
+
+
+@dataclasses.dataclass
+class Island:
+    op: str
+    name: str
+    inputs_from: str  # which inputs come from a DequantizeLinear
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.name!r} runs in float ({self.inputs_from})"
+
+
+@dataclasses.dataclass
+class FusionAudit:
+    ops: dict[str, int]                    # op histogram of onnxruntime's optimized graph
+    islands: list[Island]
+    quantize: int                          # QuantizeLinear left
+    dequantize: int                        # DequantizeLinear left
+
+    @property
+    def integer_ops(self) -> dict[str, int]:
+        return {k: v for k, v in self.ops.items() if k.startswith("QLinear") or k in (
+            "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")}
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.integer_ops) or self.dequantize > 0
+
+    def as_dict(self) -> dict:
+        return {"integer_ops": self.integer_ops, "float_islands": [dataclasses.asdict(i) for i in self.islands],
+                "quantize_linear": self.quantize, "dequantize_linear": self.dequantize, "ops": self.ops}
+
+    def summary(self) -> str:
+        ints = sum(self.integer_ops.values())
+        return (f"{ints} integer ops, {len(self.islands)} float island{'s' * (len(self.islands) != 1)}, "
+                f"{self.quantize} Q / {self.dequantize} DQ left")
+
+
+def audit(model: onnx.ModelProto | bytes, *, threads: int = 1) -> FusionAudit:
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    with tempfile.TemporaryDirectory(prefix="onnxopt-audit-") as tmp:
+        path = os.path.join(tmp, "optimized.onnx")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = path
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        try:
+            ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT's own exception types
+            raise BadModel(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0][:200]}") from None
+        optimized = onnx.load(path, load_external_data=False)
+    producer = {t: n for n in optimized.graph.node for t in n.output}
+    islands = []
+    for n in optimized.graph.node:
+        if n.op_type in QDQ:
+            continue
+        fed = [i for i, t in enumerate(n.input) if t in producer and producer[t].op_type == "DequantizeLinear"]
+        if fed:
+            which = ", ".join(f"input {i}" for i in fed)
+            islands.append(Island(n.op_type, n.name, f"{which} from DequantizeLinear"))
+    ops = collections.Counter(n.op_type for n in optimized.graph.node)
+    return FusionAudit(dict(sorted(ops.items())), islands, ops.get("QuantizeLinear", 0), ops.get("DequantizeLinear", 0))

@@ -1,0 +1,304 @@
+"""The quantize pass, step by step: opset, plan, calibration, range checks, optional equalization,
+bias correction and accuracy control, then the rewrite and the fusion audit."""
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxopt.analysis.fusion import audit
+from onnxopt.errors import BadData, PreconditionError
+from onnxopt.graph import Graph
+from onnxopt.pipeline import PassContext, PassResult
+from onnxopt.runtime import Feed, make_session, random_feeds, run_feeds
+from onnxopt.verify import compare
+
+from . import calibrate
+from .materialize import Applied, activation_is_exact, apply_plan, fit_activation
+from .placement import Plan, make_plan
+from .scheme import activation_qparams
+
+BIAS_CORRECTION_SAMPLES = 64
+
+
+class Samples:
+    """Calibration feeds split into the part that sets ranges and a held-back part that measures
+    agreement with the float model. Reads a re-iterable source as often as asked; a one-shot
+    iterator is read once, keeping only the held-back part and a few samples for bias correction."""
+
+    def __init__(self, source: Iterable[Feed], samples: int, holdback: int) -> None:
+        self.source, self.samples = source, samples
+        self.one_shot = iter(source) is source
+        self.overlap = False
+        self._reuse: list[Feed] | None = None
+        if self.one_shot:
+            self.held = list(itertools.islice(source, holdback))
+            return
+        n = _length(source)
+        if n is not None and hasattr(source, "tail"):
+            if n >= 2 * holdback:
+                self.held = list(source.tail(holdback)) if holdback else []
+                self.limit = min(samples, n - holdback)
+            else:
+                self.held, self.limit, self.overlap = list(source.tail(min(holdback, n))), min(samples, n), True
+        else:  # re-iterable without a tail: hold back the first ones
+            self.held = list(itertools.islice(iter(source), holdback))
+            self.limit = samples
+            self._skip = len(self.held)
+            if n is not None and n < 2 * holdback:
+                self._skip, self.overlap = 0, True
+            return
+        self._skip = 0
+
+    def calibration(self) -> Iterator[Feed]:
+        if self.one_shot:
+            if self._reuse is not None:
+                yield from self._reuse
+                return
+            self._reuse = []
+            for feed in itertools.islice(self.source, self.samples):
+                if len(self._reuse) < BIAS_CORRECTION_SAMPLES:
+                    self._reuse.append(feed)
+                yield feed
+            return
+        yield from itertools.islice(iter(self.source), self._skip, self._skip + self.limit)
+
+    def total(self) -> int:
+        return self.samples if self.one_shot else self.limit
+
+
+def _length(source) -> int | None:
+    try:
+        return len(source)
+    except TypeError:
+        return None
+
+
+def _ensure_opset(graph: Graph, per_channel: bool, result: PassResult) -> bool:
+    """Per-channel QDQ needs opset >= 13 (QuantizeLinear's axis); older models are upgraded by the
+    onnx version converter when that is exact, else quantized per tensor. Returns per_channel."""
+    opset = graph.opset
+    if opset < 10:
+        raise PreconditionError(f"opset {opset}: QuantizeLinear needs opset >= 10; upgrade the model first")
+    if opset >= 13 or not per_channel:
+        return per_channel
+    model = graph.to_model()
+    try:
+        upgraded = onnx.version_converter.convert_version(model, 13)
+        feeds = random_feeds(model, graph.input_shapes, seed=0, count=2)
+        before = run_feeds(make_session(model.SerializeToString()), feeds)
+        after = run_feeds(make_session(upgraded.SerializeToString()), feeds)
+        fid = compare(before, after)
+        if not fid.within(1e-5):
+            raise ValueError(f"outputs moved by {fid.max_rel:.2g}")
+    except Exception as exc:  # noqa: BLE001 - the converter raises many kinds
+        why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        result.notes.append(f"opset {opset}: per-channel QDQ needs opset 13 and the onnx version converter "
+                            f"could not upgrade it exactly ({why}); weights are quantized per tensor")
+        return False
+    graph.reset(upgraded)
+    result.notes.append(f"upgraded opset {opset} -> 13 for per-channel QDQ (onnx version converter; outputs "
+                        "verified identical)")
+    return True
+
+
+def _calibrated_tensors(plan: Plan) -> list[str]:
+    """Every tensor a plan may need a range for: its own, plus the inputs of absorbed activations
+    (used when folding an activation turns out inexact)."""
+    extra = [u.activation.input(0) for u in plan.units.values() if u.activation is not None]
+    return sorted(set(plan.range_tensors) | set(extra))
+
+
+class Builder:
+    """Quantized models from one float model and one set of ranges, with different nodes in float."""
+
+    def __init__(self, float_model: onnx.ModelProto, shapes, ranges: dict[str, tuple[float, float]], options,
+                 dtype: str, per_channel: bool) -> None:
+        self.float_model, self.shapes, self.ranges = float_model, shapes, ranges
+        self.o, self.dtype, self.per_channel = options, dtype, per_channel
+        self.reasons: dict[str, str] = {}  # float node key -> why (decided here, not by the user)
+
+    def plan(self, graph: Graph, float_keys: set[str]) -> Plan:
+        return make_plan(graph, exclude=self.o.exclude, op_types=self.o.op_types, float_nodes=float_keys)
+
+    def build(self, float_keys: set[str], model: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, Applied, Plan]:
+        graph = Graph(model or self.float_model, input_shapes=self.shapes)
+        plan = self.plan(graph, float_keys)
+        applied = apply_plan(graph, plan, self.ranges, dtype=self.dtype, per_channel=self.per_channel,
+                             keep_activations=self.o.keep_activations)
+        return graph.to_model(), applied, plan
+
+    def settle(self, graph: Graph, float_keys: set[str]) -> set[str]:
+        """Hold in float what the ranges say cannot be quantized well: a Concat of very different
+        ranges (one scale would erase the small part), an activation whose fold would not be exact."""
+        keys = set(float_keys)
+        for _ in range(8):
+            plan = self.plan(graph, keys)
+            new = set()
+            for u in plan.units.values():
+                if u.node.op == "Concat" and self.o.concat_range_ratio:
+                    widths = [self._width(t) for t in u.node.inputs]
+                    if min(widths) > 0 and max(widths) / min(widths) > self.o.concat_range_ratio:
+                        key = u.node.outputs[0]
+                        new.add(key)
+                        spans = ", ".join(f"{t} {self._span(t)}" for t in u.node.inputs)
+                        self.reasons[key] = (f"{u.node.label} stays float: its inputs' ranges differ "
+                                             f"{max(widths) / min(widths):.0f}x ({spans}); one scale would erase "
+                                             "the small-range part")
+                if u.activation is not None:
+                    t = u.activation.outputs[0]
+                    q = fit_activation(activation_qparams(*self.ranges[t], self.dtype), u.activation, graph)
+                    if not activation_is_exact(u.activation, graph, q):
+                        key = u.activation.outputs[0]
+                        new.add(key)
+                        self.reasons[key] = (f"{u.activation.label} kept: its output range cannot make it "
+                                             "redundant, so it runs in float between Q/DQ")
+            if not new - keys:
+                return keys
+            keys |= new
+        return keys
+
+    def _width(self, t: str) -> float:
+        lo, hi = self.ranges.get(t, (0.0, 0.0))
+        return max(hi, 0.0) - min(lo, 0.0)
+
+    def _span(self, t: str) -> str:
+        lo, hi = self.ranges.get(t, (0.0, 0.0))
+        return f"[{lo:.3g}, {hi:.3g}]"
+
+
+def _stats(float_model: onnx.ModelProto, tensors: list[str], samples: Samples, o, ctx: PassContext,
+           result: PassResult) -> dict[str, calibrate.TensorStats]:
+    fingerprint = calibrate.fingerprint(float_model)
+    cache = Path(o.ranges) if o.ranges else None
+    if cache is not None and cache.is_file():
+        stats, meta = calibrate.load_cache(cache)
+        missing = [t for t in tensors if t not in stats]
+        if meta.get("fingerprint") == fingerprint and not missing:
+            result.notes.append(f"ranges read from {cache} ({meta.get('batches', '?')} calibration batches)")
+            result.details["calibration"] = {"cached": str(cache), "batches": meta.get("batches")}
+            return stats
+        result.notes.append(f"{cache} was made for another model or other settings: calibrating again")
+    if samples is None:
+        raise BadData("quantize needs calibration data: give --calib FILE (.npz/.npy or a folder), or "
+                      "--calib random for a smoke test")
+    total = samples.total()
+    stats, batches = calibrate.collect(float_model, tensors, samples.calibration(), threads=ctx.threads,
+                                       progress=lambda i: ctx.progress("quantize: calibration", i, total))
+    if batches == 0:
+        raise BadData("quantize: the calibration data holds no samples beyond the held-back ones")
+    unseen = [t for t in tensors if not stats[t].seen]
+    if unseen:
+        raise BadData(f"quantize: calibration never produced {unseen[0]!r} (non-finite or empty)")
+    result.details["calibration"] = {"batches": batches, "held_back": len(samples.held), "overlap": samples.overlap}
+    if samples.overlap:
+        result.notes.append(f"only {batches} calibration batches: the {len(samples.held)} held back for the "
+                            "agreement check are also calibrated on")
+    if cache is not None and not ctx.dry_run:
+        calibrate.save_cache(cache, stats, {"fingerprint": fingerprint, "batches": batches})
+        result.notes.append(f"ranges saved to {cache}")
+    return stats
+
+
+def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> PassResult:
+    from . import default_activation_type
+
+    o = p.options
+    dtype = o.activations if o.activations != "auto" else default_activation_type()
+    per_channel = _ensure_opset(graph, o.per_channel, result)
+    plan = make_plan(graph, exclude=o.exclude, op_types=o.op_types)
+    for pattern in o.exclude:
+        if not any(pattern == k or pattern in k for k in plan.skipped_by_user):
+            if not any(n.op == pattern or n.name == pattern for n in graph.nodes()):
+                result.notes.append(f"warning: exclude pattern '{pattern}' matches no node")
+    if not plan.units:
+        result.notes.append("nothing to quantize: no op onnxruntime runs in int8")
+        return result
+    if o.cle:
+        from .equalize import equalize
+        equalize(graph, result)
+    float_model = graph.to_model()
+    source = p.calibration if p.calibration is not None else ctx.calibration
+    samples = Samples(source, o.samples, o.holdback) if source is not None else None
+    if str(getattr(source, "source", "")).startswith("random"):
+        result.notes.append("warning: calibrated on random inputs (--calib random): the ranges fit noise, not "
+                            "your data; for smoke tests only")
+    stats = _stats(float_model, _calibrated_tensors(make_plan(graph, exclude=o.exclude, op_types=o.op_types)),
+                   samples, o, ctx, result)
+    ranges = {t: calibrate.compute_range(st, o.method, percentile=o.percentile, dtype=dtype)
+              for t, st in stats.items() if st.seen}
+    builder = Builder(float_model, graph.input_shapes, ranges, o, dtype, per_channel)
+    float_keys = builder.settle(graph, set())
+    if o.bias_correction:
+        from .correct import correct_biases
+        if samples is None:
+            raise BadData("quantize: bias-correction needs calibration data (--calib)")
+        builder.float_model = correct_biases(builder, float_keys, samples, ctx, result)
+    held = samples.held if samples is not None else []
+    if o.max_drop is not None:
+        from .accuracy import control
+        float_keys = control(p, builder, float_keys, held, ctx, result)
+    model, applied, final_plan = builder.build(float_keys)
+    graph.reset(model)
+    result.changed = True
+    _report(result, final_plan, applied, builder, dtype, per_channel, o)
+    if held:
+        _agreement(result, builder.float_model, model, held, ctx)
+    if o.audit:
+        _audit(result, model, ctx)
+    return result
+
+
+def _report(result: PassResult, plan: Plan, applied: Applied, builder: Builder, dtype: str, per_channel: bool,
+            o) -> None:
+    ops = collections.Counter(u.node.op for u in plan.units.values())
+    result.count("nodes quantized", len(plan.units))
+    result.count("activations quantized", applied.activations)
+    result.count("weights quantized", applied.weights)
+    if applied.folded:
+        result.count("Relu/Clip folded", len(applied.folded))
+    if applied.widened_channels:
+        result.count("weight channels widened for int32 bias", applied.widened_channels)
+        result.notes.append(f"{applied.widened_channels} weight channels got a wider scale so that their bias "
+                            "fits int32 (input scale x weight scale too small)")
+    result.details.update({
+        "activations": dtype, "weights": "int8 symmetric " + ("per channel" if per_channel else "per tensor"),
+        "method": o.method, "quantized_ops": dict(sorted(ops.items())), "folded": applied.folded,
+        "kept_activations": applied.kept_activations,
+    })
+    kept = {}
+    for label, why in plan.kept_float.items():
+        kept[label] = why
+    for key, why in builder.reasons.items():
+        kept[key] = why
+        result.skip(key, why.split(": ", 1)[-1] if ": " in why else why)
+    result.details["kept_float"] = kept
+    result.notes.append(f"{dtype} activations, int8 {'per-channel' if per_channel else 'per-tensor'} weights, "
+                        f"{o.method} ranges; " + ", ".join(f"{n} {op}" for op, n in ops.most_common()))
+
+
+def _agreement(result: PassResult, float_model: onnx.ModelProto, model: onnx.ModelProto, held: list[Feed],
+               ctx: PassContext) -> None:
+    ref = run_feeds(make_session(float_model.SerializeToString(), threads=ctx.threads), held)
+    got = run_feeds(make_session(model.SerializeToString(), optimization="all", threads=ctx.threads), held)
+    fid = compare(ref, got)
+    per = {k: {"cosine": v.cosine, "max_abs": v.max_abs, "top1_agreement": v.top1_agreement}
+           for k, v in fid.outputs.items()}
+    result.details["held_back"] = {"samples": len(held), "outputs": per}
+    for name, v in per.items():
+        top1 = f", top-1 agreement {v['top1_agreement']:.1%}" if v["top1_agreement"] is not None else ""
+        result.notes.append(f"output '{name}' on {len(held)} held-back samples: cosine {v['cosine']:.4f}, "
+                            f"max abs error {v['max_abs']:.3g}{top1}")
+
+
+def _audit(result: PassResult, model: onnx.ModelProto, ctx: PassContext) -> None:
+    found = audit(model, threads=ctx.threads)
+    result.details["fusion"] = found.as_dict()
+    result.count("float islands", len(found.islands))
+    result.notes.append(f"fusion audit (onnxruntime's optimized graph): {found.summary()}")
+    for island in found.islands:
+        result.skip(island.name or island.op, f"{island.op} runs in float in onnxruntime ({island.inputs_from})")
