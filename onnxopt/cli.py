@@ -87,8 +87,10 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
 @input_shape_option
 @click.option("--calib", type=click.Path(path_type=Path), metavar="DATA",
-              help="Sample inputs for passes that calibrate: .npz/.npy, or a folder of them; `random` for "
-                   "seeded random inputs (smoke tests only: ranges from noise).")
+              help="Sample inputs for passes that calibrate: .npz/.npy, or a folder of them, or of images "
+                   "(with --preprocess); `random` for seeded random inputs (smoke tests only: ranges from noise).")
+@click.option("--preprocess", metavar="SPEC", help="How --calib images become inputs, e.g. resize=256,size=224,"
+              "scale=255,mean=0.5|0.5|0.5 (keys: size resize layout order scale mean std; see onnxopt.images).")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), metavar="DATA",
               help="Labelled data (.npz with `labels`) for accuracy budgets (quantize:max-drop=...).")
 @click.option("--verify/--no-verify", default=None, help="Compare outputs after every pass (default on).")
@@ -105,7 +107,7 @@ def cli() -> None:
 @click.option("--bench-data", type=click.Path(path_type=Path), metavar="DATA",
               help="Real inputs for --bench (.npz; with `labels`, top-1 accuracy of both models).")
 def run(model: Path, spec: str | None, config: Path | None, output: Path | None, report_path: Path | None,
-        as_json: bool, input_shapes: tuple[str, ...], calib: Path | None, eval_data: Path | None,
+        as_json: bool, input_shapes: tuple[str, ...], calib: Path | None, preprocess: str | None, eval_data: Path | None,
         verify: bool | None, rtol: float | None, samples: int | None,
         seed: int | None, threads: int | None, overwrite: bool, strict: bool, verbose: bool, dry_run: bool,
         bench: bool, bench_data: Path | None) -> None:
@@ -129,10 +131,13 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
         if output is not None and model_io.same_file(report_path, output):
             raise UsageError(f"{report_path}: --report and -o name the same file")
     calib = calib or settings.pop("calib", None)
+    preprocess = preprocess or settings.pop("preprocess", None)
+    if preprocess is not None and (calib is None or (str(calib) == RANDOM and not Path(calib).exists())):
+        raise UsageError("--preprocess is for --calib DATA when DATA is a folder of images")
     source, data = model_io.load_model_and_bytes(model)
     if calib is not None:
         settings["calibration"] = (random_calibration(source, shapes) if str(calib) == RANDOM and not Path(calib).exists()
-                                   else load_feeds(calib, source))
+                                   else load_feeds(calib, source, preprocess=preprocess))
     if eval_data is not None:
         evaluation = load_feeds(eval_data, source)
         if evaluation.labels is None:

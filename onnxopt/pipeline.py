@@ -273,7 +273,8 @@ class Pipeline:
         start = time.perf_counter()
         hungry = [p.spec for p in self.passes if p.needs_calibration()]
         if hungry and self.calibration is None:
-            raise BadData(f"{', '.join(hungry)} needs calibration data: give --calib FILE (.npz/.npy or a folder; `--calib random` for a smoke test)")
+            raise BadData(f"{', '.join(hungry)} needs calibration data: give --calib DATA (.npz/.npy, a folder of them or of images with "
+                          "--preprocess; `--calib random` for a smoke test)")
         needs_shapes = self.verify or any(p.needs_static_shapes for p in self.passes)
         shapes = resolve_input_shapes(model, self.input_shapes) if needs_shapes else {
             k: tuple(v) for k, v in self.input_shapes.items()}
@@ -303,7 +304,7 @@ class Pipeline:
                 p.requires(graph, ctx)
                 result = p.run(graph, ctx)
             except OnnxoptError as exc:
-                if isinstance(exc, PreconditionError):
+                if isinstance(exc, (PreconditionError, BadData)):  # the user's data, not the pass: stop the run
                     raise
                 report = self._report(p, "failed", t0, PassResult(), f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # noqa: BLE001 - a bug in one pass must not lose the run

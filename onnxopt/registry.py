@@ -88,7 +88,7 @@ def parse_spec(spec: str) -> list[Pass]:
     return [make_pass(name, values) for name, values in items]
 
 
-RUN_SETTINGS = {"verify", "rtol", "samples", "seed", "input_shapes", "threads", "calib"}
+RUN_SETTINGS = {"verify", "rtol", "samples", "seed", "input_shapes", "threads", "calib", "preprocess"}
 
 
 def load_config(path: str | Path) -> tuple[list[Pass], dict[str, Any]]:

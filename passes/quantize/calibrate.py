@@ -126,7 +126,11 @@ def _mse(st: TensorStats, levels: int) -> tuple[float, float]:
 
 def _kl_threshold(hist: np.ndarray, width: float, levels: int) -> float:
     """TensorRT's entropy calibration on a one-sided histogram (bins of `width` from 0): the clip
-    threshold whose quantized distribution diverges least from the original."""
+    threshold whose quantized distribution diverges least from the original. The first bin is left
+    out: after a Relu it holds every exact zero, which any range represents exactly, and spread over
+    its quantization bucket it would outweigh everything else and pull the threshold down."""
+    hist = hist.copy()
+    hist[0] = 0
     nonzero = np.flatnonzero(hist)
     if nonzero.size == 0:
         return width

@@ -107,10 +107,11 @@ def _ensure_opset(graph: Graph, per_channel: bool, result: PassResult) -> bool:
 
 
 def _calibrated_tensors(plan: Plan) -> list[str]:
-    """Every tensor a plan may need a range for: its own, plus the inputs of absorbed activations
-    (used when folding an activation turns out inexact)."""
+    """Every tensor a plan may need a range for once some of its ops return to float: each quantized
+    tensor (a pass-through output becomes its own root when the op before it is float), and the
+    inputs of absorbed activations (used when folding an activation turns out inexact)."""
     extra = [u.activation.input(0) for u in plan.units.values() if u.activation is not None]
-    return sorted(set(plan.range_tensors) | set(extra))
+    return sorted(set(plan.tensors) | set(plan.range_tensors) | set(extra))
 
 
 class Builder:
@@ -184,8 +185,8 @@ def _stats(float_model: onnx.ModelProto, tensors: list[str], samples: Samples, o
             return stats
         result.notes.append(f"{cache} was made for another model or other settings: calibrating again")
     if samples is None:
-        raise BadData("quantize needs calibration data: give --calib FILE (.npz/.npy or a folder), or "
-                      "--calib random for a smoke test")
+        raise BadData("quantize needs calibration data: give --calib DATA (.npz/.npy, a folder of them or of "
+                      "images with --preprocess), or --calib random for a smoke test")
     total = samples.total()
     stats, batches = calibrate.collect(float_model, tensors, samples.calibration(), threads=ctx.threads,
                                        progress=lambda i: ctx.progress("quantize: calibration", i, total))
@@ -224,7 +225,7 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
     float_model = graph.to_model()
     source = p.calibration if p.calibration is not None else ctx.calibration
     samples = Samples(source, o.samples, o.holdback) if source is not None else None
-    if str(getattr(source, "source", "")).startswith("random"):
+    if getattr(source, "random", False):
         result.notes.append("warning: calibrated on random inputs (--calib random): the ranges fit noise, not "
                             "your data; for smoke tests only")
     stats = _stats(float_model, _calibrated_tensors(make_plan(graph, exclude=o.exclude, op_types=o.op_types)),
@@ -232,6 +233,7 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
     ranges = {t: calibrate.compute_range(st, o.method, percentile=o.percentile, dtype=dtype)
               for t, st in stats.items() if st.seen}
     builder = Builder(float_model, graph.input_shapes, ranges, o, dtype, per_channel)
+    reference = float_model  # bias correction edits builder.float_model; fidelity is against this one
     float_keys = builder.settle(graph, set())
     if o.bias_correction:
         from .correct import correct_biases
@@ -241,13 +243,13 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
     held = samples.held if samples is not None else []
     if o.max_drop is not None:
         from .accuracy import control
-        float_keys = control(p, builder, float_keys, held, ctx, result)
+        float_keys = control(p, builder, reference, float_keys, held, ctx, result)
     model, applied, final_plan = builder.build(float_keys)
     graph.reset(model)
     result.changed = True
     _report(result, final_plan, applied, builder, dtype, per_channel, o)
     if held:
-        _agreement(result, builder.float_model, model, held, ctx)
+        _agreement(result, reference, model, held, ctx)
     if o.audit:
         _audit(result, model, ctx)
     return result
@@ -273,6 +275,10 @@ def _report(result: PassResult, plan: Plan, applied: Applied, builder: Builder, 
     kept = {}
     for label, why in plan.kept_float.items():
         kept[label] = why
+        result.skip(label, f"stays float: {why}")
+    if any(label.startswith("BatchNormalization") for label in plan.kept_float):
+        result.notes.append("warning: BatchNormalization left in the graph runs in float between Q/DQ; run fold-bn "
+                            "before quantize (`--passes fold-bn,quantize`)")
     for key, why in builder.reasons.items():
         kept[key] = why
         result.skip(key, why.split(": ", 1)[-1] if ": " in why else why)
