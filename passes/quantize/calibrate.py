@@ -114,14 +114,21 @@ def _fake_quant_error(centers: np.ndarray, counts: np.ndarray, lo: np.ndarray, h
 
 
 def _mse(st: TensorStats, levels: int) -> tuple[float, float]:
-    """The range, shrunk from min/max by a common factor, that minimizes the expected squared
-    quantization error (clipping plus rounding) over the histogram."""
+    """The range that minimizes the expected squared quantization error (clipping plus rounding)
+    over the histogram: each end shrunk from the extreme on its own (coordinate descent), since an
+    outlier on one side should not cost the other side its range."""
     keep = st.hist > 0
     centers, counts = _centers(st)[keep], st.hist[keep].astype(np.float64)
-    alphas = np.linspace(0.05, 1.0, 96)
-    lo, hi = min(st.lo, 0.0) * alphas, max(st.hi, 0.0) * alphas
-    best = int(np.argmin(_fake_quant_error(centers, counts, lo, hi, levels)))
-    return float(lo[best]) if st.lo < 0 else st.lo, float(hi[best]) if st.hi > 0 else st.hi
+    lo, hi = min(st.lo, 0.0), max(st.hi, 0.0)
+    alphas = np.linspace(0.02, 1.0, 99)
+    for _ in range(3):
+        if hi > 0:
+            err = _fake_quant_error(centers, counts, np.full(alphas.size, lo), max(st.hi, 0.0) * alphas, levels)
+            hi = float(max(st.hi, 0.0) * alphas[int(np.argmin(err))])
+        if lo < 0:
+            err = _fake_quant_error(centers, counts, min(st.lo, 0.0) * alphas, np.full(alphas.size, hi), levels)
+            lo = float(min(st.lo, 0.0) * alphas[int(np.argmin(err))])
+    return (lo if st.lo < 0 else st.lo), (hi if st.hi > 0 else st.hi)
 
 
 def _kl_threshold(hist: np.ndarray, width: float, levels: int) -> float:
