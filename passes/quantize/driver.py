@@ -217,6 +217,9 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
             if not any(n.op == pattern or n.name == pattern for n in graph.nodes()):
                 result.notes.append(f"warning: exclude pattern '{pattern}' matches no node")
     if not plan.units:
+        result.details["kept_float"] = dict(plan.kept_float)
+        for label, why in plan.kept_float.items():
+            result.skip(label, f"stays float: {why}")
         result.notes.append("nothing to quantize: no op onnxruntime runs in int8")
         return result
     if o.cle:

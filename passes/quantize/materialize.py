@@ -81,6 +81,10 @@ def _bias_vector(graph: Graph, node: Node, channels: int) -> np.ndarray | None:
 def _quantize_weighted(graph: Graph, unit: Unit, input_q: QParams, per_channel: bool, out: Applied) -> None:
     node = unit.node
     w = np.asarray(graph.constant(node.input(1)), np.float32)
+    if node.op == "Gemm" and float(node.attr("alpha", 1.0)) != 1.0:
+        # QGemm fuses only alpha = 1 with a bias: the scale goes into the weights
+        w = (w.astype(np.float64) * float(node.attr("alpha", 1.0))).astype(np.float32)
+        graph.set_attr(node, "alpha", None)
     axis = weight_axis(graph, node) if per_channel else None
     wq_params = weight_qparams(w, axis)
     channels = int(w.shape[axis]) if axis is not None else (
@@ -88,7 +92,8 @@ def _quantize_weighted(graph: Graph, unit: Unit, input_q: QParams, per_channel: 
         else int(w.shape[0] if node.op == "Conv" else w.shape[1] * int(node.attr("group", 1))))
     bias = _bias_vector(graph, node, channels)
     if bias is not None:
-        wq_params, widened = guard_bias(bias, float(input_q.scale), wq_params)
+        taps = int(np.prod(w.shape)) // max(channels, 1)  # products summed per output in the int32 accumulator
+        wq_params, widened = guard_bias(bias, float(input_q.scale), wq_params, taps)
         out.widened_channels += widened
     dequantized_constant(graph, node, 1, quantize_weight(w, wq_params), wq_params.scale, wq_params.zero_point, axis)
     out.weights += 1

@@ -24,6 +24,10 @@ REQUANT = {"AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu"}
 PASS_THROUGH = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize", "Slice", "Split"}
 ACTIVATIONS = {"Relu", "Clip"}
 SUPPORTED = WEIGHTED | BINARY | VARIADIC | REQUANT | PASS_THROUGH
+# quantized only when op-types names them: onnxruntime's CPU provider has no integer kernel for them,
+# so Q/DQ would only add work there (other runtimes, e.g. TensorRT, do fuse them)
+OPT_IN = {"ConvTranspose": "onnxruntime's CPU provider has no integer ConvTranspose (op-types=ConvTranspose|... "
+                           "quantizes it for runtimes that have one)"}
 ALREADY_QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
                      "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat"}
 # the data inputs of each op (the rest are weights, shapes, scales, ...); None: all
@@ -92,13 +96,15 @@ def _weight_axis_ok(graph: Graph, node: Node) -> str | None:
     return None
 
 
-def _kind(graph: Graph, node: Node) -> tuple[str | None, str | None]:
+def _kind(graph: Graph, node: Node, op_types: tuple[str, ...] = ()) -> tuple[str | None, str | None]:
     """(kind, None) for a quantizable node; (None, reason) when it stays float."""
     if node.domain not in ("", "ai.onnx"):
         return None, f"custom op {node.domain}.{node.op}"
     if any(graph.dtype(t) not in (None, 1) for t in data_inputs(node)):
         return None, "not a float32 tensor"
     if node.op in WEIGHTED:
+        if node.op in OPT_IN and node.op not in op_types:
+            return None, OPT_IN[node.op]
         why = _weight_axis_ok(graph, node)
         return ("weighted", None) if why is None else (None, why)
     if node.op in BINARY | VARIADIC:
@@ -110,8 +116,8 @@ def _kind(graph: Graph, node: Node) -> tuple[str | None, str | None]:
     if node.op in PASS_THROUGH:
         if graph.is_constant(node.input(0)):
             return None, "constant input"
-        if node.op == "Resize" and node.attr("mode", "nearest") not in ("nearest", "linear"):
-            return None, f"Resize mode {node.attr('mode')}"
+        if node.op == "Resize" and node.attr("mode", "nearest") != "nearest":
+            return None, f"Resize mode {node.attr('mode')}: onnxruntime runs only nearest on int8"
         return "pass-through", None
     return None, "no integer kernel in onnxruntime for this op"
 
@@ -147,7 +153,7 @@ def make_plan(graph: Graph, *, exclude: tuple[str, ...] = (), op_types: tuple[st
             continue
         if node.op in ACTIVATIONS:
             continue  # absorbed by its producer below, or float
-        kind, why = _kind(graph, node)
+        kind, why = _kind(graph, node, op_types)
         if kind is None:
             if node.op not in ("Constant", "Identity", "Shape", "Dropout") and why:
                 kept_float[node.label] = why

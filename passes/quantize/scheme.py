@@ -93,13 +93,18 @@ def quantize_weight(w: np.ndarray, q: QParams) -> np.ndarray:
     return np.clip(np.rint(w.astype(np.float64) / _broadcast(q, w.ndim)[0]), -127, 127).astype(np.int8)
 
 
-def guard_bias(bias: np.ndarray, input_scale: float, weight: QParams) -> tuple[QParams, int]:
+def guard_bias(bias: np.ndarray, input_scale: float, weight: QParams, taps: int = 1) -> tuple[QParams, int]:
     """The weight parameters widened where the int32 bias bias / (input_scale * weight_scale) would
     overflow (tiny input and weight scales: a depthwise filter of near-zero weights with a large
     bias); returns them and how many channels were widened. ORT's quantizer does the same since
-    microsoft/onnxruntime#22020; without it the bias saturates and the channel's output is wrong."""
+    microsoft/onnxruntime#22020, but up to INT32_MAX itself: the kernel adds up to `taps` products
+    of at most 255 * 127 to that bias in the same int32 accumulator, which then wraps around. So the
+    bias is held below INT32_MAX minus that headroom."""
     scale = np.array(weight.scale, np.float64, copy=True)
-    need = np.abs(bias.astype(np.float64)) / (float(input_scale) * INT32_MAX) * 1.0001
+    limit = INT32_MAX - taps * 255 * 127
+    if limit < INT32_MAX // 2:  # a layer so wide that the headroom would eat half the range
+        limit = INT32_MAX // 2
+    need = np.abs(bias.astype(np.float64)) / (float(input_scale) * limit)
     if scale.ndim == 0:
         need = np.array(need.max() if need.size else 0.0)
     widened = need > scale
