@@ -1,11 +1,14 @@
-"""Train three small CNNs on the digits data and export them as fixtures (needs torch).
+"""Train four small CNNs on the digits data and export them as fixtures (needs torch).
 
 ``python -m onnxopt.models.train_digits [--only NAME]`` trains, on ``digits.load("train")`` with
 fixed seeds and random shifts of up to 2 px, and writes ``models/fixtures/digits_<NAME>.onnx``:
 
 - ``resnet``: ResNet-style BasicBlocks (identity and 1x1-stride-2 shortcuts), widths 16/32/64;
 - ``mobilenetv2``: inverted residuals (1x1 expand x4, depthwise 3x3, 1x1 project), ReLU6;
-- ``repvgg``: RepVGG in its train-time form, BN(3x3) + BN(1x1) [+ BN identity] per block.
+- ``repvgg``: RepVGG in its train-time form, BN(3x3) + BN(1x1) [+ BN identity] per block;
+- ``mobilenet``: MobileNet-v1 depthwise-separable blocks (depthwise 3x3, pointwise 1x1, BN after
+  each) with plain ReLU, widths 16/32/64/128: Conv -> Relu -> Conv chains that cross-layer
+  equalization can rescale exactly once fold-bn has put each BN into its conv.
 
 Each export keeps its BatchNormalization nodes and branches (TorchScript exporter, eval mode,
 torch's own constant folding off: that is where torch would fuse Conv+BN) so that fold-bn and
@@ -68,6 +71,19 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
+class SeparableBlock(nn.Module):
+    """MobileNet-v1: depthwise 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU. Plain ReLU, not
+    ReLU6, so that the Conv -> Relu -> Conv pairs are positively homogeneous."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(cin, cin, 3, stride, groups=cin), nn.ReLU(),
+                                  conv_bn(cin, cout, 1), nn.ReLU())
+
+    def forward(self, x):
+        return self.body(x)
+
+
 class RepVGGBlock(nn.Module):
     """Train-time form: the branches and their BNs stay separate until reparam merges them."""
 
@@ -109,8 +125,17 @@ def repvgg() -> nn.Sequential:
     return classifier(blocks, 64)
 
 
+def mobilenet() -> nn.Sequential:
+    stem = [conv_bn(1, 16, 3), nn.ReLU()]
+    # (in, out, stride): 32x32 -> 16x16 -> 8x8, no residuals
+    blocks = [SeparableBlock(cin, cout, s) for cin, cout, s in
+              [(16, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1)]]
+    return classifier(stem + blocks, 128)
+
+
 # name -> (builder, epochs, learning rate)
-MODELS = {"resnet": (resnet, 15, 3e-3), "mobilenetv2": (mobilenetv2, 15, 3e-3), "repvgg": (repvgg, 15, 3e-3)}
+MODELS = {"resnet": (resnet, 15, 3e-3), "mobilenetv2": (mobilenetv2, 15, 3e-3), "repvgg": (repvgg, 15, 3e-3),
+          "mobilenet": (mobilenet, 15, 3e-3)}
 
 
 def shifted(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Real-data fixtures: the digits splits load as documented and do not leak into each other, the
-committed .npz files are what the code writes, and the three trained CNNs keep their BatchNorms
+committed .npz files are what the code writes, and the four trained CNNs keep their BatchNorms
 and branches, classify the test split as their metadata says, and come out of fold-bn + reparam
 with the same predictions. numpy, onnx, onnxruntime and onnxopt only: no torch, no scikit-learn."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from onnxopt.pipeline import Pipeline
 from onnxopt.runtime import run_model
 from onnxopt.testing import count_ops
 
-NAMES = ["resnet", "mobilenetv2", "repvgg"]
+NAMES = ["resnet", "mobilenetv2", "repvgg", "mobilenet"]
 TRAIN_SAMPLES, TEST_SAMPLES = 1437, 360
 
 
@@ -159,11 +159,16 @@ def test_train_time_structure_is_kept(name):
         assert sorted(branch_counts(model)) == [2, 2, 2, 3, 3]  # 3x3 + 1x1 (+ identity BN) per block
     if name == "mobilenetv2":
         assert depthwise_convs(model) == 6
+    if name == "mobilenet":
+        assert depthwise_convs(model) == 5
+        # plain ReLU, no Clip (ReLU6) and no residual Add: every Conv -> Relu -> Conv pair is
+        # positively homogeneous, so cross-layer equalization can rescale all of them
+        assert ops["Relu"] == ops["Conv"] and "Clip" not in ops and "Add" not in ops
     if name == "resnet":
         assert branch_counts(model) == [2, 2, 2, 2]  # residual joins
     # torch exports equal initializers once, aliased through Identity: the BN biases of summed
     # branches get equal gradients from an equal start and stay equal, so fold-bn meets aliases
-    assert ops.get("Identity", 0) == {"resnet": 2, "mobilenetv2": 0, "repvgg": 7}[name]
+    assert ops.get("Identity", 0) == {"resnet": 2, "mobilenetv2": 0, "repvgg": 7, "mobilenet": 0}[name]
 
 
 @pytest.mark.parametrize("name", NAMES)
