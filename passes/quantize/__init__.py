@@ -12,7 +12,6 @@ result is audited by letting onnxruntime optimize it and listing every op it sti
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import platform
 import re
 from collections.abc import Callable, Iterable
@@ -21,17 +20,13 @@ from typing import Any, Literal
 
 import onnx
 
-from onnxopt.errors import BadData, PreconditionError
 from onnxopt.graph import Graph
 from onnxopt.options import option
 from onnxopt.pipeline import Pass, PassContext, PassResult
 from onnxopt.registry import register_pass
 from onnxopt.runtime import Feed
 
-from . import calibrate
-from .materialize import apply_plan
-from .placement import ALREADY_QUANTIZED, Plan, make_plan
-from .scheme import activation_qparams
+from .placement import ALREADY_QUANTIZED
 
 __all__ = ["Quantize", "default_activation_type"]
 

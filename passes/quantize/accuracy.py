@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
+from onnxopt.errors import BadData
 from onnxopt.graph import Graph
 from onnxopt.pipeline import PassContext, PassResult
 from onnxopt.runtime import Feed, make_session, run_feeds
@@ -40,7 +41,8 @@ def _metric(p, reference_model: onnx.ModelProto, held: list[Feed], ctx: PassCont
             return float((preds == labels[: len(preds)]).mean())
         return accuracy, f"top-1 accuracy on {data.samples} labelled --eval samples"
     if not held:
-        raise ValueError("max-drop needs held-back calibration samples (holdback > 0) or --eval data")
+        raise BadData("quantize: max-drop needs held-back calibration samples (holdback > 0, and --calib) "
+                      "or --eval labelled data")
     reference = _outputs(reference_model, held, ctx.threads)
 
     def agreement(m: onnx.ModelProto) -> float:

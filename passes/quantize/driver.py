@@ -7,7 +7,6 @@ import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from onnxopt.analysis.fusion import audit
@@ -19,7 +18,7 @@ from onnxopt.verify import compare
 
 from . import calibrate
 from .materialize import Applied, activation_is_exact, apply_plan, fit_activation
-from .placement import Plan, make_plan
+from .placement import Plan, make_plan, matches
 from .scheme import activation_qparams
 
 BIAS_CORRECTION_SAMPLES = 64
@@ -213,9 +212,8 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
     per_channel = _ensure_opset(graph, o.per_channel, result)
     plan = make_plan(graph, exclude=o.exclude, op_types=o.op_types)
     for pattern in o.exclude:
-        if not any(pattern == k or pattern in k for k in plan.skipped_by_user):
-            if not any(n.op == pattern or n.name == pattern for n in graph.nodes()):
-                result.notes.append(f"warning: exclude pattern '{pattern}' matches no node")
+        if not any(matches(n, (pattern,)) for n in graph.nodes()):
+            result.notes.append(f"warning: exclude pattern '{pattern}' matches no node")
     if not plan.units:
         result.details["kept_float"] = dict(plan.kept_float)
         for label, why in plan.kept_float.items():

@@ -54,7 +54,6 @@ class Plan:
     tensors: dict[str, str]                # quantized tensor -> tensor whose range sets its parameters
     float_outputs: set[str]                # outputs of quantized Gemm/MatMul left float (QGemm writes float)
     kept_float: dict[str, str]             # node label -> why it stays float
-    skipped_by_user: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def range_tensors(self) -> list[str]:
@@ -145,7 +144,6 @@ def make_plan(graph: Graph, *, exclude: tuple[str, ...] = (), op_types: tuple[st
     (range mismatch, accuracy control); a Relu/Clip named there is not absorbed into a Q range."""
     units: dict[int, Unit] = {}
     kept_float: dict[str, str] = {}
-    by_user: set[str] = set()
     order = graph.topological_nodes()
     absorbed: set[int] = set()
     for node in order:
@@ -160,7 +158,6 @@ def make_plan(graph: Graph, *, exclude: tuple[str, ...] = (), op_types: tuple[st
             continue
         if (exclude and matches(node, exclude)) or (op_types and node.op not in op_types):
             kept_float[node.label] = "excluded"
-            by_user.add(node.label)
             continue
         if node.outputs[0] in float_nodes:
             continue
@@ -204,4 +201,4 @@ def make_plan(graph: Graph, *, exclude: tuple[str, ...] = (), op_types: tuple[st
             tensors[t] = root  # same parameters in and out: onnxruntime drops the pair
     for i in dropped:
         units.pop(i)
-    return Plan(units, tensors, float_outputs, kept_float, by_user)
+    return Plan(units, tensors, float_outputs, kept_float)
