@@ -2,10 +2,10 @@
 import sys
 import time
 
-from . import foundation, peers, prune, reparam
+from . import foundation, peers, prune, quantize, reparam
 from .summary import record_run, write_summary
 
-SUITES = [foundation, reparam, peers, prune]
+SUITES = [foundation, reparam, peers, prune, quantize]
 
 
 def main(argv: list[str]) -> None:

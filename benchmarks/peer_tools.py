@@ -93,6 +93,12 @@ def onnxopt_fold_bn_reparam(model: onnx.ModelProto,
     return _onnxopt(model, "fold-bn,reparam,cleanup")
 
 
+def onnxopt_quantize(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] | None) -> onnx.ModelProto:
+    # the pass's defaults: u8 activations, s8 per-channel weights, minmax ranges, Q/DQ placed where
+    # onnxruntime fuses them; it holds up to 32 of the samples back for its agreement check
+    return _onnxopt(model, "fold-bn,quantize", _need_calib(calib, "onnxopt quantize"))
+
+
 def onnxopt_prune_30(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] | None) -> onnx.ModelProto:
     # the calibration samples drive the least-squares recovery of the layers that read pruned channels
     return _onnxopt(model, "fold-bn,prune:ratio=0.3", _need_calib(calib, "onnxopt prune with recovery"))
@@ -258,6 +264,10 @@ JOBS = [
     PeerJob("ort_quantize_u8s8", "ORT quantize_static U8S8 per-channel", ort_quantize_u8s8, True,
             "quant_pre_process, then quantize_static QDQ, U8 activations, S8 weights, per_channel=True, "
             "reduce_range only without VNNI"),
+    PeerJob("onnxopt_quantize", "onnxopt quantize", onnxopt_quantize, True,
+            "onnxopt Pipeline fold-bn,quantize with the calibration samples as calibration data, the pass's defaults: "
+            "QDQ, U8 activations, S8 per-channel weights, minmax ranges, placed where onnxruntime fuses them "
+            "(verification on)"),
     PeerJob("onnxsim_quantize", "onnxsim quantize_static", onnxsim_quantize, True,
             "onnxsim.quantize_static defaults: QDQ on Conv/MatMul/Gemm inputs, U8 activations, "
             "S8 per-channel weights, minmax; only layers whose input has a known float type (value_info "

@@ -56,7 +56,86 @@ def aa_controls(folder: Path = RESULTS) -> list[tuple[str, str, float, float]]:
                 if "(A/A" in label:
                     rows.append(("prune", f"{section}: {m['model']}", row["ratio_of_medians"],
                                  row["median_round_ratio"]))
+    for m in (_load(folder, "quantize") or {}).get("a", []):
+        for threads, c in (m.get("aa_control") or {}).items():
+            rows.append(("quantize", f"{m['model']} ({threads} thread{'s' * (threads != '1')})",
+                         c["ratio_of_medians"], c["median_round_ratio"]))
     return rows
+
+
+def quantize_headline(folder: Path = RESULTS) -> list[str]:
+    """The quantize suite in one screen: INT8/FP32 latency and float islands against onnxruntime's
+    quantizer, accuracy on the digits, calibration memory, MobileNetV2 variants (quantize.md has
+    the tables behind them)."""
+    data = _load(folder, "quantize")
+    if not data:
+        return []
+    from .quantize import AA, FP32, ONNXOPT, ORT_DEFAULT, ORT_U8S8, THREADS
+
+    labels = (ONNXOPT, ORT_U8S8, ORT_DEFAULT, AA)
+    lines = ["## At a glance: int8 quantization", "",
+             "**A.** INT8 / FP32 latency, ratio of medians at " + " / ".join(f"{t}" for t in THREADS)
+             + " intra-op thread(s) (interleaved, same float model and the same 16 random calibration inputs for "
+             "every quantizer; random weights), and in brackets the float islands onnxruntime leaves:", "",
+             "| model | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for m in data.get("a", []):
+        if "error" in m:
+            lines.append(f"| {m['model']} | failed: {m['error']} |" + " |" * (len(labels) - 1))
+            continue
+        variants = {v["label"]: v for v in m["variants"]}
+        cells = []
+        for label in labels:
+            v = variants.get(label, {})
+            if v.get("status") == "failed" or label not in m["bench"][str(THREADS[0])]["rows"]:
+                cells.append("failed" if v.get("status") == "failed" else "-")
+                continue
+            ratios = " / ".join(f"{m['bench'][str(t)]['rows'][label]['ratio_of_medians']:.3f}" for t in THREADS)
+            islands = (v.get("fusion") or {}).get("float_islands")
+            cells.append(ratios + ("" if islands is None else f" ({islands})"))
+        lines.append(f"| {m['model']} | " + " | ".join(cells) + " |")
+    b = [m for m in (data.get("b") or {}).get("models", []) if "rows" in m]
+
+    def result(r: dict) -> str:
+        if r["status"] != "ok":
+            return f"n/a ({r['error']})"
+        return f"{r['accuracy']:.1%}" + ("" if r.get("cosine") is None else f" ({r['cosine']:.5f})")
+
+    if b:
+        main = (FP32, ONNXOPT, ORT_U8S8)
+        lines += ["", "**B.** Top-1 accuracy on the 360 held-out digits test samples (calibrated on the 256 "
+                  "training samples); cosine against FP32 in brackets:", "",
+                  "| model | " + " | ".join(main) + " |", "|---|" + "---:|" * len(main)]
+        for m in b:
+            rows = {r["label"]: r for r in m["rows"]}
+            lines.append(f"| {m['model']} | " + " | ".join(result(rows[k]) if k in rows else "-" for k in main) + " |")
+        for m in b:
+            others = [r for r in m["rows"] if r["label"] not in main]
+            if others:
+                lines += ["", f"{m['model']}, onnxopt options: " + "; ".join(
+                    f"{r['label'].removeprefix(ONNXOPT).strip()}: {result(r)}" for r in others) + "."]
+    c = data.get("c") or {}
+    if c.get("tools"):
+        lines += ["", f"**C.** Calibration memory on {c['model']} (fresh process per point, random inputs from a "
+                  "generator): MB the run adds over the loaded model, per number of calibration samples:", ""]
+        for tool, t in c["tools"].items():
+            points = ", ".join(f"{p['samples']}: {p['added_mb']:.0f} MB" if "added_mb" in p else
+                               f"{p['samples']}: n/a" for p in t["points"])
+            g = t["growth"]
+            verdict = "-" if g["flat"] is None else (
+                f"{'flat' if g['flat'] else 'grows'} ({g['last_segment_mb_per_100']:+.1f} MB per 100 samples "
+                "over the last segment)")
+            lines.append(f"- {tool}: {points}; {verdict}.")
+    d = data.get("d") or {}
+    if d.get("threads"):
+        lines += ["", f"**D.** {d['model']}, the fastest onnxopt variant against onnxruntime's fastest (ratio of "
+                  "medians against FP32):", ""]
+        for t, r in d["threads"].items():
+            if r.get("wins") is None:
+                continue
+            lines.append(f"- {t} thread(s): {r['ours']} {r['ours_ratio']:.3f} vs {r['theirs']} "
+                         f"{r['theirs_ratio']:.3f}: {'faster' if r['wins'] else 'not faster'} beyond the noise "
+                         "(A/A and same-graph controls).")
+    return lines + [""]
 
 
 def prune_headline(folder: Path = RESULTS) -> list[str]:
@@ -192,7 +271,8 @@ def write_summary(quick: bool = False, threads: int = 1) -> str:
              f"Generated by `python -m benchmarks` on {run['date']}. "
              f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}. "
              f"Timed with {threads} intra-op thread(s) (2 threads on this shared 2-core machine were too "
-             "noisy: an A/A control off by 4%), onnxruntime's `ORT_ENABLE_ALL` unless a table says "
+             "noisy: an A/A control off by 4%; the quantize suite times 2 threads too, with its A/A controls), "
+             "onnxruntime's `ORT_ENABLE_ALL` unless a table says "
              "otherwise, interleaved rounds in one process, medians. Read the ratios: absolute "
              "milliseconds drift between runs on a shared machine, ratios measured side by side do not.", "",
              "Versions: " + ", ".join(f"{t} {v}" for t, v in run["versions"].items()) + ".", "",
@@ -203,6 +283,7 @@ def write_summary(quick: bool = False, threads: int = 1) -> str:
     lines.append("")
     lines += headline(folder)
     lines += prune_headline(folder)
+    lines += quantize_headline(folder)
     lines += ["## Every table", ""]
     for name in run["suites"]:
         path = folder / f"{name}.md"

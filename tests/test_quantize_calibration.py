@@ -92,11 +92,14 @@ def test_samples_hold_back_the_tail_of_a_feedset_and_the_head_of_a_generator():
     assert len(s.held) == 10 and np.array_equal(s.held[-1]["input"], fs.arrays["input"][99:100])
     assert sum(1 for _ in s.calibration()) == 90 and sum(1 for _ in s.calibration()) == 90  # re-iterable
     gen = ({"input": np.full((1, 3, 4, 4), i, F32)} for i in range(50))
-    s = Samples(gen, samples=30, holdback=5)
+    s = Samples(gen, samples=30, holdback=5, keep=30)
     assert [int(f["input"].flat[0]) for f in s.held] == [0, 1, 2, 3, 4]
     first = [int(f["input"].flat[0]) for f in s.calibration()]
     assert first == list(range(5, 35))
     assert len(list(s.calibration())) == 30  # a one-shot source: the second read is the kept copy
+    gen = ({"input": np.full((1, 3, 4, 4), i, F32)} for i in range(50))
+    s = Samples(gen, samples=30, holdback=5)  # nothing kept unless a second read is needed
+    assert len(list(s.calibration())) == 30 and list(s.calibration()) == []
 
 
 # ---------------------------------------------------------------------------------------------

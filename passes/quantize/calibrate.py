@@ -21,6 +21,7 @@ from onnxopt.runtime import Feed, make_session, inputs_for
 
 BINS = 4096  # even: zero sits on a bin edge at every doubling
 METHODS = ("minmax", "mean-minmax", "percentile", "entropy", "mse")
+HISTOGRAM_METHODS = ("percentile", "entropy", "mse")
 CACHE_SCHEMA = "onnxopt.ranges/1"
 
 
@@ -33,6 +34,7 @@ class TensorStats:
     batches: int = 0
     half_width: float = 0.0          # R: the histogram covers [-R, R]
     hist: np.ndarray | None = None   # int64[BINS]
+    histogram: bool = True           # off: min/max only (minmax and mean-minmax need no more)
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x)
@@ -50,7 +52,8 @@ class TensorStats:
         self.sum_lo += lo
         self.sum_hi += hi
         self.batches += 1
-        self._histogram(x, max(-lo, hi))
+        if self.histogram:
+            self._histogram(x, max(-lo, hi))
 
     def _histogram(self, x: np.ndarray, absmax: float) -> None:
         if self.hist is None:
@@ -176,8 +179,10 @@ def _entropy(st: TensorStats, levels: int) -> tuple[float, float]:
 def compute_range(st: TensorStats, method: str, *, percentile: float = 99.999, dtype: str = "uint8") -> tuple[float, float]:
     if not st.seen:
         raise ValueError("no statistics")
-    if method == "minmax" or st.hist is None:
+    if method == "minmax":
         return st.lo, st.hi
+    if st.hist is None and method in HISTOGRAM_METHODS:
+        raise ValueError(f"method {method} needs histograms, and these statistics were collected without")
     if method == "mean-minmax":
         return st.sum_lo / st.batches, st.sum_hi / st.batches
     if method == "percentile":
@@ -197,7 +202,7 @@ def fingerprint(model: onnx.ModelProto) -> str:
 
 
 def collect(model: onnx.ModelProto, tensors: Sequence[str], feeds: Iterable[Feed], *, threads: int = 1,
-            progress: Callable[[int], None] | None = None) -> tuple[dict[str, TensorStats], int]:
+            histograms: bool = True, progress: Callable[[int], None] | None = None) -> tuple[dict[str, TensorStats], int]:
     """Run `model` over `feeds` and stream statistics of `tensors` (graph inputs, intermediate
     tensors or outputs). Returns the statistics and the number of batches seen."""
     inputs = {i.name for i in model.graph.input}
@@ -211,7 +216,7 @@ def collect(model: onnx.ModelProto, tensors: Sequence[str], feeds: Iterable[Feed
             probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
     session = make_session(probe.SerializeToString(), optimization="disabled", threads=threads)
     names = [o.name for o in session.get_outputs()]
-    stats = {t: TensorStats() for t in wanted}
+    stats = {t: TensorStats(histogram=histograms) for t in wanted}
     count = 0
     for feed in feeds:
         try:

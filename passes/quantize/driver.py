@@ -21,7 +21,6 @@ from .materialize import Applied, activation_is_exact, apply_plan, fit_activatio
 from .placement import Plan, make_plan, matches
 from .scheme import activation_qparams
 
-BIAS_CORRECTION_SAMPLES = 64
 
 
 class Samples:
@@ -29,8 +28,9 @@ class Samples:
     agreement with the float model. Reads a re-iterable source as often as asked; a one-shot
     iterator is read once, keeping only the held-back part and a few samples for bias correction."""
 
-    def __init__(self, source: Iterable[Feed], samples: int, holdback: int) -> None:
-        self.source, self.samples = source, samples
+    def __init__(self, source: Iterable[Feed], samples: int, holdback: int, keep: int = 0) -> None:
+        """`keep`: how many calibration feeds a one-shot source must keep for a second read."""
+        self.source, self.samples, self.keep = source, samples, keep
         self.one_shot = iter(source) is source
         self.overlap = False
         self._reuse: list[Feed] | None = None
@@ -60,7 +60,7 @@ class Samples:
                 return
             self._reuse = []
             for feed in itertools.islice(self.source, self.samples):
-                if len(self._reuse) < BIAS_CORRECTION_SAMPLES:
+                if len(self._reuse) < self.keep:
                     self._reuse.append(feed)
                 yield feed
             return
@@ -187,7 +187,9 @@ def _stats(float_model: onnx.ModelProto, tensors: list[str], samples: Samples, o
         raise BadData("quantize needs calibration data: give --calib DATA (.npz/.npy, a folder of them or of "
                       "images with --preprocess), or --calib random for a smoke test")
     total = samples.total()
+    histograms = o.method in calibrate.HISTOGRAM_METHODS or cache is not None
     stats, batches = calibrate.collect(float_model, tensors, samples.calibration(), threads=ctx.threads,
+                                       histograms=histograms,
                                        progress=lambda i: ctx.progress("quantize: calibration", i, total))
     if batches == 0:
         raise BadData("quantize: the calibration data holds no samples beyond the held-back ones")
@@ -225,7 +227,9 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
         equalize(graph, result)
     float_model = graph.to_model()
     source = p.calibration if p.calibration is not None else ctx.calibration
-    samples = Samples(source, o.samples, o.holdback) if source is not None else None
+    from .correct import SAMPLES as correction_samples
+    samples = (Samples(source, o.samples, o.holdback, keep=correction_samples if o.bias_correction else 0)
+               if source is not None else None)
     if getattr(source, "random", False):
         result.notes.append("warning: calibrated on random inputs (--calib random): the ranges fit noise, not "
                             "your data; for smoke tests only")
