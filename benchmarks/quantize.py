@@ -75,7 +75,15 @@ B_VARIANTS_QUICK = (B_VARIANTS[0], B_VARIANTS[3], B_VARIANTS[6])  # every code p
 # the depthwise models: MobileNetV2 (Relu6 between its convs: not scale-invariant, so CLE can pair few
 # layers) gets every option and range method; digits_mobilenet (plain ReLU, CLE pairs every layer) the
 # options meant for depthwise networks
-B_VARIANTS_BY_MODEL = {"digits_mobilenetv2": B_VARIANTS, "digits_mobilenet": B_VARIANTS[:5]}
+# per-tensor weights are where Nagel et al. show CLE and bias correction at work (per-channel scales
+# already absorb most of what CLE equalizes)
+PER_TENSOR_VARIANTS = (("per-channel=false", "per-channel=false"),
+                       ("per-channel=false, cle=true", "per-channel=false,cle=true"),
+                       ("per-channel=false, bias-correction=true", "per-channel=false,bias-correction=true"),
+                       ("per-channel=false, cle=true, bias-correction=true",
+                        "per-channel=false,cle=true,bias-correction=true"))
+B_VARIANTS_BY_MODEL = {"digits_mobilenetv2": B_VARIANTS + PER_TENSOR_VARIANTS,
+                       "digits_mobilenet": B_VARIANTS[:5] + PER_TENSOR_VARIANTS}
 MIN_FLOOR = 0.02          # D: no difference below 2% counts as faster, whatever the A/A control says
 C_MODEL = "mobilenetv2"
 C_POINTS = {"onnxopt": (32, 128, 512), "onnxruntime": (32, 512)}

@@ -40,12 +40,12 @@ def test_specs_reparameterize_repvgg_only():
 def test_every_variant_spec_parses():
     from onnxopt.registry import parse_spec
 
-    for _, options in (*qz.B_VARIANTS, *qz.D_VARIANTS):
+    for _, options in (*qz.B_VARIANTS, *qz.PER_TENSOR_VARIANTS, *qz.D_VARIANTS):
         passes = parse_spec(qz.quantize_spec("digits_mobilenetv2", options))
         assert [p.name for p in passes] == ["fold-bn", "quantize"]
     assert set(qz.B_VARIANTS_QUICK) <= set(qz.B_VARIANTS)
     assert qz.b_variants("digits_resnet", False) == qz.b_variants("digits_resnet", True) == qz.B_VARIANTS[:1]
-    assert qz.b_variants("digits_mobilenetv2", False) == qz.B_VARIANTS
+    assert qz.b_variants("digits_mobilenetv2", False) == qz.B_VARIANTS + qz.PER_TENSOR_VARIANTS
     for name in qz.B_VARIANTS_BY_MODEL:
         assert qz.b_variants(name, True)[0] == qz.B_VARIANTS[0]  # the defaults always come first
 
