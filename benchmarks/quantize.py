@@ -403,28 +403,14 @@ def section_b(quick: bool) -> dict:
 # -- C: calibration memory -------------------------------------------------------------------------
 
 # One fresh process per point: a process's peak RSS only grows, so the first big run would set it
-# for every later one. The child builds the float model, resets its peak (Linux: /proc/self/clear_refs,
-# as onnxopt.memory does), runs the quantizer on a generator of random inputs and prints its peak.
+# for every later one. The child builds the float model, resets its peak (onnxopt.memory: Linux
+# /proc/self/clear_refs), runs the quantizer on a generator of random inputs and prints its peak.
 _CHILD = r"""
-import json, resource, sys, tempfile, time
+import json, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-
-def reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return status("VmHWM") is not None
-    except OSError:
-        return False
-
-def lifetime_peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from onnxopt.memory import lifetime_peak, reset_peak, status
 
 tool, name = sys.argv[1], sys.argv[2]
 samples, holdback, reduce_range = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"

@@ -16,18 +16,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-_CHILD = r"""
-import json, resource, sys
-import numpy as np
-from onnxopt.runtime import make_session  # the timed sessions' options, spinning off as there
+def status(key: str) -> int | None:
+    """A byte count from /proc/self/status (VmRSS, VmHWM); None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
 
-def reset_peak():
-    # Linux >= 4.0: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS
+def reset_peak() -> bool:
+    """Linux >= 4.0: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS.
+    Whether it could."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -35,9 +38,20 @@ def reset_peak():
     except OSError:
         return False
 
-def lifetime_peak():
+
+def lifetime_peak() -> int:
+    """The process-lifetime peak RSS in bytes (resource; Linux reports KiB, macOS bytes)."""
+    import resource
+
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb if sys.platform == "darwin" else kb * 1024  # Linux reports KiB, macOS bytes
+    return kb if sys.platform == "darwin" else kb * 1024
+
+
+_CHILD = r"""
+import json, sys
+import numpy as np
+from onnxopt.memory import lifetime_peak, reset_peak, status
+from onnxopt.runtime import make_session  # the timed sessions' options, spinning off as there
 
 path, spec, threads, level = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 data = open(path, "rb").read()

@@ -138,3 +138,15 @@ def _type_name(tp: Any) -> str:
 
 def to_dict(options: Any) -> dict[str, Any]:
     return {cli_name(k): list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
+
+
+def check_patterns(what: str, patterns) -> None:
+    """Raise ValueError naming the first pattern that is not a valid regex (options that take node
+    names, regexes or op types)."""
+    import re
+
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{what} pattern {pattern!r}: {exc}") from None

@@ -16,6 +16,20 @@ def count_ops(model: onnx.ModelProto) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in model.graph.node))
 
 
+def make_model(nodes, initializers: dict, inputs, outputs, opset: int = 17) -> onnx.ModelProto:
+    """A float32 model from nodes, {name: array} initializers and (name, shape) inputs/outputs,
+    checked in full."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def parse_model(text: str, seed: int = 0, **initializers: np.ndarray) -> onnx.ModelProto:
     """A model from ONNX text syntax; keyword arrays become initializers (names as keywords)."""
     model = onnx.parser.parse_model(text)
@@ -121,3 +135,24 @@ def masked_original(graph, analysis, keep) -> onnx.ModelProto:
             w[gone] = 0
         g.set_input_constant(n, 1, w)
     return g.to_model()
+
+
+def load_benchmark(module: str):
+    """`benchmarks.<module>` of this source checkout, for the tests of the benchmark suites:
+    benchmarks/ is not installed and the repo root is not on sys.path (pytest's importlib mode), and
+    the suites import their siblings relatively, so the package is loaded from its folder first."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not (folder / "__init__.py").is_file():
+        raise FileNotFoundError(f"{folder}: the benchmarks are in the source checkout, not in an installed onnxopt")
+    if "benchmarks" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("benchmarks", folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["benchmarks"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"benchmarks.{module}")

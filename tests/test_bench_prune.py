@@ -1,30 +1,15 @@
 """benchmarks/prune.py: the pure helpers its searches and structure check rely on."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from onnxopt.models import available, build
+from onnxopt.testing import load_benchmark
 
 
-def _load_prune():
-    # benchmarks/ is not installed and the repo root is not on sys.path (--import-mode=importlib);
-    # prune.py imports its siblings relatively, so the package is loaded from its folder first.
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    if "benchmarks" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("benchmarks", folder / "__init__.py",
-                                                      submodule_search_locations=[str(folder)])
-        package = importlib.util.module_from_spec(spec)
-        sys.modules["benchmarks"] = package
-        spec.loader.exec_module(package)
-    return importlib.import_module("benchmarks.prune")
 
 
-prune = _load_prune()
+prune = load_benchmark("prune")
 
 
 def test_weight_shapes_match_between_a_50_percent_cut_and_the_half_width_build():

@@ -1,32 +1,17 @@
 """benchmarks/quantize.py: its pure helpers, and its quick path on the smallest models (seconds)."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from onnxopt.models import build
 from onnxopt.runtime import random_feeds, resolve_input_shapes
+from onnxopt.testing import load_benchmark
 
 
-def _load_quantize():
-    # benchmarks/ is not installed and the repo root is not on sys.path (--import-mode=importlib);
-    # quantize.py imports its siblings relatively, so the package is loaded from its folder first.
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    if "benchmarks" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("benchmarks", folder / "__init__.py",
-                                                      submodule_search_locations=[str(folder)])
-        package = importlib.util.module_from_spec(spec)
-        sys.modules["benchmarks"] = package
-        spec.loader.exec_module(package)
-    return importlib.import_module("benchmarks.quantize")
 
 
-qz = _load_quantize()
+qz = load_benchmark("quantize")
 
 
 def test_specs_reparameterize_repvgg_only():

@@ -2,9 +2,7 @@
 original's output shape, or says its tool is not installed."""
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,20 +11,12 @@ import pytest
 
 from onnxopt.models import build
 from onnxopt.runtime import random_feeds, resolve_input_shapes
+from onnxopt.testing import load_benchmark
 
 
-def _load_peer_tools():
-    # benchmarks/ is not installed and the repo root is not on sys.path (--import-mode=importlib);
-    # peer_tools imports nothing from benchmarks, so it loads from its file alone.
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peer_tools.py"
-    spec = importlib.util.spec_from_file_location("peer_tools", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
-peer_tools = _load_peer_tools()
+peer_tools = load_benchmark("peer_tools")
 
 TOOLS = {"onnxoptimizer_fuse_bn": "onnxoptimizer", "onnxsim_simplify": "onnxsim", "onnxsim_quantize": "onnxsim",
          "onnxsim_simplify_quantize": "onnxsim", "onnxsim_prune_30": "onnxsim",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from onnxopt import models
 from onnxopt.data import FeedSet, load_feeds
@@ -18,20 +18,13 @@ from onnxopt.passes.quantize.driver import Samples
 from onnxopt.passes.quantize.equalize import equalize, find_pairs
 from onnxopt.pipeline import Pipeline, PassResult
 from onnxopt.runtime import make_session, run_feeds
-from onnxopt.testing import assert_exact
+from onnxopt.testing import assert_exact, make_model
 from onnxopt.verify import compare
 
 F32 = np.float32
 
 
-def make(nodes, inits, inputs, outputs, opset=17) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+make = make_model
 
 
 def random_set(shape, n, seed=0) -> FeedSet:

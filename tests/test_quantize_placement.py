@@ -15,14 +15,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from onnxopt.analysis.fusion import audit
 from onnxopt.graph import Graph
 from onnxopt.passes import Quantize
 from onnxopt.passes.quantize import default_activation_type
 from onnxopt.runtime import random_feeds, run_model
-from onnxopt.testing import apply, count_ops
+from onnxopt.testing import apply, count_ops, make_model
 from onnxopt.verify import compare
 
 F32 = np.float32
@@ -30,15 +30,7 @@ ACTIVATIONS = np.dtype(default_activation_type())  # uint8 on x86 (what its kern
 
 
 # -- graphs ------------------------------------------------------------------------------------
-def make(nodes, inits, inputs, outputs, opset: int = 17) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+make = make_model
 
 
 def weights(seed: int, *shape) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 from onnxopt.analysis.channels import ChannelAnalysis, Group
 from onnxopt.analysis.cost import node_macs
 from onnxopt.graph import Graph
-from onnxopt.options import option
+from onnxopt.options import check_patterns, option
 from onnxopt.pipeline import Pass, PassContext, PassResult
 from onnxopt.registry import register_pass
 from onnxopt.runtime import nchwc_block
@@ -101,11 +101,7 @@ class Prune(Pass):
             if self.target_latency is not None and not 0 < self.target_latency < 1:
                 raise ValueError(f"target-latency must be in (0, 1), got {self.target_latency:g}")
             _parse_overrides(self.ratios)
-            for pattern in self.exclude:
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise ValueError(f"exclude pattern {pattern!r}: {exc}") from None
+            check_patterns("exclude", self.exclude)
 
     def needs_calibration(self) -> bool:
         return self.options.criterion == "data"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +20,7 @@ from typing import Any, Literal
 import onnx
 
 from onnxopt.graph import Graph
-from onnxopt.options import option
+from onnxopt.options import check_patterns, option
 from onnxopt.pipeline import Pass, PassContext, PassResult
 from onnxopt.registry import register_pass
 from onnxopt.runtime import Feed
@@ -82,11 +81,7 @@ class Quantize(Pass):
                 raise ValueError("concat-range-ratio must be at least 0")
             if self.max_drop is not None and not 0 <= self.max_drop < 1:
                 raise ValueError(f"max-drop must be in [0, 1), got {self.max_drop:g}")
-            for pattern in self.exclude:
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise ValueError(f"exclude pattern {pattern!r}: {exc}") from None
+            check_patterns("exclude", self.exclude)
 
     def __init__(self, options: Any = None, /, *, calibration: Iterable[Feed] | None = None,
                  evaluate: Callable[[onnx.ModelProto], float] | None = None, **overrides: Any) -> None:

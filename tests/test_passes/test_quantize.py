@@ -6,16 +6,14 @@ Where Q/DQ go op by op, and per-channel axes, are covered by tests/test_quantize
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from onnxopt.analysis.fusion import audit
 from onnxopt.data import load_feeds, random_calibration
@@ -27,33 +25,17 @@ from onnxopt.passes.quantize.scheme import INT32_MAX, weight_qparams
 from onnxopt.pipeline import PassResult, Pipeline
 from onnxopt.registry import parse_spec
 from onnxopt.runtime import random_feeds, run_model
-from onnxopt.testing import apply, assert_one_line_error, count_ops, run_cli
+from onnxopt.testing import apply, assert_one_line_error, count_ops, load_benchmark, make_model, run_cli
 
 F32 = np.float32
 CALIB = FIXTURES / "digits_calib.npz"
 TEST = FIXTURES / "digits_test.npz"
 
 
-def _load_peer_tools():
-    # benchmarks/ is not installed and the repo root is not on sys.path (--import-mode=importlib)
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "peer_tools.py"
-    spec = importlib.util.spec_from_file_location("peer_tools", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def make(nodes, inits, inputs, outputs, opset: int = 17) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+make = make_model
 
 
 def weights(seed: int, *shape, std: float = 0.3) -> np.ndarray:
@@ -116,7 +98,7 @@ def mobilenet_q(mobilenet):
 
 @pytest.fixture(scope="module")
 def peer_tools():
-    return _load_peer_tools()
+    return load_benchmark("peer_tools")
 
 
 @pytest.fixture(scope="module")
