@@ -233,8 +233,7 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
     if getattr(source, "random", False):
         result.notes.append("warning: calibrated on random inputs (--calib random): the ranges fit noise, not "
                             "your data; for smoke tests only")
-    stats = _stats(float_model, _calibrated_tensors(make_plan(graph, exclude=o.exclude, op_types=o.op_types)),
-                   samples, o, ctx, result)
+    stats = _stats(float_model, _calibrated_tensors(plan), samples, o, ctx, result)  # CLE changed weights only
     ranges = {t: calibrate.compute_range(st, o.method, percentile=o.percentile, dtype=dtype)
               for t, st in stats.items() if st.seen}
     builder = Builder(float_model, graph.input_shapes, ranges, o, dtype, per_channel)
