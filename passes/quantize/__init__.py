@@ -51,7 +51,7 @@ class Quantize(Pass):
     class Options:
         method: Literal["minmax", "mean-minmax", "percentile", "entropy", "mse"] = option(
             "minmax", "activation range: minmax, mean-minmax (mean of per-sample extremes), percentile, "
-                      "entropy (KL), mse (least squared error)")
+                      "entropy (TensorRT's KL threshold: clips hardest), mse (least squared error)")
         percentile: float = option(99.999, "for method=percentile")
         activations: Literal["auto", "uint8", "int8"] = option(
             "auto", "activation type; auto = uint8 on x86 (what its kernels fuse), int8 on ARM")
@@ -59,7 +59,8 @@ class Quantize(Pass):
         keep_activations: bool = option(
             False, "keep Relu/Clip nodes even where the Q range makes them redundant (runtimes that strip Q/DQ)")
         exclude: tuple[str, ...] = option((), "nodes that stay float: names, regexes or op types")
-        op_types: tuple[str, ...] = option((), "quantize only these op types (default: all onnxruntime fuses)")
+        op_types: tuple[str, ...] = option((), "quantize only these op types (default: all onnxruntime fuses; "
+                                                    "ConvTranspose, which it does not, only when named here)")
         concat_range_ratio: float = option(
             16.0, "keep a Concat float when its inputs' ranges differ by more than this factor (0: never)")
         samples: int = option(256, "calibration samples (batches) to read")
