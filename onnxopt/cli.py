@@ -130,8 +130,10 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
         model_io.check_output_path(model, report_path, False, what="report")
         if output is not None and model_io.same_file(report_path, output):
             raise UsageError(f"{report_path}: --report and -o name the same file")
-    calib = calib or settings.pop("calib", None)
+    calib = calib or settings.pop("calib", None)  # a flag overrides the pipeline file's setting
     preprocess = preprocess or settings.pop("preprocess", None)
+    settings.pop("calib", None)
+    settings.pop("preprocess", None)
     if preprocess is not None and (calib is None or (str(calib) == RANDOM and not Path(calib).exists())):
         raise UsageError("--preprocess is for --calib DATA when DATA is a folder of images")
     source, data = model_io.load_model_and_bytes(model)

@@ -146,7 +146,7 @@ def _load_config(p: Path) -> tuple[list[Pass], dict[str, Any]]:
 
 def _settings(p: Path, data: dict) -> dict[str, Any]:
     settings = {str(k).replace("-", "_"): v for k, v in data.items() if k != "passes"}
-    if "calib" in settings:  # relative to the pipeline file, like an include
+    if "calib" in settings and str(settings["calib"]) != "random":  # relative to the pipeline file, like an include
         settings["calib"] = p.parent / str(settings["calib"])
     unknown = set(settings) - RUN_SETTINGS
     if unknown:

@@ -205,4 +205,8 @@ def format_fusion(fusion: dict) -> str:
     lines.append(f"  QuantizeLinear {fusion['quantize_linear']}, DequantizeLinear {fusion['dequantize_linear']} left")
     lines.append(f"  float islands: {len(islands)}" + (" (every quantized op runs in an integer kernel)" if not islands else ""))
     lines += [f"    {i['op']} {i['name']!r}: {i['inputs_from']}" for i in islands]
+    tail = fusion.get("float_tail") or []
+    if tail:
+        lines.append("  float after the last DequantizeLinear (reaches only graph outputs): "
+                     + ", ".join(f"{i['op']} {i['name']!r}" for i in tail))
     return "\n".join(lines)

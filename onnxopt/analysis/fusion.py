@@ -4,7 +4,9 @@ A QDQ file only suggests integer kernels; onnxruntime fuses `DQ -> op -> Q` unit
 and leaves the rest in float between a DequantizeLinear and a QuantizeLinear. Those float islands
 are why "the quantized model is not faster". The audit lets onnxruntime optimize the model (the
 level that runs the QDQ fusions, before layout changes blur op names), reads the graph it wrote
-(SessionOptions.optimized_model_filepath) and lists every float op still fed by a DequantizeLinear.
+(SessionOptions.optimized_model_filepath) and lists every float op still fed by a DequantizeLinear:
+an island when what it computes goes on to a QuantizeLinear, the model's float tail (a Softmax
+after the last layer) when it only reaches graph outputs.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class FusionAudit:
     islands: list[Island]
     quantize: int                          # QuantizeLinear left
     dequantize: int                        # DequantizeLinear left
+    tail: list[Island] = dataclasses.field(default_factory=list)  # float ops after the last DQ, feeding no Q
 
     @property
     def integer_ops(self) -> dict[str, int]:
@@ -49,12 +52,14 @@ class FusionAudit:
 
     def as_dict(self) -> dict:
         return {"integer_ops": self.integer_ops, "float_islands": [dataclasses.asdict(i) for i in self.islands],
+                "float_tail": [dataclasses.asdict(i) for i in self.tail],
                 "quantize_linear": self.quantize, "dequantize_linear": self.dequantize, "ops": self.ops}
 
     def summary(self) -> str:
         ints = sum(self.integer_ops.values())
+        tail = f", float after the last DequantizeLinear: {', '.join(i.op for i in self.tail)}" if self.tail else ""
         return (f"{ints} integer ops, {len(self.islands)} float island{'s' * (len(self.islands) != 1)}, "
-                f"{self.quantize} Q / {self.dequantize} DQ left")
+                f"{self.quantize} Q / {self.dequantize} DQ left{tail}")
 
 
 def audit(model: onnx.ModelProto | bytes, *, threads: int = 1) -> FusionAudit:
@@ -72,13 +77,35 @@ def audit(model: onnx.ModelProto | bytes, *, threads: int = 1) -> FusionAudit:
             raise BadModel(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0][:200]}") from None
         optimized = onnx.load(path, load_external_data=False)
     producer = {t: n for n in optimized.graph.node for t in n.output}
-    islands = []
+    readers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
+    for n in optimized.graph.node:
+        for t in n.input:
+            readers[t].append(n)
+    islands, tail = [], []
     for n in optimized.graph.node:
         if n.op_type in QDQ:
             continue
         fed = [i for i, t in enumerate(n.input) if t in producer and producer[t].op_type == "DequantizeLinear"]
         if fed:
             which = ", ".join(f"input {i}" for i in fed)
-            islands.append(Island(n.op_type, n.name, f"{which} from DequantizeLinear"))
+            found = Island(n.op_type, n.name, f"{which} from DequantizeLinear")
+            (islands if _requantized(n, readers) else tail).append(found)
     ops = collections.Counter(n.op_type for n in optimized.graph.node)
-    return FusionAudit(dict(sorted(ops.items())), islands, ops.get("QuantizeLinear", 0), ops.get("DequantizeLinear", 0))
+    return FusionAudit(dict(sorted(ops.items())), islands, ops.get("QuantizeLinear", 0), ops.get("DequantizeLinear", 0),
+                       tail)
+
+
+def _requantized(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) -> bool:
+    """Whether what `node` computes in float reaches a QuantizeLinear (through float ops): then it
+    sits between a DequantizeLinear and a QuantizeLinear, an island. Otherwise it is the float tail
+    of the model (a Softmax after the last layer), float by design."""
+    seen, frontier = set(), list(node.output)
+    while frontier:
+        t = frontier.pop()
+        for r in readers.get(t, ()):
+            if r.op_type == "QuantizeLinear":
+                return True
+            if id(r) not in seen:
+                seen.add(id(r))
+                frontier.extend(r.output)
+    return False

@@ -31,7 +31,7 @@ class TensorStats:
     hi: float = -np.inf
     sum_lo: float = 0.0
     sum_hi: float = 0.0
-    batches: int = 0
+    batches: int = 0                 # samples seen (the first axis of a tensor counts them)
     half_width: float = 0.0          # R: the histogram covers [-R, R]
     hist: np.ndarray | None = None   # int64[BINS]
     histogram: bool = True           # off: min/max only (minmax and mean-minmax need no more)
@@ -49,9 +49,15 @@ class TensorStats:
                 return
             lo, hi = float(x.min()), float(x.max())
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
-        self.sum_lo += lo
-        self.sum_hi += hi
-        self.batches += 1
+        if x.ndim >= 2 and x.shape[0] > 1:  # mean-minmax averages the extremes of each sample, not batch
+            rows = x.reshape(x.shape[0], -1)  # all finite here: non-finite values left x flattened
+            self.sum_lo += float(rows.min(axis=1).sum())
+            self.sum_hi += float(rows.max(axis=1).sum())
+            self.batches += x.shape[0]
+        else:
+            self.sum_lo += lo
+            self.sum_hi += hi
+            self.batches += 1
         if self.histogram:
             self._histogram(x, max(-lo, hi))
 

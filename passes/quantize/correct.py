@@ -128,6 +128,8 @@ def correct_biases(builder, float_keys: set[str], samples, ctx: PassContext, res
                 continue
             wq = _dequantized(qgraph, q.input(1))
             w = np.asarray(g.constant(node.input(1)), np.float64)
+            if node.op == "Gemm":
+                w = w * float(node.attr("alpha", 1.0))  # the quantized weight carries alpha
             shift = _weight_error_shift(node, w, wq, means[q.input(0)]) if wq is not None else None
             if shift is None or shift.shape != b0.shape:
                 continue

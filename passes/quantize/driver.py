@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from onnxopt.analysis.fusion import audit
-from onnxopt.errors import BadData, PreconditionError
+from onnxopt.errors import BadData, OnnxoptError, PreconditionError
 from onnxopt.graph import Graph
 from onnxopt.pipeline import PassContext, PassResult
 from onnxopt.runtime import Feed, make_session, random_feeds, run_feeds
@@ -58,13 +58,22 @@ class Samples:
             if self._reuse is not None:
                 yield from self._reuse
                 return
-            self._reuse = []
-            for feed in itertools.islice(self.source, self.samples):
+            self._reuse, count = [], 0
+            rest = itertools.islice(self.source, self.samples)
+            for feed in itertools.chain(rest, self._overlap(lambda: count)):
                 if len(self._reuse) < self.keep:
                     self._reuse.append(feed)
+                count += 1
                 yield feed
             return
         yield from itertools.islice(iter(self.source), self._skip, self._skip + self.limit)
+
+    def _overlap(self, count) -> Iterator[Feed]:
+        """After a one-shot source ran dry: fewer samples than held back were left, so the held-back
+        ones are calibrated on too (as a short list would be)."""
+        if count() < len(self.held):
+            self.overlap = True
+            yield from self.held[: self.samples - count()]
 
     def total(self) -> int:
         return self.samples if self.one_shot else self.limit
@@ -201,8 +210,11 @@ def _stats(float_model: onnx.ModelProto, tensors: list[str], samples: Samples, o
         result.notes.append(f"only {batches} calibration batches: the {len(samples.held)} held back for the "
                             "agreement check are also calibrated on")
     if cache is not None and not ctx.dry_run:
-        calibrate.save_cache(cache, stats, {"fingerprint": fingerprint, "batches": batches})
-        result.notes.append(f"ranges saved to {cache}")
+        try:
+            calibrate.save_cache(cache, stats, {"fingerprint": fingerprint, "batches": batches})
+            result.notes.append(f"ranges saved to {cache}")
+        except OnnxoptError as exc:  # the cache is a convenience: the quantized model still stands
+            result.notes.append(f"warning: ranges not saved: {exc}")
     return stats
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
+
 from onnxopt.graph import Graph, Node
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -83,8 +85,14 @@ def _weight_axis_ok(graph: Graph, node: Node) -> str | None:
     if node.op == "Gemm":
         if int(node.attr("transA", 0)):
             return "Gemm with transA"
-        if len(node.inputs) > 2 and node.input(2) and not graph.is_constant(node.input(2)):
-            return "Gemm bias is not a constant"
+        if len(node.inputs) > 2 and node.input(2):
+            c = graph.constant_spec(node.input(2))
+            if c is None:
+                return "Gemm bias is not a constant"
+            w = graph.constant_spec(node.input(1))
+            n = w[0][0 if int(node.attr("transB", 0)) else 1] if w is not None and len(w[0]) == 2 else None
+            if int(np.prod(c[0])) not in (1, n) or (len(c[0]) == 2 and c[0][0] != 1):
+                return f"Gemm bias of shape {list(c[0])} is not one value per output (QGemm's int32 bias is)"
     if node.op == "MatMul":
         w = graph.constant_spec(node.input(1))
         if w is None or len(w[0]) != 2:
@@ -115,6 +123,11 @@ def _kind(graph: Graph, node: Node, op_types: tuple[str, ...] = ()) -> tuple[str
     if node.op in PASS_THROUGH:
         if graph.is_constant(node.input(0)):
             return None, "constant input"
+        if node.op == "MaxPool":
+            if graph.opset < 12:
+                return None, "onnxruntime has no int8 MaxPool before opset 12"
+            if len(node.outputs) > 1 and node.outputs[1] and graph.is_used(node.outputs[1]):
+                return None, "its Indices output is used (onnxruntime's int8 MaxPool has none)"
         if node.op == "Resize" and node.attr("mode", "nearest") != "nearest":
             return None, f"Resize mode {node.attr('mode')}: onnxruntime runs only nearest on int8"
         return "pass-through", None
@@ -182,10 +195,13 @@ def make_plan(graph: Graph, *, exclude: tuple[str, ...] = (), op_types: tuple[st
         for t in data_inputs(u.node):
             tensors.setdefault(t, t)
     for u in compute.values():
+        if u.node.op in ("Gemm", "MatMul") and not any(t in consumed_by_unit for t in u.outputs):
+            # QGemm / MatMulIntegerToFloat write float: no Q needed, and an activation after them
+            # (a classifier's last Relu) simply runs in float on that output
+            u.activation = None
+            float_outputs.update(u.node.outputs)
+            continue
         for t in u.outputs:
-            if u.node.op in ("Gemm", "MatMul") and t not in consumed_by_unit:
-                float_outputs.add(t)  # QGemm / MatMulIntegerToFloat write float: no Q needed
-                continue
             tensors.setdefault(t, t)
     dropped = []
     for node in order:
