@@ -21,6 +21,7 @@ import onnxruntime as ort
 from ..errors import BadModel
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
+INTEGER = {"QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
 
 
 @dataclasses.dataclass
@@ -40,11 +41,11 @@ class FusionAudit:
     quantize: int                          # QuantizeLinear left
     dequantize: int                        # DequantizeLinear left
     tail: list[Island] = dataclasses.field(default_factory=list)  # float ops after the last DQ, feeding no Q
+    integer_nodes: dict[str, str] = dataclasses.field(default_factory=dict)  # node name -> its integer kernel
 
     @property
     def integer_ops(self) -> dict[str, int]:
-        return {k: v for k, v in self.ops.items() if k.startswith("QLinear") or k in (
-            "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")}
+        return {k: v for k, v in self.ops.items() if _is_integer(k)}
 
     @property
     def quantized(self) -> bool:
@@ -91,8 +92,13 @@ def audit(model: onnx.ModelProto | bytes, *, threads: int = 1) -> FusionAudit:
             found = Island(n.op_type, n.name, f"{which} from DequantizeLinear")
             (islands if _requantized(n, readers) else tail).append(found)
     ops = collections.Counter(n.op_type for n in optimized.graph.node)
+    kernels = {n.name: n.op_type for n in optimized.graph.node if n.name and _is_integer(n.op_type)}
     return FusionAudit(dict(sorted(ops.items())), islands, ops.get("QuantizeLinear", 0), ops.get("DequantizeLinear", 0),
-                       tail)
+                       tail, kernels)
+
+
+def _is_integer(op: str) -> bool:
+    return op.startswith("QLinear") or op in INTEGER
 
 
 def _requantized(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) -> bool:

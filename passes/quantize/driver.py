@@ -267,8 +267,22 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
     if held:
         _agreement(result, reference, model, held, ctx)
     if o.audit:
-        _audit(result, model, ctx)
+        _audit(result, model, ctx, _kept_float_names(builder, final_plan, float_keys))
     return result
+
+
+def _kept_float_names(builder: Builder, plan: Plan, float_keys: set[str]) -> dict[str, str]:
+    """Node names kept float by request or decision (excluded, op-types, a range check, accuracy
+    control): the ones whose fusion onnxruntime may still do on its own."""
+    graph = Graph(builder.float_model, input_shapes=builder.shapes)
+    out = {}
+    for node in graph.nodes():
+        if not node.name:
+            continue
+        why = plan.kept_float.get(node.label)
+        if why == "excluded" or node.outputs[0] in float_keys:
+            out[node.name] = why or builder.reasons.get(node.outputs[0], "returned to float")
+    return out
 
 
 def _report(result: PassResult, plan: Plan, applied: Applied, builder: Builder, dtype: str, per_channel: bool,
@@ -317,9 +331,19 @@ def _agreement(result: PassResult, float_model: onnx.ModelProto, model: onnx.Mod
                             f"max abs error {v['max_abs']:.3g}{top1}")
 
 
-def _audit(result: PassResult, model: onnx.ModelProto, ctx: PassContext) -> None:
+def _audit(result: PassResult, model: onnx.ModelProto, ctx: PassContext, kept_float: dict[str, str]) -> None:
+    """The fusion audit, and the ops kept float that onnxruntime runs as integer kernels anyway: an op
+    between quantized neighbours still reads a DequantizeLinear and feeds a QuantizeLinear, the very
+    unit onnxruntime fuses (a float-weight Conv there gets its weights quantized by onnxruntime)."""
     found = audit(model, threads=ctx.threads)
     result.details["fusion"] = found.as_dict()
+    anyway = {name: found.integer_nodes[name] for name in kept_float if name in found.integer_nodes}
+    result.details["fusion"]["fused_anyway"] = anyway
+    if anyway:
+        listed = ", ".join(f"{name} ({op})" for name, op in anyway.items())
+        result.notes.append(f"warning: kept float here, but onnxruntime fuses them into integer kernels anyway, as "
+                            f"their neighbours are quantized: {listed}; to run them in float, keep their "
+                            "neighbours float too")
     result.count("float islands", len(found.islands))
     result.notes.append(f"fusion audit (onnxruntime's optimized graph): {found.summary()}")
     for island in found.islands:
