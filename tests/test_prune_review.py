@@ -25,8 +25,7 @@ from onnxopt.passes.prune.recover import RIDGE, recover
 from onnxopt.pipeline import PassContext, PassResult
 from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
 from onnxopt.shrink import shrink
-from onnxopt.testing import masked_original as masked
-from onnxopt.testing import apply
+from onnxopt.testing import apply, make_model, masked_original as masked
 
 F32 = np.float32
 N = helper.make_node
@@ -36,15 +35,7 @@ N = helper.make_node
 # helpers
 
 
-def make(nodes, inits, inputs, outputs, opset=17) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+make = make_model
 
 
 def w(rng, *shape):

@@ -25,22 +25,14 @@ from onnxopt.graph import Graph
 from onnxopt.passes import Quantize
 from onnxopt.pipeline import Pipeline
 from onnxopt.runtime import make_session, random_feeds, run_feeds, run_model
-from onnxopt.testing import apply, assert_one_line_error, count_ops, run_cli
+from onnxopt.testing import apply, assert_one_line_error, count_ops, make_model, run_cli
 from onnxopt.verify import compare
 
 F32 = np.float32
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def make(nodes, inits, inputs, outputs, opset: int = 17) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+make = make_model
 
 
 def weights(seed: int, *shape, std: float = 0.3) -> np.ndarray:

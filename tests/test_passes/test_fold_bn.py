@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt import models
 from onnxopt.passes import FoldBatchNorm
 from onnxopt.pipeline import Pipeline
-from onnxopt.testing import apply, as_float64, assert_exact, count_ops
+from onnxopt.testing import apply, as_float64, assert_exact, count_ops, make_model
 
 RNG = np.random.default_rng(1234)
 
@@ -33,15 +33,7 @@ def bn(x, y, prefix, **attrs):
                             outputs, **attrs)
 
 
-def make(nodes, inits, inputs, outputs, opset=17):
-    graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+make = make_model
 
 
 def fold(model, **options):

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from onnxopt import models
 from onnxopt.data import FeedSet
@@ -18,7 +18,7 @@ from onnxopt.passes.prune import Prune
 from onnxopt.pipeline import Pipeline
 from onnxopt.registry import parse_spec
 from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
-from onnxopt.testing import apply, assert_one_line_error, run_cli
+from onnxopt.testing import apply, assert_one_line_error, make_model, run_cli
 
 F32 = np.float32
 
@@ -27,15 +27,7 @@ F32 = np.float32
 # a small net: stem (10) -> layer1.conv (16) -> layer2.conv (24) -> GAP -> fc1 (32) -> fc2 (10, output)
 
 
-def make(nodes, inits, inputs, outputs) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+make = make_model
 
 
 WIDTHS = {"stem": 10, "layer1.conv": 16, "layer2.conv": 24, "fc1": 32}
