@@ -20,7 +20,7 @@ from onnxopt.errors import BadData
 from onnxopt.runtime import Feed, make_session, inputs_for
 
 BINS = 4096  # even: zero sits on a bin edge at every doubling
-METHODS = ("minmax", "mean-minmax", "percentile", "entropy", "mse")
+LEVELS = 256  # 8-bit activations, uint8 or int8 alike
 HISTOGRAM_METHODS = ("percentile", "entropy", "mse")
 CACHE_SCHEMA = "onnxopt.ranges/1"
 
@@ -107,10 +107,6 @@ def _percentile(st: TensorStats, pct: float) -> tuple[float, float]:
     return lo, hi
 
 
-def _levels(dtype: str) -> int:
-    return 256
-
-
 def _fake_quant_error(centers: np.ndarray, counts: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                       levels: int) -> np.ndarray:
     """Expected squared error of quantizing a histogram with ranges [lo_k, hi_k] (one per candidate)."""
@@ -182,7 +178,7 @@ def _entropy(st: TensorStats, levels: int) -> tuple[float, float]:
     return max(st.lo, -t), min(st.hi, t)
 
 
-def compute_range(st: TensorStats, method: str, *, percentile: float = 99.999, dtype: str = "uint8") -> tuple[float, float]:
+def compute_range(st: TensorStats, method: str, *, percentile: float = 99.999) -> tuple[float, float]:
     if not st.seen:
         raise ValueError("no statistics")
     if method == "minmax":
@@ -194,9 +190,9 @@ def compute_range(st: TensorStats, method: str, *, percentile: float = 99.999, d
     if method == "percentile":
         return _percentile(st, percentile)
     if method == "mse":
-        return _mse(st, _levels(dtype))
+        return _mse(st, LEVELS)
     if method == "entropy":
-        return _entropy(st, _levels(dtype))
+        return _entropy(st, LEVELS)
     raise ValueError(f"unknown range method {method!r}")
 
 

@@ -246,7 +246,7 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
         result.notes.append("warning: calibrated on random inputs (--calib random): the ranges fit noise, not "
                             "your data; for smoke tests only")
     stats = _stats(float_model, _calibrated_tensors(plan), samples, o, ctx, result)  # CLE changed weights only
-    ranges = {t: calibrate.compute_range(st, o.method, percentile=o.percentile, dtype=dtype)
+    ranges = {t: calibrate.compute_range(st, o.method, percentile=o.percentile)
               for t, st in stats.items() if st.seen}
     builder = Builder(float_model, graph.input_shapes, ranges, o, dtype, per_channel)
     reference = float_model  # bias correction edits builder.float_model; fidelity is against this one

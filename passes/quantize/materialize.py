@@ -100,8 +100,6 @@ def _quantize_weighted(graph: Graph, unit: Unit, input_q: QParams, per_channel: 
     out.per_channel += axis is not None
     if bias is not None:
         bq, bscale = quantize_bias(bias, float(input_q.scale), wq_params)
-        if np.ndim(bscale) == 0 and channels > 1:
-            bscale = np.asarray(bscale)
         if node.op == "Gemm" and float(node.attr("beta", 1.0)) != 1.0:
             graph.set_attr(node, "beta", None)
         dequantized_constant(graph, node, 2, bq, bscale, np.zeros(np.shape(bscale), np.int32), 0 if np.ndim(bscale) else None)

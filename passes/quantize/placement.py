@@ -54,7 +54,6 @@ class Unit:
 class Plan:
     units: dict[int, Unit]                 # node id -> unit
     tensors: dict[str, str]                # quantized tensor -> tensor whose range sets its parameters
-    float_outputs: set[str]                # outputs of quantized Gemm/MatMul left float (QGemm writes float)
     kept_float: dict[str, str]             # node label -> why it stays float
 
     @property
@@ -185,7 +184,6 @@ def make_plan(graph: Graph, *, exclude: tuple[str, ...] = (), op_types: tuple[st
     # pass-through ops run on int8 only where their input is quantized anyway: resolved in order,
     # since one may feed the next (MaxPool -> Flatten)
     tensors: dict[str, str] = {}
-    float_outputs: set[str] = set()
     compute = {i: u for i, u in units.items() if u.kind != "pass-through"}
     consumed_by_unit = {}
     for u in compute.values():
@@ -199,7 +197,6 @@ def make_plan(graph: Graph, *, exclude: tuple[str, ...] = (), op_types: tuple[st
             # QGemm / MatMulIntegerToFloat write float: no Q needed, and an activation after them
             # (a classifier's last Relu) simply runs in float on that output
             u.activation = None
-            float_outputs.update(u.node.outputs)
             continue
         for t in u.outputs:
             tensors.setdefault(t, t)
@@ -217,4 +214,4 @@ def make_plan(graph: Graph, *, exclude: tuple[str, ...] = (), op_types: tuple[st
             tensors[t] = root  # same parameters in and out: onnxruntime drops the pair
     for i in dropped:
         units.pop(i)
-    return Plan(units, tensors, float_outputs, kept_float)
+    return Plan(units, tensors, kept_float)

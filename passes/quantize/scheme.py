@@ -36,10 +36,6 @@ class QParams:
         s, z = float(self.scale), float(self.zero_point)
         return s * (lo - z), s * (hi - z)
 
-    def same_as(self, other: "QParams") -> bool:
-        return (self.axis == other.axis and self.dtype == other.dtype
-                and np.array_equal(self.scale, other.scale) and np.array_equal(self.zero_point, other.zero_point))
-
 
 def activation_qparams(lo: float, hi: float, dtype: str = "uint8") -> QParams:
     """Asymmetric per-tensor parameters for the range [lo, hi] (widened to contain 0)."""
@@ -74,18 +70,6 @@ def _broadcast(q: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     shape = [1] * ndim
     shape[q.axis] = -1
     return q.scale.astype(np.float64).reshape(shape), q.zero_point.astype(np.float64).reshape(shape)
-
-
-def quantize(x: np.ndarray, q: QParams) -> np.ndarray:
-    """round-half-to-even like QuantizeLinear, saturated to the type's limits."""
-    s, z = _broadcast(q, np.ndim(x))
-    lo, hi = q.limits
-    return np.clip(np.rint(np.asarray(x, np.float64) / s) + z, lo, hi).astype(q.dtype)
-
-
-def dequantize(xq: np.ndarray, q: QParams) -> np.ndarray:
-    s, z = _broadcast(q, np.ndim(xq))
-    return ((xq.astype(np.float64) - z) * s).astype(np.float32)
 
 
 def quantize_weight(w: np.ndarray, q: QParams) -> np.ndarray:
