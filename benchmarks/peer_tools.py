@@ -200,13 +200,13 @@ def ort_quantize_default_folded(model: onnx.ModelProto,
 
 
 def has_vnni() -> bool:
-    """Whether the CPU has VNNI int8 dot products (AVX512-VNNI or AVX-VNNI): without them U8S8
-    weights need reduce_range (7 bits) to avoid VPMADDUBSW saturation (anchors.md §1.1)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    """Whether onnxruntime's u8 x s8 kernel is exact on this CPU (VNNI, AMX, ARM dot products): without
+    it U8S8 weights need reduce_range (7 bits) to avoid VPMADDUBSW saturation (anchors.md §1.1).
+    Asked of onnxruntime by onnxopt.cpu's probe; the flags decide where the probe cannot run."""
+    from onnxopt.cpu import this_cpu, u8s8_saturates
+
+    saturates = u8s8_saturates()
+    return (not saturates) if saturates is not None else this_cpu().kind == "x86-vnni"
 
 
 def _pre_process(source: Path, tmp: Path) -> Path:
@@ -232,6 +232,16 @@ def ort_quantize_u8s8(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]]
         prepared = _pre_process(_saved(model, Path(tmp)), Path(tmp))
         return _ort_quantize(prepared, calib, Path(tmp), activation_type=quantization.QuantType.QUInt8,
                              weight_type=quantization.QuantType.QInt8, per_channel=True, reduce_range=not has_vnni())
+
+
+def ort_quantize_u8u8(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] | None) -> onnx.ModelProto:
+    # onnxruntime's other recipe for x86 without VNNI: uint8 weights, whose kernel does not saturate
+    quantization = _require("onnxruntime.quantization")
+    calib = _need_calib(calib, "onnxruntime quantize_static")
+    with tempfile.TemporaryDirectory(prefix="peers-ort-") as tmp:
+        prepared = _pre_process(_saved(model, Path(tmp)), Path(tmp))
+        return _ort_quantize(prepared, calib, Path(tmp), activation_type=quantization.QuantType.QUInt8,
+                             weight_type=quantization.QuantType.QUInt8, per_channel=True)
 
 
 # -- the table -------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -93,18 +92,15 @@ def _z(confidence: float) -> float:
 
 
 def machine() -> dict:
-    """What a timing depends on besides the models: CPU, cores and library versions."""
+    """What a timing depends on besides the models: CPU (with its int8 kind: x86-vnni, x86-avx2, ...),
+    cores and library versions."""
     import onnxruntime
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnx": onnx.__version__,
+    from .cpu import this_cpu
+
+    cpu = this_cpu()
+    return {"cpu": f"{cpu.model} ({cpu.kind})", "cpu_kind": cpu.kind, "cpu_flags": sorted(cpu.flags),
+            "cores": os.cpu_count(), "python": platform.python_version(), "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 

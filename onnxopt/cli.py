@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import io as model_io
+from .cpu import cpu_summary
 from .data import RANDOM, load_feeds, random_calibration
 from .errors import BadData, OnnxoptError, StrictFailure, UsageError
 from .pipeline import Pipeline, RunResult
@@ -336,6 +337,7 @@ def inspect(model: Path, input_shapes: tuple[str, ...], fusion: bool, as_json: b
     source, data = model_io.load_model_and_bytes(model)
     info = inspect_model(source, _shapes(input_shapes))
     info["file_bytes"] = model.stat().st_size
+    info["cpu"] = cpu_summary()
     if fusion:
         from .analysis.fusion import audit
 
@@ -345,7 +347,7 @@ def inspect(model: Path, input_shapes: tuple[str, ...], fusion: bool, as_json: b
     else:
         click.echo(f"{model}\n{format_inspect(info)}")
         if fusion:
-            click.echo(format_fusion(info["fusion"]))
+            click.echo(format_fusion(info["fusion"], info["cpu"]))
 
 
 @cli.command("list-passes")

@@ -254,6 +254,11 @@ class Graph:
         self.mutations = mutations + 1
         self._touched.update(self._producer)
 
+    def revert(self, model: onnx.ModelProto) -> None:
+        """Go back to `model`, the graph as it was before a pass edited it (a pass that decides, after
+        trying, to change nothing): not an edit, so the pass may report no change."""
+        self.__init__(model, input_shapes=self.input_shapes)
+
     @classmethod
     def from_model(cls, model: onnx.ModelProto, **kwargs: Any) -> "Graph":
         return cls(model, **kwargs)

@@ -140,8 +140,16 @@ def format_run(report: RunReport, *, verbose: bool = False, tables: bool = False
     out.append("")
     if report.verified:
         shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.input_shapes.items())
-        out.append(f"fidelity vs original: {fidelity_line(report.fidelity) if report.changed else 'unchanged model'}")
-        out.append(f"verified in onnxruntime (optimizations off) on {report.verified_on}: {shapes}")
+        cpu = cpu_line(report.cpu)
+        if report.deployed:
+            out.append(f"fidelity vs original, as deployed (onnxruntime ORT_ENABLE_ALL on this CPU, {cpu}): "
+                       f"{fidelity_line(report.fidelity)}")
+            out.append(f"  in reference kernels (optimizations off): {fidelity_line(report.reference_fidelity)}")
+            out.append(f"verified in onnxruntime on {report.verified_on}: {shapes}; exact passes with "
+                       "optimizations off, lossy ones as deployed")
+        else:
+            out.append(f"fidelity vs original: {fidelity_line(report.fidelity) if report.changed else 'unchanged model'}")
+            out.append(f"verified in onnxruntime (optimizations off) on {report.verified_on}: {shapes}; CPU {cpu}")
     else:
         out.append("verification off (--no-verify): outputs were not compared")
     return "\n".join(out)
@@ -190,10 +198,20 @@ def format_inspect(info: dict) -> str:
     ]
     if info["note"]:
         lines.append(f"note: {info['note']}")
+    if info.get("cpu"):
+        lines.append(f"this CPU: {cpu_line(info['cpu'])}")
     return "\n".join(lines)
 
 
-def format_fusion(fusion: dict) -> str:
+def cpu_line(cpu: dict) -> str:
+    """`AMD EPYC (x86-avx2: avx2; u8 x s8 products saturate in int16)`, from onnxopt.cpu.cpu_summary()."""
+    flags = ", ".join(cpu.get("flags", ())) or "no int8 extensions"
+    sat = cpu.get("u8s8_saturates")
+    how = "" if sat is None else ("; u8 x s8 products saturate in int16" if sat else "; exact int8 products")
+    return f"{cpu.get('model', '?')} ({cpu.get('kind', '?')}: {flags}{how})"
+
+
+def format_fusion(fusion: dict, cpu: dict | None = None) -> str:
     """The fusion audit of `inspect --fusion`: integer kernels, then every float island."""
     ints = fusion["integer_ops"]
     islands = fusion["float_islands"]
@@ -209,4 +227,12 @@ def format_fusion(fusion: dict) -> str:
     if tail:
         lines.append("  float after the last DequantizeLinear (reaches only graph outputs): "
                      + ", ".join(f"{i['op']} {i['name']!r}" for i in tail))
+    hot = fusion.get("saturating") or []
+    if hot:
+        shown = ", ".join(hot[:5]) + (f" and {len(hot) - 5} more" if len(hot) > 5 else "")
+        here = f"; this CPU ({cpu['kind']}) {'saturates' if cpu.get('u8s8_saturates') else 'does not'}" if cpu else ""
+        lines.append(f"  weight pairs beyond int16 in {len(hot)} integer kernel(s) ({shown}): u8 x s8 products saturate "
+                     f"on x86 without VNNI{here} (quantize:target=x86-avx2 bounds them)")
+    elif ints:
+        lines.append("  no weight pair beyond int16: safe on x86 without VNNI too")
     return "\n".join(lines)

@@ -282,7 +282,7 @@ def test_cli_quantizes_with_an_image_folder(tmp_path, capsys):
     spec = "resize=32,size=32,layout=nchw,order=rgb,scale=255,mean=0.485|0.456|0.406,std=0.229|0.224|0.225"
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
     with pytest.raises(SystemExit) as code:
-        main(["run", str(model_path), "--passes", "fold-bn,quantize:holdback=2", "--calib", str(tmp_path / "imgs"),
+        main(["run", str(model_path), "--passes", "fold-bn,quantize:speed=false,holdback=2", "--calib", str(tmp_path / "imgs"),
               "--preprocess", spec, "-o", str(out), "--report", str(report)])
     assert code.value.code == 0, capsys.readouterr().err
     passes = {p["name"]: p for p in json.loads(report.read_text())["passes"]}

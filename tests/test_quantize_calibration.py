@@ -1,4 +1,4 @@
-"""quantize: streamed statistics and range methods, the range cache, how calibration feeds are split,
+"""quantize:speed=false, streamed statistics and range methods, the range cache, how calibration feeds are split,
 cross-layer equalization, bias correction and accuracy control.
 
 Placement, the scheme and the CLI are covered by tests/test_passes/test_quantize.py."""
@@ -103,10 +103,10 @@ def test_range_cache_makes_the_second_run_need_no_data(tmp_path):
     model = models.build("resnet18-tiny", seed=0)
     cache = tmp_path / "ranges.npz"
     calib = random_set((1, 3, 32, 32), 24)
-    first = Pipeline([FoldBatchNorm(), Quantize(ranges=str(cache), holdback=4)], calibration=calib).run(model)
+    first = Pipeline([FoldBatchNorm(), Quantize(speed=False, ranges=str(cache), holdback=4)], calibration=calib).run(model)
     assert cache.is_file()
     assert any("ranges saved" in n for n in first.report.passes[-1].notes)
-    second = Pipeline([FoldBatchNorm(), Quantize(ranges=str(cache), holdback=4)], verify=False).run(model)
+    second = Pipeline([FoldBatchNorm(), Quantize(speed=False, ranges=str(cache), holdback=4)], verify=False).run(model)
     report = second.report.passes[-1]
     assert report.status == "applied" and any("ranges read from" in n for n in report.notes)
     assert [n.op_type for n in first.model.graph.node] == [n.op_type for n in second.model.graph.node]
@@ -115,7 +115,7 @@ def test_range_cache_makes_the_second_run_need_no_data(tmp_path):
     # another model: the cache does not fit, and without data that is an error
     other = models.build("resnet18-tiny", seed=1)
     with pytest.raises(Exception, match="calibration data"):
-        Pipeline([FoldBatchNorm(), Quantize(ranges=str(cache))], verify=False).run(other)
+        Pipeline([FoldBatchNorm(), Quantize(speed=False, ranges=str(cache))], verify=False).run(other)
 
 
 def test_corrupt_cache_is_a_one_line_data_error(tmp_path):
@@ -178,7 +178,7 @@ def test_cle_helps_per_tensor_weights():
     calib = random_set((1, 3, 10, 10), 48)
 
     def cosine(**opts):
-        out = Pipeline([Quantize(per_channel=False, holdback=8, **opts)], calibration=calib, verify=False).run(model)
+        out = Pipeline([Quantize(speed=False, per_channel=False, holdback=8, **opts)], calibration=calib, verify=False).run(model)
         ref = run_feeds(make_session(model.SerializeToString()), calib.take(8))
         return compare(ref, run_feeds(make_session(out.model.SerializeToString(), optimization="all"), calib.take(8))).cosine
 
@@ -203,7 +203,7 @@ def test_bias_correction_removes_the_mean_shift_of_rounded_weights():
     calib = FeedSet({"input": (2.0 + rng.standard_normal((64, 8, 12, 12))).astype(F32)}, 1)
 
     def mean_error(**opts):
-        run = Pipeline([Quantize(per_channel=False, holdback=8, **opts)], calibration=calib, verify=False).run(model)
+        run = Pipeline([Quantize(speed=False, per_channel=False, holdback=8, **opts)], calibration=calib, verify=False).run(model)
         feeds = calib.take(16)
         ref = run_feeds(make_session(model.SerializeToString()), feeds)
         got = run_feeds(make_session(run.model.SerializeToString(), optimization="all"), feeds)
@@ -230,9 +230,9 @@ def test_max_drop_returns_the_most_sensitive_ops_to_float():
     def cosine(m):
         return compare(ref, run_feeds(make_session(m.SerializeToString(), optimization="all"), held)).cosine
 
-    plain = Pipeline([FoldBatchNorm(), Quantize(holdback=8)], calibration=calib, verify=False).run(model).model
+    plain = Pipeline([FoldBatchNorm(), Quantize(speed=False, holdback=8)], calibration=calib, verify=False).run(model).model
     budget = (1 - cosine(plain)) / 2  # ask for half the loss
-    run = Pipeline([FoldBatchNorm(), Quantize(evaluate=cosine, max_drop=budget, holdback=8)], calibration=calib,
+    run = Pipeline([FoldBatchNorm(), Quantize(speed=False, evaluate=cosine, max_drop=budget, holdback=8)], calibration=calib,
                    verify=False).run(model)
     report = run.report.passes[-1]
     control = report.details["accuracy_control"]
@@ -250,7 +250,7 @@ def test_max_drop_returns_the_most_sensitive_ops_to_float():
 def test_max_drop_within_budget_changes_nothing():
     model = models.build("resnet18-tiny", seed=0)
     calib = random_set((1, 3, 32, 32), 48, seed=1)
-    run = Pipeline([FoldBatchNorm(), Quantize(max_drop=0.5, holdback=8)], calibration=calib, verify=False).run(model)
+    run = Pipeline([FoldBatchNorm(), Quantize(speed=False, max_drop=0.5, holdback=8)], calibration=calib, verify=False).run(model)
     control = run.report.passes[-1].details["accuracy_control"]
     assert control["returned"] == [] and "agreement" in control["metric"]
 
@@ -260,7 +260,7 @@ def test_max_drop_with_labelled_eval_data_on_digits():
     model = onnx.load(path)
     calib = load_feeds(models.FIXTURES / "digits_calib.npz", model)
     test = load_feeds(models.FIXTURES / "digits_test.npz", model)
-    run = Pipeline([FoldBatchNorm(), Quantize(max_drop=0.005)], calibration=calib, evaluation=test,
+    run = Pipeline([FoldBatchNorm(), Quantize(speed=False, max_drop=0.005)], calibration=calib, evaluation=test,
                    verify=False).run(model)
     control = run.report.passes[-1].details["accuracy_control"]
     assert "accuracy" in control["metric"]

@@ -1,4 +1,4 @@
-"""quantize: where Q/DQ go, op kind by op kind, and which integer kernel onnxruntime makes of it.
+"""quantize:speed=false, where Q/DQ go, op kind by op kind, and which integer kernel onnxruntime makes of it.
 
 Each test builds a small graph around one op, quantizes it (calibrated on its own seeded random
 inputs), then checks (a) the QDQ structure written into the model and (b) the fusion audit of the
@@ -49,7 +49,7 @@ def shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 
 def quantize(model: onnx.ModelProto, samples: int = 16, **options):
     feeds = random_feeds(model, shapes(model), seed=1, count=samples)
-    return apply(Quantize(calibration=feeds, **options), model)
+    return apply(Quantize(speed=False, calibration=feeds, **options), model)
 
 
 def the(graph: Graph, name: str):

@@ -50,7 +50,7 @@ def shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 
 def quantize(model: onnx.ModelProto, samples: int = 16, **options):
     feeds = random_feeds(model, shapes(model), seed=1, count=samples)
-    return apply(Quantize(calibration=feeds, **options), model)
+    return apply(Quantize(speed=False, calibration=feeds, **options), model)
 
 
 def pipeline(model: onnx.ModelProto, *passes, samples: int = 16, **kwargs):
@@ -141,7 +141,7 @@ def _linear_then_activation(kind: str) -> onnx.ModelProto:
 @pytest.mark.parametrize("kind", ["Gemm->Relu", "MatMul->Relu", "Gemm->Clip(0,6)", "Gemm->Relu->Softmax"])
 def test_linear_layer_with_activation_at_the_end_is_quantized(kind):
     model = _linear_then_activation(kind)
-    result, p = pipeline(model, Quantize(holdback=4), samples=24)
+    result, p = pipeline(model, Quantize(speed=False, holdback=4), samples=24)
     assert p.status == "applied", p.message
     op = "MatMul" if kind.startswith("MatMul") else "Gemm"
     assert p.details["quantized_ops"].get(op) == 1
@@ -165,7 +165,7 @@ def test_max_drop_on_an_mlp_does_not_crash():
     def score(m: onnx.ModelProto) -> float:
         return compare(ref, run_feeds(make_session(m.SerializeToString(), optimization="all"), held)).cosine
 
-    run = Pipeline([Quantize(evaluate=score, max_drop=0.0, holdback=8)], calibration=calib, verify=False).run(model)
+    run = Pipeline([Quantize(speed=False, evaluate=score, max_drop=0.0, holdback=8)], calibration=calib, verify=False).run(model)
     p = run.report.passes[-1]
     assert p.status == "applied", p.message
     assert "accuracy_control" in p.details
@@ -274,7 +274,7 @@ def test_bias_correction_works_in_a_network_with_gemm_alpha(alpha):
     model = make(nodes, {"w": w, "b": np.zeros(8, F32), "Wg": weights(5, 4, 8), "Bg": np.zeros(4, F32)},
                  [("input", [1, 8, 12, 12])], [("output", [1, 4])])
     calib = FeedSet({"input": (2.0 + np.random.default_rng(1).standard_normal((48, 8, 12, 12))).astype(F32)}, 1)
-    run = Pipeline([Quantize(per_channel=False, holdback=8, bias_correction=True)], calibration=calib,
+    run = Pipeline([Quantize(speed=False, per_channel=False, holdback=8, bias_correction=True)], calibration=calib,
                    verify=False).run(model)
     report = run.report.passes[-1].details["bias_correction"]
     shifts = report["mean_abs_channel_shift"]
@@ -290,7 +290,7 @@ def test_mean_minmax_does_not_depend_on_the_batch_size():
     model = make([c1, helper.make_node("Relu", ["a"], ["r"]), c2], {**i1, **i2},
                  [("x", ["N", 3, 8, 8])], [("y", ["N", 4, 8, 8])])
     x = np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(F32)
-    runs = {b: Pipeline([Quantize(holdback=0, method="mean-minmax")], calibration=FeedSet({"x": x}, b),
+    runs = {b: Pipeline([Quantize(speed=False, holdback=0, method="mean-minmax")], calibration=FeedSet({"x": x}, b),
                         verify=False).run(model).model for b in (1, 8)}
     one, eight = scalar_scales(runs[1]), scalar_scales(runs[8])
     assert one.keys() == eight.keys() and one
@@ -319,9 +319,9 @@ def test_one_shot_iterator_smaller_than_holdback_calibrates_like_a_list():
     c1, i1 = conv("x", "y", "c1", 3, 4, seed=0)
     model = make([c1], i1, [("x", [1, 3, 8, 8])], [("y", [1, 4, 8, 8])])
     feeds = random_feeds(model, shapes(model), seed=1, count=20)  # default holdback: 32
-    _, from_list = apply(Quantize(calibration=feeds), model)
+    _, from_list = apply(Quantize(speed=False, calibration=feeds), model)
     assert from_list.details["calibration"]["overlap"] is True
-    _, from_iter = apply(Quantize(calibration=iter(feeds)), model)
+    _, from_iter = apply(Quantize(speed=False, calibration=iter(feeds)), model)
     assert from_iter.details["calibration"]["batches"] > 0
 
 
@@ -343,10 +343,10 @@ def test_cli_flag_overrides_the_config_setting(capsys, tmp_path, cnn_file, setti
     config = tmp_path / "p.yaml"
     out = tmp_path / "out.onnx"
     if setting == "calib":
-        config.write_text("passes: quantize:holdback=4\ncalib: calib.npz\n")
+        config.write_text("passes: quantize:speed=false,holdback=4\ncalib: calib.npz\n")
         flags = ["--calib", tmp_path / "calib.npz"]
     else:
-        config.write_text("passes: quantize:holdback=2\npreprocess: size=8,scale=255\n")
+        config.write_text("passes: quantize:speed=false,holdback=2\npreprocess: size=8,scale=255\n")
         flags = ["--calib", images, "--preprocess", "size=8,scale=255"]
     code, stdout, err = run_cli(capsys, "run", cnn_file, "--config", config, *flags, "-o", out)
     assert code == 0, err
@@ -373,7 +373,7 @@ def test_cli_config_calib_random(capsys, tmp_path, cnn_file):
 def test_cli_unwritable_range_cache(capsys, tmp_path, cnn_file):
     out = tmp_path / "out.onnx"
     cache = tmp_path / "missing" / "ranges.npz"
-    code, stdout, err = run_cli(capsys, "run", cnn_file, "--passes", f"quantize:ranges={cache},holdback=4",
+    code, stdout, err = run_cli(capsys, "run", cnn_file, "--passes", f"quantize:speed=false,ranges={cache},holdback=4",
                                 "--calib", tmp_path / "calib.npz", "-o", out)
     if code == 5:
         assert not out.exists() and len(err.splitlines()) == 1
@@ -524,7 +524,7 @@ def test_clip_with_bounds_fed_at_run_time_is_not_folded_and_honours_them():
     rng = np.random.default_rng(0)
     calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(F32), "lo": np.array(-1, F32), "hi": np.array(3, F32)}
              for _ in range(16)]
-    out, result = apply(Quantize(calibration=calib), model)
+    out, result = apply(Quantize(speed=False, calibration=calib), model)
     assert result.details["folded"] == [] and count_ops(out)["Clip"] == 1
     feed = {"x": rng.standard_normal((1, 3, 8, 8)).astype(F32), "lo": np.array(0, F32), "hi": np.array(0.5, F32)}
     y = run_model(out, [feed], optimization="all")[0]["y"]
@@ -552,7 +552,7 @@ def test_dynamic_batch_with_input_shape_and_batched_calibration():
                  [("x", ["N", 3, 8, 8])], [("y", ["N", 4, 8, 8])])
     rng = np.random.default_rng(0)
     calib = FeedSet({"x": rng.standard_normal((64, 3, 8, 8)).astype(F32)}, 4)
-    result = Pipeline([Quantize(holdback=2)], calibration=calib, input_shapes={"x": (4, 3, 8, 8)}).run(model)
+    result = Pipeline([Quantize(speed=False, holdback=2)], calibration=calib, input_shapes={"x": (4, 3, 8, 8)}).run(model)
     p = result.report.passes[-1]
     assert p.status == "applied" and p.details["calibration"]["batches"] == 14
     assert result.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
@@ -566,13 +566,13 @@ def test_range_cache_serves_another_method_as_a_direct_run_would(tmp_path):
     model = small_cnn()
     calib = FeedSet({"x": np.random.default_rng(0).standard_normal((24, 3, 8, 8)).astype(F32)}, 1)
     cache = tmp_path / "ranges.npz"
-    Pipeline([Quantize(ranges=str(cache), holdback=4)], calibration=calib, verify=False).run(model)
+    Pipeline([Quantize(speed=False, ranges=str(cache), holdback=4)], calibration=calib, verify=False).run(model)
     assert cache.is_file()
     for method in ("percentile", "entropy", "mse", "mean-minmax"):
-        cached = Pipeline([Quantize(ranges=str(cache), holdback=4, method=method)], verify=False).run(model)
+        cached = Pipeline([Quantize(speed=False, ranges=str(cache), holdback=4, method=method)], verify=False).run(model)
         p = cached.report.passes[-1]
         assert p.status == "applied" and any("ranges read from" in n for n in p.notes), method
-        direct = Pipeline([Quantize(holdback=4, method=method)], calibration=calib, verify=False).run(model)
+        direct = Pipeline([Quantize(speed=False, holdback=4, method=method)], calibration=calib, verify=False).run(model)
         assert scalar_scales(cached.model) == scalar_scales(direct.model), method
 
 
@@ -584,7 +584,7 @@ def test_one_shot_generator_with_bias_correction_and_max_drop():
         for _ in range(60):
             yield {"x": rng.standard_normal((1, 3, 8, 8)).astype(F32)}
 
-    result = Pipeline([Quantize(calibration=feeds(), bias_correction=True, max_drop=0.5, holdback=8)]).run(model)
+    result = Pipeline([Quantize(speed=False, calibration=feeds(), bias_correction=True, max_drop=0.5, holdback=8)]).run(model)
     p = result.report.passes[-1]
     assert p.status == "applied", p.message
     assert p.details["calibration"] == {"batches": 52, "held_back": 8, "overlap": False}
@@ -596,7 +596,7 @@ def test_one_shot_generator_with_bias_correction_and_max_drop():
 def test_cli_dry_run_writes_neither_model_nor_range_cache(capsys, tmp_path, cnn_file):
     before = listing(tmp_path)
     code, out, err = run_cli(capsys, "run", cnn_file, "--passes",
-                             f"quantize:ranges={tmp_path / 'ranges.npz'},holdback=4", "--calib",
+                             f"quantize:speed=false,ranges={tmp_path / 'ranges.npz'},holdback=4", "--calib",
                              tmp_path / "calib.npz", "--dry-run")
     assert code == 0, err
     assert "dry run: no model written" in out
@@ -605,7 +605,7 @@ def test_cli_dry_run_writes_neither_model_nor_range_cache(capsys, tmp_path, cnn_
 
 def test_cli_json_report_has_the_fusion_audit_and_kept_float_reasons(capsys, tmp_path, cnn_file):
     report = tmp_path / "r.json"
-    code, out, err = run_cli(capsys, "run", cnn_file, "--passes", "quantize:exclude=c1,holdback=4",
+    code, out, err = run_cli(capsys, "run", cnn_file, "--passes", "quantize:speed=false,exclude=c1,holdback=4",
                              "--calib", tmp_path / "calib.npz", "-o", tmp_path / "o.onnx", "--report", report)
     assert code == 0, err
     q = json.loads(report.read_text())["passes"][-1]
@@ -643,6 +643,6 @@ def test_cli_bad_preprocess_combinations(capsys, tmp_path, cnn_file, extra, code
     args = [str(tmp_path / "calib.npz") if a == "CALIB" else str(tmp_path / "images") if a == "IMAGES" else a
             for a in extra]
     before = listing(tmp_path)
-    got = run_cli(capsys, "run", cnn_file, "--passes", "quantize", *args, "-o", tmp_path / "o.onnx")
+    got = run_cli(capsys, "run", cnn_file, "--passes", "quantize:speed=false", *args, "-o", tmp_path / "o.onnx")
     assert_one_line_error(*got, code, *words)
     assert listing(tmp_path) == before

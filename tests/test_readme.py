@@ -25,6 +25,9 @@ def test_python_example_runs(tmp_path, monkeypatch, capsys):
     assert bench.entries[1].fidelity.max_rel <= 1e-5 and bench.entries[1].params < bench.entries[0].params
     out = capsys.readouterr().out
     assert "fold-bn" in out and "round ratio" in out
+    q = namespace["q"]
+    assert q.status in ("applied", "unchanged") and q.details["speed"]["pays"] == (q.status == "applied")
+    assert namespace["int8"].report.deployed == (q.status == "applied")
 
 
 def test_ci_runs_the_readme_test_command():

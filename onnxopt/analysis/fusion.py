@@ -42,6 +42,8 @@ class FusionAudit:
     dequantize: int                        # DequantizeLinear left
     tail: list[Island] = dataclasses.field(default_factory=list)  # float ops after the last DQ, feeding no Q
     integer_nodes: dict[str, str] = dataclasses.field(default_factory=dict)  # node name -> its integer kernel
+    # integer kernels whose u8 x s8 product pairs can leave int16: they saturate on x86 without VNNI
+    saturating: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def integer_ops(self) -> dict[str, int]:
@@ -54,7 +56,8 @@ class FusionAudit:
     def as_dict(self) -> dict:
         return {"integer_ops": self.integer_ops, "float_islands": [dataclasses.asdict(i) for i in self.islands],
                 "float_tail": [dataclasses.asdict(i) for i in self.tail],
-                "quantize_linear": self.quantize, "dequantize_linear": self.dequantize, "ops": self.ops}
+                "quantize_linear": self.quantize, "dequantize_linear": self.dequantize, "ops": self.ops,
+                "saturating": list(self.saturating)}
 
     def summary(self) -> str:
         ints = sum(self.integer_ops.values())
@@ -94,7 +97,43 @@ def audit(model: onnx.ModelProto | bytes, *, threads: int = 1) -> FusionAudit:
     ops = collections.Counter(n.op_type for n in optimized.graph.node)
     kernels = {n.name: n.op_type for n in optimized.graph.node if n.name and _is_integer(n.op_type)}
     return FusionAudit(dict(sorted(ops.items())), islands, ops.get("QuantizeLinear", 0), ops.get("DequantizeLinear", 0),
-                       tail, kernels)
+                       tail, kernels, saturating(optimized))
+
+
+# integer kernel -> (activation zero point input, weight input, weight's output-channel axis or None: by transB)
+_WEIGHTED = {"QLinearConv": (2, 3, 0), "QLinearMatMul": (2, 3, 1), "QGemm": (2, 3, None),
+             "ConvInteger": (2, 1, 0), "MatMulInteger": (2, 1, 1)}
+
+
+def saturating(model: onnx.ModelProto) -> list[str]:
+    """Integer kernels (by name, or op type) that read uint8 activations and int8 weights where two
+    weights of one output channel have |w1| + |w2| > 128: 255 * that leaves int16, and x86 CPUs
+    without VNNI add product pairs in int16 with saturation (VPMADDUBSW). Which two the kernel pairs
+    depends on its packing, so any two count."""
+    import numpy as np
+
+    inits = {t.name: t for t in model.graph.initializer}
+    found = []
+    for n in model.graph.node:
+        spec = _WEIGHTED.get(n.op_type)
+        if spec is None or len(n.input) <= spec[1] or n.input[spec[1]] not in inits:
+            continue
+        zero, weight, axis = spec
+        activation_zp = inits.get(n.input[zero]) if len(n.input) > zero and n.input[zero] else None
+        if activation_zp is None or activation_zp.data_type != onnx.TensorProto.UINT8:
+            continue  # int8 activations (or unknown): not the u8 x s8 kernel
+        w = onnx.numpy_helper.to_array(inits[n.input[weight]])
+        if w.dtype != np.int8 or w.ndim < 1:
+            continue
+        if axis is None:
+            axis = 0 if any(a.name == "transB" and a.i for a in n.attribute) else 1
+        flat = np.moveaxis(np.abs(w.astype(np.int32)), axis, 0).reshape(w.shape[axis], -1)
+        if flat.shape[1] < 2:
+            continue
+        top2 = -np.partition(-flat, 1, axis=1)[:, :2]
+        if int((top2[:, 0] + top2[:, 1]).max()) > 128:
+            found.append(n.name or n.op_type)
+    return found
 
 
 def _is_integer(op: str) -> bool:

@@ -31,16 +31,18 @@ __all__ = ["Quantize", "default_activation_type"]
 
 
 def default_activation_type() -> str:
-    """uint8 on x86: onnxruntime's x86 kernels multiply u8 activations by s8 weights (VPMADDUBSW,
-    VNNI), and with int8 activations it leaves residual Conv/Add in float. int8 elsewhere (ARM)."""
-    machine = platform.machine().lower()
-    return "uint8" if machine in ("x86_64", "amd64", "i386", "i686", "x86") else "int8"
+    """The activation type of this CPU's target: uint8 on x86 (onnxruntime's x86 kernels multiply
+    u8 activations by s8 weights; with int8 activations it leaves residual Conv/Add in float), int8
+    on ARM."""
+    from .target import native_target
+    return native_target().activations
 
 
 @register_pass
 class Quantize(Pass):
     name = "quantize"
-    summary = "static int8 QDQ (u8 activations, s8 per-channel weights) where onnxruntime fuses it, audited"
+    summary = ("static int8 QDQ for the CPU it runs on (u8 activations, s8 per-channel weights, no int16 saturation), "
+               "where onnxruntime fuses it and where it pays, audited")
     exact = False
     idempotent = True
     needs_data = True
@@ -53,8 +55,11 @@ class Quantize(Pass):
             "minmax", "activation range: minmax, mean-minmax (mean of per-sample extremes), percentile, "
                       "entropy (TensorRT's KL threshold: clips hardest), mse (least squared error)")
         percentile: float = option(99.999, "for method=percentile")
+        target: str = option(
+            "auto", "the CPU the model is for: auto (this one), x86-vnni, x86-avx512, x86-avx2 (pair-bounded weights: "
+                    "no int16 saturation without VNNI), arm64")
         activations: Literal["auto", "uint8", "int8"] = option(
-            "auto", "activation type; auto = uint8 on x86 (what its kernels fuse), int8 on ARM")
+            "auto", "activation type; auto = the target's (uint8 on x86, what its kernels fuse; int8 on ARM)")
         per_channel: bool = option(True, "one weight scale per output channel (false: one per tensor)")
         keep_activations: bool = option(
             False, "keep Relu/Clip nodes even where the Q range makes them redundant (runtimes that strip Q/DQ)")
@@ -72,6 +77,10 @@ class Quantize(Pass):
             None, "accuracy budget: return the most sensitive layers to float until the metric drops at most "
                   "this much (agreement with float, or accuracy with --eval; 0.005 = half a point)")
         audit: bool = option(True, "report what onnxruntime leaves in float (fusion audit)")
+        speed: bool = option(
+            True, "on this CPU's own target, time int8 against float side by side: regions that are slower in int8 "
+                  "return to float, and a model int8 does not speed up stays float (unless force)")
+        force: bool = option(False, "keep the int8 model even where it is not faster than float on this CPU")
 
         def __post_init__(self) -> None:
             if not 50 < self.percentile <= 100:
@@ -83,6 +92,9 @@ class Quantize(Pass):
             if self.max_drop is not None and not 0 <= self.max_drop < 1:
                 raise ValueError(f"max-drop must be in [0, 1), got {self.max_drop:g}")
             check_patterns("exclude", self.exclude)
+            from .target import NAMES
+            if self.target not in NAMES:
+                raise ValueError(f"unknown target '{self.target}'; choose one of {', '.join(NAMES)}")
 
     def __init__(self, options: Any = None, /, *, calibration: Iterable[Feed] | None = None,
                  evaluate: Callable[[onnx.ModelProto], float] | None = None, **overrides: Any) -> None:

@@ -10,16 +10,19 @@ from pathlib import Path
 import onnx
 
 from onnxopt.analysis.fusion import audit
+from onnxopt.cpu import this_cpu, u8s8_saturates
 from onnxopt.errors import BadData, OnnxoptError, PreconditionError
 from onnxopt.graph import Graph
 from onnxopt.pipeline import PassContext, PassResult
 from onnxopt.runtime import Feed, make_session, random_feeds, run_feeds
 from onnxopt.verify import compare
 
-from . import calibrate
+from . import calibrate, speed
 from .materialize import Applied, activation_is_exact, apply_plan, fit_activation
 from .placement import Plan, make_plan, matches
 from .scheme import activation_qparams
+from .speed import GAIN
+from .target import Target, resolve
 
 
 
@@ -126,9 +129,9 @@ class Builder:
     """Quantized models from one float model and one set of ranges, with different nodes in float."""
 
     def __init__(self, float_model: onnx.ModelProto, shapes, ranges: dict[str, tuple[float, float]], options,
-                 dtype: str, per_channel: bool) -> None:
+                 dtype: str, per_channel: bool, pair_bound: bool = False) -> None:
         self.float_model, self.shapes, self.ranges = float_model, shapes, ranges
-        self.o, self.dtype, self.per_channel = options, dtype, per_channel
+        self.o, self.dtype, self.per_channel, self.pair_bound = options, dtype, per_channel, pair_bound
         self.reasons: dict[str, str] = {}  # float node key -> why (decided here, not by the user)
 
     def plan(self, graph: Graph, float_keys: set[str]) -> Plan:
@@ -138,7 +141,7 @@ class Builder:
         graph = Graph(model or self.float_model, input_shapes=self.shapes)
         plan = self.plan(graph, float_keys)
         applied = apply_plan(graph, plan, self.ranges, dtype=self.dtype, per_channel=self.per_channel,
-                             keep_activations=self.o.keep_activations)
+                             keep_activations=self.o.keep_activations, pair_bound=self.pair_bound)
         return graph.to_model(), applied, plan
 
     def settle(self, graph: Graph, float_keys: set[str]) -> set[str]:
@@ -219,10 +222,11 @@ def _stats(float_model: onnx.ModelProto, tensors: list[str], samples: Samples, o
 
 
 def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> PassResult:
-    from . import default_activation_type
-
     o = p.options
-    dtype = o.activations if o.activations != "auto" else default_activation_type()
+    target, native = resolve(o.target)
+    dtype = o.activations if o.activations != "auto" else target.activations
+    cpu = this_cpu()
+    original = graph.to_model()
     per_channel = _ensure_opset(graph, o.per_channel, result)
     plan = make_plan(graph, exclude=o.exclude, op_types=o.op_types)
     for pattern in o.exclude:
@@ -234,6 +238,12 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
             result.skip(label, f"stays float: {why}")
         result.notes.append("nothing to quantize: no op onnxruntime runs in int8")
         return result
+    result.details["target"] = {"name": target.name, "native": native, "activations": dtype,
+                                "weights": target.weights, "cpu": cpu.as_dict()}
+    result.notes.append(f"target {target.name}: {target.about}; this CPU: {cpu.describe()}")
+    if not native:
+        result.notes.append(f"warning: made for {target.name}, not for this CPU ({cpu.kind}): its speed was not measured "
+                            "and the held-back fidelity below is as this CPU runs it, not as the target will")
     if o.cle:
         from .equalize import equalize
         equalize(graph, result)
@@ -248,7 +258,7 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
     stats = _stats(float_model, _calibrated_tensors(plan), samples, o, ctx, result)  # CLE changed weights only
     ranges = {t: calibrate.compute_range(st, o.method, percentile=o.percentile)
               for t, st in stats.items() if st.seen}
-    builder = Builder(float_model, graph.input_shapes, ranges, o, dtype, per_channel)
+    builder = Builder(float_model, graph.input_shapes, ranges, o, dtype, per_channel, target.pair_bound)
     reference = float_model  # bias correction edits builder.float_model; fidelity is against this one
     float_keys = builder.settle(graph, set())
     if o.bias_correction:
@@ -260,15 +270,51 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
     if o.max_drop is not None:
         from .accuracy import control
         float_keys = control(p, builder, reference, float_keys, held, ctx, result)
+    timing = None
+    if o.speed and native and not ctx.dry_run:
+        timing = _where_it_pays(builder, reference, float_keys, held, ctx, result)
+        float_keys = timing.float_keys
     model, applied, final_plan = builder.build(float_keys)
+    if timing is not None and not timing.pays and not o.force:
+        graph.revert(original)
+        result.stats.clear()
+        result.skipped.clear()  # the regions timed: the whole model stays float, details["speed"] keeps them
+        result.notes.append(f"int8 does not pay on this CPU ({cpu.kind}): the quantized model runs at "
+                            f"{timing.ratio:.2f}x the float model's latency (needs <= {1 - GAIN:.2f}x); the model "
+                            "stays float (quantize:force=true keeps int8)")
+        return result
     graph.reset(model)
     result.changed = True
-    _report(result, final_plan, applied, builder, dtype, per_channel, o)
+    _report(result, final_plan, applied, builder, dtype, per_channel, o, target)
     if held:
         _agreement(result, reference, model, held, ctx)
+    if timing is not None and not timing.pays:
+        held_back = result.details.get("held_back", {}).get("outputs", {})
+        worst = min((v["cosine"] for v in held_back.values()), default=None)
+        moved = f"; outputs moved to cosine {worst:.4f} with float" if worst is not None else ""
+        result.notes.append(f"warning: force=true keeps int8 on a CPU where it does not pay: {timing.ratio:.2f}x the "
+                            f"float model's latency{moved}")
     if o.audit:
         _audit(result, model, ctx, _kept_float_names(builder, final_plan, float_keys))
     return result
+
+
+def _where_it_pays(builder: Builder, reference: onnx.ModelProto, float_keys: set[str], held: list[Feed],
+                   ctx: PassContext, result: PassResult) -> speed.SpeedPlan:
+    """Regions that are slower in int8 return to float (speed.choose), each named in the report."""
+    feed = held[0] if held else random_feeds(reference, builder.shapes, seed=ctx.seed, count=1)[0]
+    units = list(builder.plan(Graph(builder.float_model, input_shapes=builder.shapes), float_keys).units.values())
+    timing = speed.choose(lambda keys: builder.build(keys)[0], units, reference, float_keys, feed, ctx.threads,
+                          progress=lambda i, n: ctx.progress("quantize: timing regions", i, n))
+    result.details["speed"] = timing.as_dict()
+    for t in timing.trials:
+        if t.kept_float:
+            result.skip(t.region, f"stays float: {1 / t.ratio:.2f}x faster in float than in int8 on this CPU")
+    returned = sum(t.kept_float for t in timing.trials)
+    result.notes.append(f"speed on this CPU, int8 / float latency: {timing.first_ratio:.3f} all int8"
+                        + (f", {timing.ratio:.3f} with {returned} of {len(timing.trials)} regions kept float"
+                           if returned else "") + " (side by side, medians)")
+    return timing
 
 
 def _kept_float_names(builder: Builder, plan: Plan, float_keys: set[str]) -> dict[str, str]:
@@ -286,7 +332,7 @@ def _kept_float_names(builder: Builder, plan: Plan, float_keys: set[str]) -> dic
 
 
 def _report(result: PassResult, plan: Plan, applied: Applied, builder: Builder, dtype: str, per_channel: bool,
-            o) -> None:
+            o, target: Target) -> None:
     ops = collections.Counter(u.node.op for u in plan.units.values())
     result.count("nodes quantized", len(plan.units))
     result.count("activations quantized", applied.activations)
@@ -299,6 +345,7 @@ def _report(result: PassResult, plan: Plan, applied: Applied, builder: Builder, 
                             "fits int32 (input scale x weight scale too small)")
     result.details.update({
         "activations": dtype, "weights": "int8 symmetric " + ("per channel" if per_channel else "per tensor"),
+        "pair_bounded_weights": target.pair_bound,
         "method": o.method, "quantized_ops": dict(sorted(ops.items())), "folded": applied.folded,
         "kept_activations": applied.kept_activations,
     })
@@ -313,7 +360,7 @@ def _report(result: PassResult, plan: Plan, applied: Applied, builder: Builder, 
         kept[key] = why
         result.skip(key, why.split(": ", 1)[-1] if ": " in why else why)
     result.details["kept_float"] = kept
-    result.notes.append(f"{dtype} activations, int8 {'per-channel' if per_channel else 'per-tensor'} weights, "
+    result.notes.append(f"{dtype} activations, {target.weights} {'per-channel' if per_channel else 'per-tensor'} weights, "
                         f"{o.method} ranges; " + ", ".join(f"{n} {op}" for op, n in ops.most_common()))
 
 
@@ -344,6 +391,10 @@ def _audit(result: PassResult, model: onnx.ModelProto, ctx: PassContext, kept_fl
         result.notes.append(f"warning: kept float here, but onnxruntime fuses them into integer kernels anyway, as "
                             f"their neighbours are quantized: {listed}; to run them in float, keep their "
                             "neighbours float too")
+    if found.saturating and u8s8_saturates():
+        result.notes.append(f"warning: {len(found.saturating)} integer kernels have weight pairs beyond int16, and "
+                            f"this CPU's u8 x s8 kernel saturates: outputs here are wrong by more than rounding "
+                            "(target=auto bounds the pairs)")
     result.count("float islands", len(found.islands))
     result.notes.append(f"fusion audit (onnxruntime's optimized graph): {found.summary()}")
     for island in found.islands:

@@ -78,7 +78,8 @@ def _bias_vector(graph: Graph, node: Node, channels: int) -> np.ndarray | None:
     return b.ravel()
 
 
-def _quantize_weighted(graph: Graph, unit: Unit, input_q: QParams, per_channel: bool, out: Applied) -> None:
+def _quantize_weighted(graph: Graph, unit: Unit, input_q: QParams, per_channel: bool, pair_bound: bool,
+                       out: Applied) -> None:
     node = unit.node
     w = np.asarray(graph.constant(node.input(1)), np.float32)
     if node.op == "Gemm" and float(node.attr("alpha", 1.0)) != 1.0:
@@ -86,7 +87,7 @@ def _quantize_weighted(graph: Graph, unit: Unit, input_q: QParams, per_channel: 
         w = (w.astype(np.float64) * float(node.attr("alpha", 1.0))).astype(np.float32)
         graph.set_attr(node, "alpha", None)
     axis = weight_axis(graph, node) if per_channel else None
-    wq_params = weight_qparams(w, axis)
+    wq_params = weight_qparams(w, axis, pair_bound=pair_bound)
     channels = int(w.shape[axis]) if axis is not None else (
         int(w.shape[0 if node.op == "Gemm" and int(node.attr("transB", 0)) else -1]) if node.op in ("Gemm", "MatMul")
         else int(w.shape[0] if node.op == "Conv" else w.shape[1] * int(node.attr("group", 1))))
@@ -106,8 +107,9 @@ def _quantize_weighted(graph: Graph, unit: Unit, input_q: QParams, per_channel: 
 
 
 def apply_plan(graph: Graph, plan: Plan, ranges: dict[str, tuple[float, float]], *, dtype: str = "uint8",
-               per_channel: bool = True, keep_activations: bool = False) -> Applied:
-    """Rewrite `graph` as the plan says. `ranges` holds a range for every plan.range_tensors entry."""
+               per_channel: bool = True, keep_activations: bool = False, pair_bound: bool = False) -> Applied:
+    """Rewrite `graph` as the plan says. `ranges` holds a range for every plan.range_tensors entry;
+    `pair_bound` bounds weights for CPUs whose u8 x s8 kernel saturates (see scheme.weight_qparams)."""
     out = Applied()
     params = {t: activation_qparams(*ranges[t], dtype) for t in plan.range_tensors}
     for unit in plan.units.values():  # the activation's floor/ceiling may shave an ulp off the scale
@@ -118,7 +120,7 @@ def apply_plan(graph: Graph, plan: Plan, ranges: dict[str, tuple[float, float]],
     raws: list[tuple[str, Unit]] = []
     for unit in plan.units.values():
         if unit.kind == "weighted":
-            _quantize_weighted(graph, unit, tensor_q[unit.node.input(0)], per_channel, out)
+            _quantize_weighted(graph, unit, tensor_q[unit.node.input(0)], per_channel, pair_bound, out)
             raws.append((unit.node.outputs[0], unit))
     for unit in plan.units.values():
         act = unit.activation

@@ -50,16 +50,28 @@ def activation_qparams(lo: float, hi: float, dtype: str = "uint8") -> QParams:
     return QParams(np.array(scale, np.float32), np.array(zero, dtype=dtype))
 
 
-def weight_qparams(w: np.ndarray, axis: int | None, *, bits: int = 8) -> QParams:
+def weight_qparams(w: np.ndarray, axis: int | None, *, bits: int = 8, pair_bound: bool = False) -> QParams:
     """Symmetric int8 parameters, per channel along `axis` (None: per tensor). The narrow range
-    [-127, 127] (ORT's choice too) keeps -128 out so that w and -w quantize alike."""
+    [-127, 127] (ORT's choice too) keeps -128 out so that w and -w quantize alike.
+
+    `pair_bound`: for CPUs whose u8 x s8 kernel adds two products in int16 and saturates (x86
+    without VNNI: VPMADDUBSW). Which two weights of a channel the kernel pairs depends on its
+    packing, so the bound holds for any two: the scale is (m1 + m2) / 127, m1 and m2 the channel's
+    two largest |w|, so that |q1| + |q2| <= 128 and 255 * 128 = 32640 fits int16. It is never
+    coarser than 7-bit weights (onnxruntime's reduce_range: m1 / 63) and finer when one weight
+    stands out."""
     qmax = 2 ** (bits - 1) - 1
-    if axis is None:
-        absmax = np.array(np.abs(w).max() if w.size else 0.0)
+    flat = np.abs(w).reshape(1, -1) if axis is None else np.moveaxis(np.abs(w), axis, 0).reshape(w.shape[axis], -1)
+    if flat.shape[1] == 0:
+        span = np.zeros(flat.shape[0])
+    elif pair_bound and flat.shape[1] > 1:
+        top2 = -np.partition(-flat, 1, axis=1)[:, :2]
+        span = (top2[:, 0] + top2[:, 1]) * (qmax / 127)
     else:
-        moved = np.moveaxis(np.abs(w), axis, 0).reshape(w.shape[axis], -1)
-        absmax = moved.max(axis=1) if moved.size else np.zeros(w.shape[axis])
-    scale = (absmax / qmax).astype(np.float32)
+        span = flat.max(axis=1)
+    scale = (span / qmax).astype(np.float32)
+    if axis is None:
+        scale = scale.reshape(())
     scale = np.where(scale > np.finfo(np.float32).tiny, scale, np.float32(1.0)).astype(np.float32)
     return QParams(scale, np.zeros(scale.shape, np.int8), axis)
 

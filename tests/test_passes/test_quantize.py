@@ -1,4 +1,4 @@
-"""quantize: the int32 bias guard, weights in Constant nodes, the opset upgrade, range-mismatched
+"""quantize:speed=false, the int32 bias guard, weights in Constant nodes, the opset upgrade, range-mismatched
 Concats, Relu/Clip folding, already-quantized models, the fusion audit (ours and onnxruntime's
 default quantizer), the CLI's one-line errors, and accuracy on the real digits models.
 
@@ -65,7 +65,7 @@ def outputs(model: onnx.ModelProto, feeds, level: str = "all") -> list[np.ndarra
     return [s.run(None, f) for f in feeds]
 
 
-def quantize_pipeline(model, spec="fold-bn,quantize", calibration=None, samples=32):
+def quantize_pipeline(model, spec="fold-bn,quantize:speed=false", calibration=None, samples=32):
     calibration = calibration if calibration is not None else random_calibration(model, samples=samples)
     result = Pipeline(parse_spec(spec), calibration=calibration).run(model)
     return result, result.report.passes[-1]
@@ -128,7 +128,7 @@ def _bias_model(k: int = 3):
 def test_bias_guard_widens_weight_scales_and_keeps_the_bias():
     model, w, b = _bias_model()
     calib = random_feeds(model, shapes(model), seed=1, count=48)
-    out, result = apply(Quantize(calibration=calib), model)
+    out, result = apply(Quantize(speed=False, calibration=calib), model)
     assert result.stats["weight channels widened for int32 bias"] == 2
     assert any("2 weight channels got a wider scale" in n for n in result.notes)
     g = Graph(out)
@@ -165,7 +165,7 @@ def test_bias_guard_not_triggered_by_ordinary_weights():
     model, w, b = _bias_model()
     w2 = weights(0, 4, 3, 3, 3)
     model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w2, "W"))
-    out, result = apply(Quantize(calibration=random_feeds(model, shapes(model), seed=1, count=16)), model)
+    out, result = apply(Quantize(speed=False, calibration=random_feeds(model, shapes(model), seed=1, count=16)), model)
     assert "weight channels widened for int32 bias" not in result.stats
     assert not any("wider scale" in n for n in result.notes)
 
@@ -179,7 +179,7 @@ def test_bias_guard_leaves_headroom_for_the_accumulator():
     model = make([helper.make_node("Conv", ["x", "W", "B"], ["y"], name="op", pads=[1] * 4)], {"W": w, "B": b},
                  [("x", [1, k, 6, 6])], [("y", [1, 4, 6, 6])])
     calib = [{"x": np.abs(rng.standard_normal((1, k, 6, 6))).astype(F32)} for _ in range(40)]  # post-Relu
-    out, result = apply(Quantize(calibration=calib), model)
+    out, result = apply(Quantize(speed=False, calibration=calib), model)
     assert result.stats["weight channels widened for int32 bias"] == 1
     test = [{"x": np.abs(rng.standard_normal((1, k, 6, 6))).astype(F32)} for _ in range(4)]
     ref, got = outputs(model, test, "disabled"), outputs(out, test, "all")
@@ -207,7 +207,7 @@ def test_weights_in_constant_nodes_are_quantized_per_channel_like_initializers()
     plain = build(name)
     assert count_ops(held).get("Constant", 0) >= 16 and "Constant" not in count_ops(plain)
     calib = random_calibration(plain, samples=24)
-    (r_held, p_held), (r_plain, p_plain) = (quantize_pipeline(m, "quantize", calib) for m in (held, plain))
+    (r_held, p_held), (r_plain, p_plain) = (quantize_pipeline(m, "quantize:speed=false", calib) for m in (held, plain))
     assert p_held.status == p_plain.status == "applied"
     assert p_held.stats["weights quantized"] == p_plain.stats["weights quantized"] == 9
     a, b = _weight_arrays(r_held.model), _weight_arrays(r_plain.model)
@@ -264,7 +264,7 @@ def test_opset_upgrade_keeps_the_float_outputs(resnet_opset11):
 
 
 def test_opset11_per_tensor_is_not_upgraded(resnet_opset11):
-    result, p = quantize_pipeline(resnet_opset11, "fold-bn,quantize:per-channel=false")
+    result, p = quantize_pipeline(resnet_opset11, "fold-bn,quantize:speed=false,per-channel=false")
     assert p.status == "applied" and result.model.opset_import[0].version == 11
     assert not any("upgraded" in n for n in p.notes)
     assert all(axis is None and scale.shape == () for _, scale, axis in _weight_arrays(result.model).values())
@@ -291,8 +291,8 @@ def _detector_head() -> onnx.ModelProto:
 def test_concat_of_mismatched_ranges_stays_float_and_keeps_the_small_part():
     model = _detector_head()
     calib = random_feeds(model, shapes(model), seed=1, count=48)
-    kept, r_kept = apply(Quantize(calibration=calib), model)
-    forced, r_forced = apply(Quantize(calibration=calib, concat_range_ratio=0), model)
+    kept, r_kept = apply(Quantize(speed=False, calibration=calib), model)
+    forced, r_forced = apply(Quantize(speed=False, calibration=calib, concat_range_ratio=0), model)
 
     assert "Concat" not in r_kept.details["quantized_ops"]
     assert r_kept.details["quantized_ops"] == {"Conv": 2, "Sigmoid": 1}
@@ -325,8 +325,8 @@ def test_concat_of_mismatched_ranges_stays_float_and_keeps_the_small_part():
 def test_folding_relu_and_clip_is_exact(request, which, act):
     model = request.getfixturevalue(which)
     calib = random_calibration(model, samples=24)
-    folded, p_folded = quantize_pipeline(model, "fold-bn,quantize", calib)
-    kept, p_kept = quantize_pipeline(model, "fold-bn,quantize:keep-activations=true", calib)
+    folded, p_folded = quantize_pipeline(model, "fold-bn,quantize:speed=false", calib)
+    kept, p_kept = quantize_pipeline(model, "fold-bn,quantize:speed=false,keep-activations=true", calib)
     n_act = count_ops(model)[act]
     assert len(p_folded.details["folded"]) == p_folded.stats["Relu/Clip folded"] == n_act
     assert act not in count_ops(folded.model)
@@ -349,7 +349,7 @@ def test_clip_minus_one_to_one_is_not_folded():
     model = make(nodes, {"W1": weights(0, 4, 3, 3, 3), "B1": weights(1, 4), "W2": weights(2, 4, 4, 3, 3),
                          "B2": weights(3, 4), "lo": np.array(-1, F32), "hi": np.array(1, F32)},
                  [("x", [1, 3, 8, 8])], [("y", [1, 4, 8, 8])])
-    out, result = apply(Quantize(calibration=random_feeds(model, shapes(model), seed=1, count=16)), model)
+    out, result = apply(Quantize(speed=False, calibration=random_feeds(model, shapes(model), seed=1, count=16)), model)
     assert result.details["folded"] == []
     assert count_ops(out)["Clip"] == 1
     assert "Clip 'clip' kept" in result.details["kept_float"]["c"]
@@ -368,7 +368,7 @@ def test_relu_whose_input_is_read_elsewhere_is_not_folded():
     model = make(nodes, {"W1": weights(0, 4, 3, 3, 3), "B1": weights(1, 4), "W2": weights(2, 4, 4, 3, 3),
                          "B2": weights(3, 4), "W3": weights(4, 4, 4, 3, 3), "B3": weights(5, 4)},
                  [("x", [1, 3, 8, 8])], [("y1", [1, 4, 8, 8]), ("y2", [1, 4, 8, 8])])
-    out, result = apply(Quantize(calibration=random_feeds(model, shapes(model), seed=1, count=16)), model)
+    out, result = apply(Quantize(speed=False, calibration=random_feeds(model, shapes(model), seed=1, count=16)), model)
     assert result.details["folded"] == [] and "relu" not in result.details["kept_activations"]
     assert count_ops(out)["Relu"] == 1
     g = Graph(out)
@@ -390,7 +390,7 @@ def test_relu_whose_input_is_read_elsewhere_is_not_folded():
 
 def test_our_quantized_model_is_left_unchanged(resnet_q):
     result, _ = resnet_q
-    again = Pipeline(parse_spec("quantize"), calibration=random_calibration(result.model, samples=4)).run(result.model)
+    again = Pipeline(parse_spec("quantize:speed=false"), calibration=random_calibration(result.model, samples=4)).run(result.model)
     p = again.report.passes[0]
     assert p.status == "unchanged" and again.model is result.model
     assert any("already quantized" in n and "nothing changed" in n for n in p.notes), p.notes
@@ -398,7 +398,7 @@ def test_our_quantized_model_is_left_unchanged(resnet_q):
 
 
 def test_onnxruntime_quantized_model_is_left_unchanged(ort_default_q):
-    again = Pipeline(parse_spec("fold-bn,quantize"), calibration=random_calibration(ort_default_q, samples=4)).run(
+    again = Pipeline(parse_spec("fold-bn,quantize:speed=false"), calibration=random_calibration(ort_default_q, samples=4)).run(
         ort_default_q)
     p = again.report.passes[-1]
     assert p.status == "unchanged"
@@ -491,7 +491,7 @@ def test_cli_bad_calibration_arrays(capsys, tmp_path, cli_model, arrays, words):
     data = tmp_path / "calib.npz"
     np.savez(data, **arrays)
     line = _cli_error(capsys, tmp_path, 3, words,
-                      "run", cli_model, "--passes", "fold-bn,quantize", "--calib", data, "-o", tmp_path / "out.onnx")
+                      "run", cli_model, "--passes", "fold-bn,quantize:speed=false", "--calib", data, "-o", tmp_path / "out.onnx")
     assert "calib.npz" in line
 
 
@@ -501,12 +501,12 @@ def test_cli_corrupt_model(capsys, tmp_path, resnet):
     data = tmp_path / "calib.npz"
     np.savez(data, input=np.zeros((2, 3, 32, 32), F32))
     _cli_error(capsys, tmp_path, 3, ("bad.onnx",),
-               "run", bad, "--passes", "fold-bn,quantize", "--calib", data, "-o", tmp_path / "out.onnx")
+               "run", bad, "--passes", "fold-bn,quantize:speed=false", "--calib", data, "-o", tmp_path / "out.onnx")
 
 
 @pytest.mark.parametrize("spec, words", [
-    ("fold-bn,quantize:method=bogus", ("method", "bogus", "minmax")),
-    ("fold-bn,quantize:percentile=10", ("percentile must be in (50, 100]", "10")),
+    ("fold-bn,quantize:speed=false,method=bogus", ("method", "bogus", "minmax")),
+    ("fold-bn,quantize:speed=false,percentile=10", ("percentile must be in (50, 100]", "10")),
 ])
 def test_cli_bad_quantize_options(capsys, tmp_path, cli_model, spec, words):
     _cli_error(capsys, tmp_path, 2, words,
@@ -515,7 +515,7 @@ def test_cli_bad_quantize_options(capsys, tmp_path, cli_model, spec, words):
 
 def test_cli_calib_random_works_and_warns(capsys, tmp_path, cli_model):
     out_path, report = tmp_path / "out.onnx", tmp_path / "r.json"
-    code, out, err = run_cli(capsys, "run", cli_model, "--passes", "fold-bn,quantize", "--calib", "random",
+    code, out, err = run_cli(capsys, "run", cli_model, "--passes", "fold-bn,quantize:speed=false", "--calib", "random",
                              "-o", out_path, "--report", report)
     assert code == 0, err
     assert "warning: calibrated on random inputs (--calib random)" in out
@@ -541,9 +541,9 @@ def digits_test():
 
 
 @pytest.mark.parametrize("name, spec, max_drop", [
-    ("digits_resnet", "fold-bn,quantize", 0.005),
-    ("digits_repvgg", "fold-bn,reparam,quantize", 0.005),
-    ("digits_mobilenetv2", "fold-bn,quantize", 0.005),
+    ("digits_resnet", "fold-bn,quantize:speed=false", 0.005),
+    ("digits_repvgg", "fold-bn,reparam,quantize:speed=false", 0.005),
+    ("digits_mobilenetv2", "fold-bn,quantize:speed=false", 0.005),
 ])
 def test_digits_accuracy_after_quantization(name, spec, max_drop, digits_test):
     model = onnx.load(str(FIXTURES / f"{name}.onnx"))
