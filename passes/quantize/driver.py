@@ -310,6 +310,9 @@ def _where_it_pays(builder: Builder, reference: onnx.ModelProto, float_keys: set
     for t in timing.trials:
         if t.kept_float:
             result.skip(t.region, f"stays float: {1 / t.ratio:.2f}x faster in float than in int8 on this CPU")
+    if timing.undone:
+        result.notes.append("speed: regions that each looked faster in float were not faster together than all "
+                            "int8; all int8 kept")
     returned = sum(t.kept_float for t in timing.trials)
     result.notes.append(f"speed on this CPU, int8 / float latency: {timing.first_ratio:.3f} all int8"
                         + (f", {timing.ratio:.3f} with {returned} of {len(timing.trials)} regions kept float"

@@ -10,12 +10,14 @@ pass over the tensor. So, as measured, not assumed:
    QuantizeLinear);
 2. each region in turn is tried in float, timed side by side with the current model (interleaved,
    medians: onnxopt.bench), and kept float when that is at least GAIN faster;
-3. the result is timed against the float model; unless it is at least GAIN faster, int8 does not
+3. if regions were kept float, the result is timed against the all-int8 model (each step passed GAIN
+   alone; together they must still be faster, else all int8 is kept), then against the float model; unless it is at least GAIN faster, int8 does not
    pay on this CPU and the pass leaves the model float (force=true keeps it).
 """
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import onnx
@@ -25,7 +27,9 @@ from onnxopt.runtime import Feed
 
 REGIONS = 8
 GAIN = 0.02            # a change must save 2% of the latency to count: above the A/A noise of these machines
-BUDGET_SECONDS = 1.0   # per side-by-side comparison (at least 5 rounds)
+BUDGET_SECONDS = 1.0   # per side-by-side comparison, or as long as MIN_ROUNDS take (at most MAX_SECONDS)
+MIN_ROUNDS = 25        # a median of fewer rounds of a large model moved by more than GAIN between identical runs
+MAX_SECONDS = 8.0
 
 
 @dataclasses.dataclass
@@ -41,6 +45,7 @@ class SpeedPlan:
     ratio: float           # final int8 model / float model, ratio of medians
     first_ratio: float     # all-int8 model / float model
     trials: list[Trial]
+    undone: bool = False   # regions kept float one by one, but together not faster than all int8: all int8 kept
 
     @property
     def pays(self) -> bool:
@@ -48,13 +53,17 @@ class SpeedPlan:
 
     def as_dict(self) -> dict:
         return {"int8_over_float": self.ratio, "all_int8_over_float": self.first_ratio, "gain_needed": GAIN,
-                "pays": self.pays, "regions": [dataclasses.asdict(t) for t in self.trials]}
+                "pays": self.pays, "regions": [dataclasses.asdict(t) for t in self.trials], "undone": self.undone}
 
 
 def ratio(a: onnx.ModelProto, b: onnx.ModelProto, feed: Feed, threads: int) -> float:
     """Latency of `a` over latency of `b`, timed side by side (ratio of medians)."""
-    timings = interleave([("b", session_runner(b, feed, threads=threads)), ("a", session_runner(a, feed, threads=threads))],
-                         warmup=3, rounds=400, budget_seconds=BUDGET_SECONDS)
+    runners = [("b", session_runner(b, feed, threads=threads)), ("a", session_runner(a, feed, threads=threads))]
+    t0 = time.perf_counter()
+    for _, run in runners:  # one untimed round: how long a round takes sets the budget
+        run()
+    budget = min(max(BUDGET_SECONDS, MIN_ROUNDS * (time.perf_counter() - t0)), MAX_SECONDS)
+    timings = interleave(runners, warmup=2, rounds=400, budget_seconds=budget)
     return timings[1].median / timings[0].median
 
 
@@ -82,7 +91,7 @@ def choose(build: Callable[[set[str]], onnx.ModelProto], units: list, float_mode
     """The float keys (node outputs) to build with: `float_keys` plus every region that runs faster
     in float. `build(keys)` makes the quantized model with those nodes float."""
     keys = set(float_keys)
-    current = build(keys)
+    everywhere = current = build(keys)
     first = ratio(current, float_model, feed, threads)
     trials = []
     runs = regions(units)
@@ -96,5 +105,11 @@ def choose(build: Callable[[set[str]], onnx.ModelProto], units: list, float_mode
             trials.append(Trial(_name(run), r, faster))
             if faster:
                 keys, current = candidate_keys, candidate
-    final = ratio(current, float_model, feed, threads) if any(t.kept_float for t in trials) else first
-    return SpeedPlan(keys, final, first, trials)
+    if not any(t.kept_float for t in trials):
+        return SpeedPlan(keys, first, first, trials)
+    if ratio(current, everywhere, feed, threads) > 1.0:
+        # each step looked faster, the whole is not (noise that passed GAIN, or regions that interact)
+        for t in trials:
+            t.kept_float = False
+        return SpeedPlan(set(float_keys), first, first, trials, undone=True)
+    return SpeedPlan(keys, ratio(current, float_model, feed, threads), first, trials)
