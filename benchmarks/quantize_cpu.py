@@ -89,7 +89,8 @@ def markdown(data: dict) -> str:
     cpu = data["cpu"]
     lines = [f"# quantize on {cpu['kind']} ({cpu['model']})", "",
              f"CPU flags: {', '.join(cpu['flags']) or 'none'}; onnxruntime's u8 x s8 products "
-             f"{'saturate in int16' if cpu['u8s8_saturates'] else 'are exact'} here (onnxopt.cpu probe). "
+             f"{ {True: 'saturate in int16', False: 'are exact', None: 'are of unknown kind'}[cpu['u8s8_saturates']]} "
+             "here (onnxopt.cpu probe). "
              f"onnxruntime {data['machine']['onnxruntime']}, 1 intra-op thread, ORT_ENABLE_ALL, batch 1; "
              "ratios measured side by side (interleaved, medians), interval = 95% CI of the median round ratio.",
              "", "| model | variant | INT8/FP32 | interval | accuracy | cosine | top-1 agr. | note |",

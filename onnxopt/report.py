@@ -230,7 +230,8 @@ def format_fusion(fusion: dict, cpu: dict | None = None) -> str:
     hot = fusion.get("saturating") or []
     if hot:
         shown = ", ".join(hot[:5]) + (f" and {len(hot) - 5} more" if len(hot) > 5 else "")
-        here = f"; this CPU ({cpu['kind']}) {'saturates' if cpu.get('u8s8_saturates') else 'does not'}" if cpu else ""
+        sat = cpu.get("u8s8_saturates") if cpu else None
+        here = f"; this CPU ({cpu['kind']}) {'saturates' if sat else 'does not' if sat is False else 'may'}" if cpu else ""
         lines.append(f"  weight pairs beyond int16 in {len(hot)} integer kernel(s) ({shown}): u8 x s8 products saturate "
                      f"on x86 without VNNI{here} (quantize:target=x86-avx2 bounds them)")
     elif ints:

@@ -92,23 +92,33 @@ def test_arm_targets_int8_activations(monkeypatch):
         target.resolve("x86-sse")
 
 
-def test_pair_bound_keeps_every_weight_pair_inside_int16():
+def _worst_same_sign_pair(wq: np.ndarray) -> np.ndarray:
+    """Per channel (rows): the largest |q1| + |q2| over two weights of the same sign."""
+    wq = wq.astype(np.int32)
+    return np.maximum(*[(-np.partition(-np.maximum(sign * wq, 0), 1, axis=1)[:, :2]).sum(1) for sign in (1, -1)])
+
+
+def test_pair_bound_keeps_every_same_sign_pair_inside_int16():
+    """u8 activations are never negative, so only same-sign weight pairs can leave int16."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((64, 32, 3, 3)).astype(F32)
     w[5, 3, 1, 1] = 40.0                      # a channel with one outlier
     w[6] = 0.0                                # an all-zero channel
+    w[7] = 0.0
+    w[7, 0, 0, :2] = [9.0, -9.0]              # its two largest differ in sign: 8-bit stays safe
     plain, bounded = weight_qparams(w, 0), weight_qparams(w, 0, pair_bound=True)
-    for q, worst in ((plain, 254), (bounded, 128)):
-        wq = np.abs(quantize_weight(w, q).astype(np.int32)).reshape(64, -1)
-        top2 = -np.partition(-wq, 1, axis=1)[:, :2]
-        assert (top2.sum(1) <= 128).all() if worst == 128 else top2.sum(1).max() > 128
-    seven = weight_qparams(w, 0, bits=7).scale          # onnxruntime's reduce_range: m1 / 63
-    assert (bounded.scale <= seven * 1.0001).all()      # never coarser than 7-bit weights
-    assert bounded.scale[5] < 0.6 * seven[5]            # and finer where one weight stands out
+    assert _worst_same_sign_pair(quantize_weight(w, plain).reshape(64, -1)).max() > 128  # what saturates
+    assert (_worst_same_sign_pair(quantize_weight(w, bounded).reshape(64, -1)) <= 128).all()
+    reduce_range = np.abs(w).reshape(64, -1).max(1) / 64   # onnxruntime's reduce_range: [-64, 64]
+    live = reduce_range > 0
+    assert (bounded.scale[live] <= reduce_range[live] * 1.0001).all()  # never coarser than reduce_range
+    assert bounded.scale[5] < 0.6 * reduce_range[5]        # finer where one weight stands out
+    assert bounded.scale[7] == pytest.approx(plain.scale[7])  # and 8-bit where the top two differ in sign
     assert bounded.scale[6] == 1.0
+    assert (weight_qparams(w, 0, bits=7, pair_bound=True).scale >= np.abs(w).reshape(64, -1).max(1) / 63 * 0.9999).all()
     per_tensor = weight_qparams(w, None, pair_bound=True)
-    wq = np.sort(np.abs(quantize_weight(w, per_tensor).astype(np.int32)).ravel())
-    assert per_tensor.scale.shape == () and wq[-1] + wq[-2] <= 128
+    assert per_tensor.scale.shape == ()
+    assert _worst_same_sign_pair(quantize_weight(w, per_tensor).reshape(1, -1)).max() <= 128
 
 
 # -- a model that saturates: 255 x 127 in every product ------------------------------------------
@@ -141,6 +151,54 @@ def test_pair_bounded_target_holds_on_any_cpu():
     assert result.details["fusion"]["saturating"] == []
     assert result.details["pair_bounded_weights"] is True
     assert _deployed_error(model, out, test) < 0.02
+
+
+def _layer(kind: str) -> tuple[onnx.ModelProto, list[dict], list[dict]]:
+    """One weighted op whose 8-bit weights are all near +127 on inputs near 255 (see _saturating_model)."""
+    rng = np.random.default_rng(5)
+    c = 32
+    near_one = lambda *shape: (1.0 + 0.05 * rng.standard_normal(shape)).astype(F32)  # noqa: E731
+    if kind.startswith("Conv"):
+        group, mult = {"Conv": (1, 8), "Conv-depthwise": (c, 1), "Conv-multiplier2": (c, 2)}[kind]
+        w = near_one(group * mult if group > 1 else mult, c // group, 3, 3)
+        node = helper.make_node("Conv", ["x", "w"], ["y"], name="op", group=group, pads=[1, 1, 1, 1])
+        x_shape, y_shape = [1, c, 4, 4], [1, w.shape[0], 4, 4]
+    elif kind.startswith("Gemm"):
+        trans = int(kind.endswith("transB"))
+        w = near_one(8, c) if trans else near_one(c, 8)
+        node = helper.make_node("Gemm", ["x", "w"], ["y"], name="op", transB=trans)
+        x_shape, y_shape = [1, c], [1, 8]
+    else:
+        w = near_one(c, 8)
+        node = helper.make_node("MatMul", ["x", "w"], ["y"], name="op")
+        x_shape, y_shape = [1, c], [1, 8]
+    model = make_model([node], {"w": w}, [("x", x_shape)], [("y", y_shape)])
+    calib = [{"x": rng.uniform(0.9 if i % 3 == 0 else 0, 1, x_shape).astype(F32)} for i in range(24)]
+    test = [{"x": rng.uniform(0.9, 1, x_shape).astype(F32)} for _ in range(4)]
+    return model, calib, test
+
+
+@pytest.mark.parametrize("kind", ["Conv", "Conv-depthwise", "Conv-multiplier2", "Gemm", "Gemm-transB", "MatMul"])
+def test_every_kernel_kind_holds_with_the_pair_bound_and_the_audit_knows_which_pair(kind):
+    """Each integer kernel onnxruntime makes: pair-bounded weights give the float answer as deployed on
+    any CPU; the 8-bit VNNI format is named by the audit exactly where the kernel pairs products (a
+    depthwise conv widens to int32 first, so it keeps 8-bit weights under the bound too) and, on a
+    CPU that saturates, is wrong exactly there."""
+    model, calib, test = _layer(kind)
+    bounded, r_bounded = apply(Quantize(calibration=calib, target="x86-avx2", speed=False, holdback=4), model)
+    vnni, r_vnni = apply(Quantize(calibration=calib, target="x86-vnni", speed=False, holdback=4), model)
+    assert sum(r_bounded.details["fusion"]["integer_ops"].values()) >= 1
+    assert r_bounded.details["fusion"]["saturating"] == []
+    assert _deployed_error(model, bounded, test) < 0.02
+    pairs = kind != "Conv-depthwise"
+    assert r_vnni.details["fusion"]["saturating"] == (["op"] if pairs else [])
+    same_weights = all(np.array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+                       for a, b in zip(bounded.graph.initializer, vnni.graph.initializer) if a.name.endswith("quantized"))
+    assert same_weights == (not pairs)
+    if SATURATES:
+        assert (_deployed_error(model, vnni, test) > 0.3) == pairs
+    else:
+        assert _deployed_error(model, vnni, test) < 0.02
 
 
 def test_vnni_format_on_this_cpu_is_right_only_where_products_are_exact():
@@ -288,7 +346,7 @@ def test_slow_regions_return_to_float(monkeypatch):
     plan = result.details["speed"]
     assert plan["pays"] and [r["kept_float"] for r in plan["regions"]] == [True, False, False]
     assert plan["int8_over_float"] == pytest.approx(6 / 10) and plan["all_int8_over_float"] == pytest.approx(8 / 10)
-    assert any("conv0" in s.where and "faster in float" in s.reason for s in result.skipped)
+    assert any("conv0" in s.where and "faster with it in float" in s.reason for s in result.skipped)
 
 
 def test_int8_that_does_not_pay_leaves_the_model_float(monkeypatch):
@@ -347,3 +405,32 @@ def test_regions_that_are_not_faster_together_are_undone(monkeypatch):
     assert _int8_convs(out) == {f"conv{i}" for i in range(6)} and plan["int8_over_float"] == pytest.approx(0.8)
     assert any("not faster together" in n for n in result.notes)
     assert next(answers, None) is None
+
+
+def test_dry_run_says_that_int8_was_not_timed():
+    model, calib = _chain()
+    _, result = apply(Quantize(calibration=calib, holdback=4), model, dry_run=True)
+    assert "speed" not in result.details
+    assert any(n.startswith("dry run: int8 was not timed against float") for n in result.notes)
+
+
+def test_a_float_verdict_after_cle_gives_back_the_model_as_it_came(monkeypatch):
+    """CLE edits the graph before int8 is timed: when int8 does not pay, the pass reports no change
+    and the pipeline keeps the input model, not the equalized one (nor a 'failed' status)."""
+    model, calib = _chain()
+    _fake_latency(monkeypatch, lambda m: 10 + 0.01 * len(_int8_convs(m)))
+    run = Pipeline([Quantize(cle=True, holdback=4)], calibration=calib).run(model)
+    p = run.report.passes[0]
+    assert p.status == "unchanged", p.message
+    assert run.model.SerializeToString() == model.SerializeToString()
+    assert any(n.startswith("cle: ") for n in p.details["discarded"]["notes"])  # what was tried, set aside
+    assert p.notes[-1].startswith("int8 does not pay on this CPU")
+
+
+def test_every_op_kept_float_by_accuracy_control_is_named_as_the_cause(monkeypatch):
+    model, calib = _chain()
+    _fake_latency(monkeypatch, lambda m: 10 - len(_int8_convs(m)))
+    _, result = apply(Quantize(calibration=calib, holdback=4, evaluate=lambda m: -len(_int8_convs(m)),
+                               max_drop=0.0), model)
+    assert not result.changed
+    assert result.notes[-1].startswith("every quantizable op was kept float (accuracy control")

@@ -100,16 +100,20 @@ def audit(model: onnx.ModelProto | bytes, *, threads: int = 1) -> FusionAudit:
                        tail, kernels, saturating(optimized))
 
 
-# integer kernel -> (activation zero point input, weight input, weight's output-channel axis or None: by transB)
+# integer kernel -> (activation zero point input or None: always uint8, weight input, weight's
+# output-channel axis or None: by transB)
 _WEIGHTED = {"QLinearConv": (2, 3, 0), "QLinearMatMul": (2, 3, 1), "QGemm": (2, 3, None),
-             "ConvInteger": (2, 1, 0), "MatMulInteger": (2, 1, 1)}
+             "ConvInteger": (2, 1, 0), "MatMulInteger": (2, 1, 1), "MatMulIntegerToFloat": (4, 1, 1),
+             "DynamicQuantizeMatMul": (None, 1, 1)}
 
 
 def saturating(model: onnx.ModelProto) -> list[str]:
     """Integer kernels (by name, or op type) that read uint8 activations and int8 weights where two
-    weights of one output channel have |w1| + |w2| > 128: 255 * that leaves int16, and x86 CPUs
-    without VNNI add product pairs in int16 with saturation (VPMADDUBSW). Which two the kernel pairs
-    depends on its packing, so any two count."""
+    weights of the same sign in one output channel have |w1| + |w2| > 128: 255 * that leaves int16,
+    and x86 CPUs without VNNI add product pairs in int16 with saturation (VPMADDUBSW). Which two the
+    kernel pairs depends on its packing, so any two count; depthwise convolutions, whose kernels
+    widen to int32 first, do not. A missing activation zero point means uint8 (onnxruntime's
+    dynamic quantization)."""
     import numpy as np
 
     inits = {t.name: t for t in model.graph.initializer}
@@ -119,19 +123,23 @@ def saturating(model: onnx.ModelProto) -> list[str]:
         if spec is None or len(n.input) <= spec[1] or n.input[spec[1]] not in inits:
             continue
         zero, weight, axis = spec
-        activation_zp = inits.get(n.input[zero]) if len(n.input) > zero and n.input[zero] else None
-        if activation_zp is None or activation_zp.data_type != onnx.TensorProto.UINT8:
-            continue  # int8 activations (or unknown): not the u8 x s8 kernel
+        activation_zp = inits.get(n.input[zero]) if zero is not None and len(n.input) > zero and n.input[zero] else None
+        if activation_zp is not None and activation_zp.data_type != onnx.TensorProto.UINT8:
+            continue  # int8 activations: not the u8 x s8 kernel
         w = onnx.numpy_helper.to_array(inits[n.input[weight]])
         if w.dtype != np.int8 or w.ndim < 1:
             continue
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if "Conv" in n.op_type and group > 1 and w.ndim > 1 and w.shape[1] == 1 and w.shape[0] == group:
+            continue  # depthwise: exact
         if axis is None:
             axis = 0 if any(a.name == "transB" and a.i for a in n.attribute) else 1
-        flat = np.moveaxis(np.abs(w.astype(np.int32)), axis, 0).reshape(w.shape[axis], -1)
-        if flat.shape[1] < 2:
+        per_channel = np.moveaxis(w.astype(np.int32), axis, 0).reshape(w.shape[axis], -1)
+        if per_channel.shape[1] < 2:
             continue
-        top2 = -np.partition(-flat, 1, axis=1)[:, :2]
-        if int((top2[:, 0] + top2[:, 1]).max()) > 128:
+        worst = max(int((-np.partition(-same, 1, axis=1)[:, :2]).sum(axis=1).max())
+                    for same in (np.maximum(per_channel, 0), np.maximum(-per_channel, 0)))
+        if worst > 128:
             found.append(n.name or n.op_type)
     return found
 

@@ -226,7 +226,10 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
     target, native = resolve(o.target)
     dtype = o.activations if o.activations != "auto" else target.activations
     cpu = this_cpu()
-    original = graph.to_model()
+    timed = o.speed and native and not ctx.dry_run
+    # a float verdict must give back the model as it came: keep a copy only where the graph is edited
+    # before that verdict (the opset upgrade, CLE); everything else builds separate graphs
+    original = graph.to_model() if timed and (o.cle or (graph.opset < 13 and o.per_channel)) else None
     per_channel = _ensure_opset(graph, o.per_channel, result)
     plan = make_plan(graph, exclude=o.exclude, op_types=o.op_types)
     for pattern in o.exclude:
@@ -270,19 +273,22 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
     if o.max_drop is not None:
         from .accuracy import control
         float_keys = control(p, builder, reference, float_keys, held, ctx, result)
+    if timed and not builder.plan(Graph(builder.float_model, input_shapes=builder.shapes), float_keys).units:
+        return _stay_float(graph, original, result, "every quantizable op was kept float (" + (
+            "accuracy control, " if o.max_drop is not None else "") + "range checks): the model stays float")
     timing = None
-    if o.speed and native and not ctx.dry_run:
+    if timed:
         timing = _where_it_pays(builder, reference, float_keys, held, ctx, result)
         float_keys = timing.float_keys
+    elif o.speed and native and ctx.dry_run:
+        result.notes.append("dry run: int8 was not timed against float; a real run keeps float the regions that are "
+                            "not faster in int8 here, and the whole model when int8 does not pay")
     model, applied, final_plan = builder.build(float_keys)
     if timing is not None and not timing.pays and not o.force:
-        graph.revert(original)
-        result.stats.clear()
-        result.skipped.clear()  # the regions timed: the whole model stays float, details["speed"] keeps them
-        result.notes.append(f"int8 does not pay on this CPU ({cpu.kind}): the quantized model runs at "
-                            f"{timing.ratio:.2f}x the float model's latency (needs <= {1 - GAIN:.2f}x); the model "
-                            "stays float (quantize:force=true keeps int8)")
-        return result
+        return _stay_float(graph, original, result, (
+            f"int8 does not pay on this CPU ({cpu.kind}, {ctx.threads} thread{'s' * (ctx.threads > 1)}): the "
+            f"quantized model runs at {timing.ratio:.3f}x the float model's latency (needs <= {1 - GAIN:.3f}x); the "
+            "model stays float (quantize:force=true keeps int8)"))
     graph.reset(model)
     result.changed = True
     _report(result, final_plan, applied, builder, dtype, per_channel, o, target)
@@ -292,10 +298,25 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
         held_back = result.details.get("held_back", {}).get("outputs", {})
         worst = min((v["cosine"] for v in held_back.values()), default=None)
         moved = f"; outputs moved to cosine {worst:.4f} with float" if worst is not None else ""
-        result.notes.append(f"warning: force=true keeps int8 on a CPU where it does not pay: {timing.ratio:.2f}x the "
+        result.notes.append(f"warning: force=true keeps int8 on a CPU where it does not pay: {timing.ratio:.3f}x the "
                             f"float model's latency{moved}")
     if o.audit:
         _audit(result, model, ctx, _kept_float_names(builder, final_plan, float_keys))
+    return result
+
+
+def _stay_float(graph: Graph, original: onnx.ModelProto | None, result: PassResult, why: str) -> PassResult:
+    """The pass's verdict is the float model: the graph goes back to what came in, and what was tried
+    on the way is kept under details["discarded"] (its notes and details describe a model not written)."""
+    if original is not None:
+        graph.revert(original)
+    keep = {"target", "speed"}
+    result.details["discarded"] = {k: result.details.pop(k) for k in list(result.details) if k not in keep}
+    shown = ("target ", "warning: ")  # the target, and warnings about the input or the data, still hold
+    result.details["discarded"]["notes"] = [n for n in result.notes if not n.startswith(shown)]
+    result.notes[:] = [n for n in result.notes if n.startswith(shown)] + [why]
+    result.stats.clear()
+    result.skipped.clear()
     return result
 
 
@@ -309,14 +330,16 @@ def _where_it_pays(builder: Builder, reference: onnx.ModelProto, float_keys: set
     result.details["speed"] = timing.as_dict()
     for t in timing.trials:
         if t.kept_float:
-            result.skip(t.region, f"stays float: {1 / t.ratio:.2f}x faster in float than in int8 on this CPU")
+            result.skip(t.region, f"stays float: the model ran {1 - t.ratio:.0%} faster with it in float than in "
+                                  "int8 on this CPU")
     if timing.undone:
         result.notes.append("speed: regions that each looked faster in float were not faster together than all "
                             "int8; all int8 kept")
     returned = sum(t.kept_float for t in timing.trials)
     result.notes.append(f"speed on this CPU, int8 / float latency: {timing.first_ratio:.3f} all int8"
                         + (f", {timing.ratio:.3f} with {returned} of {len(timing.trials)} regions kept float"
-                           if returned else "") + " (side by side, medians)")
+                           if returned else "") + f" (side by side, medians, {ctx.threads} thread"
+                        + "s" * (ctx.threads > 1) + ")")
     return timing
 
 
@@ -394,10 +417,12 @@ def _audit(result: PassResult, model: onnx.ModelProto, ctx: PassContext, kept_fl
         result.notes.append(f"warning: kept float here, but onnxruntime fuses them into integer kernels anyway, as "
                             f"their neighbours are quantized: {listed}; to run them in float, keep their "
                             "neighbours float too")
-    if found.saturating and u8s8_saturates():
-        result.notes.append(f"warning: {len(found.saturating)} integer kernels have weight pairs beyond int16, and "
-                            f"this CPU's u8 x s8 kernel saturates: outputs here are wrong by more than rounding "
-                            "(target=auto bounds the pairs)")
+    if found.saturating:
+        here = ("this CPU's u8 x s8 kernel saturates too: outputs here are wrong by more than rounding"
+                if u8s8_saturates() else "exact on this CPU")
+        result.notes.append(f"warning: {len(found.saturating)} integer kernels have weight pairs beyond int16: "
+                            f"{here}; they saturate on x86 without VNNI (AVX2, AVX-512 without VNNI), where "
+                            "target=x86-avx2 makes a model that is right on both")
     result.count("float islands", len(found.islands))
     result.notes.append(f"fusion audit (onnxruntime's optimized graph): {found.summary()}")
     for island in found.islands:

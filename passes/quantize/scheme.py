@@ -55,21 +55,26 @@ def weight_qparams(w: np.ndarray, axis: int | None, *, bits: int = 8, pair_bound
     [-127, 127] (ORT's choice too) keeps -128 out so that w and -w quantize alike.
 
     `pair_bound`: for CPUs whose u8 x s8 kernel adds two products in int16 and saturates (x86
-    without VNNI: VPMADDUBSW). Which two weights of a channel the kernel pairs depends on its
-    packing, so the bound holds for any two: the scale is (m1 + m2) / 127, m1 and m2 the channel's
-    two largest |w|, so that |q1| + |q2| <= 128 and 255 * 128 = 32640 fits int16. It is never
-    coarser than 7-bit weights (onnxruntime's reduce_range: m1 / 63) and finer when one weight
-    stands out."""
+    without VNNI: VPMADDUBSW sums the products of two neighbouring K values of one output channel).
+    u8 activations are never negative, so only two weights of the same sign can overflow, and the
+    bound holds for any two of them, whatever order the kernel packs: the scale is the larger of
+    (p1 + p2) / 127 and (n1 + n2) / 127, p and n the channel's two largest positive and negative
+    magnitudes, so that 255 * (|q1| + |q2|) <= 255 * 128 = 32640 fits int16. Where that is coarser
+    than onnxruntime's reduce_range (7-bit weights in [-64, 64], scale m1 / 64), that scale is taken:
+    it is safe too."""
     qmax = 2 ** (bits - 1) - 1
-    flat = np.abs(w).reshape(1, -1) if axis is None else np.moveaxis(np.abs(w), axis, 0).reshape(w.shape[axis], -1)
-    if flat.shape[1] == 0:
-        span = np.zeros(flat.shape[0])
-    elif pair_bound and flat.shape[1] > 1:
-        top2 = -np.partition(-flat, 1, axis=1)[:, :2]
-        span = (top2[:, 0] + top2[:, 1]) * (qmax / 127)
+    moved = w.reshape(1, -1) if axis is None else np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    flat = np.abs(moved)
+    span = flat.max(axis=1) if flat.shape[1] else np.zeros(flat.shape[0])
+    if pair_bound and flat.shape[1] > 1:
+        pairs = np.zeros(flat.shape[0])
+        for same_sign in (np.maximum(moved, 0), np.maximum(-moved, 0)):
+            top2 = -np.partition(-same_sign, 1, axis=1)[:, :2]
+            pairs = np.maximum(pairs, top2[:, 0] + top2[:, 1])
+        bounded = np.minimum(np.maximum(span, pairs) / 127, span / 64)  # the 8-bit scale that keeps pairs in int16
+        scale = np.maximum(bounded, span / qmax).astype(np.float32)
     else:
-        span = flat.max(axis=1)
-    scale = (span / qmax).astype(np.float32)
+        scale = (span / qmax).astype(np.float32)
     if axis is None:
         scale = scale.reshape(())
     scale = np.where(scale > np.finfo(np.float32).tiny, scale, np.float32(1.0)).astype(np.float32)

@@ -10,8 +10,9 @@ pass over the tensor. So, as measured, not assumed:
    QuantizeLinear);
 2. each region in turn is tried in float, timed side by side with the current model (interleaved,
    medians: onnxopt.bench), and kept float when that is at least GAIN faster;
-3. if regions were kept float, the result is timed against the all-int8 model (each step passed GAIN
-   alone; together they must still be faster, else all int8 is kept), then against the float model; unless it is at least GAIN faster, int8 does not
+3. if regions were kept float, the result is timed against the all-int8 model and then the float
+   model: each step passed GAIN alone, and together they must still be GAIN faster than all int8
+   and faster than all int8 was against float, else all int8 is kept; unless it is at least GAIN faster, int8 does not
    pay on this CPU and the pass leaves the model float (force=true keeps it).
 """
 from __future__ import annotations
@@ -107,9 +108,12 @@ def choose(build: Callable[[set[str]], onnx.ModelProto], units: list, float_mode
                 keys, current = candidate_keys, candidate
     if not any(t.kept_float for t in trials):
         return SpeedPlan(keys, first, first, trials)
-    if ratio(current, everywhere, feed, threads) > 1.0:
+    final = ratio(current, everywhere, feed, threads)
+    if final <= 1 - GAIN:
+        final = ratio(current, float_model, feed, threads)
+    if final > 1 - GAIN or final > first:
         # each step looked faster, the whole is not (noise that passed GAIN, or regions that interact)
         for t in trials:
             t.kept_float = False
         return SpeedPlan(set(float_keys), first, first, trials, undone=True)
-    return SpeedPlan(keys, ratio(current, float_model, feed, threads), first, trials)
+    return SpeedPlan(keys, final, first, trials)

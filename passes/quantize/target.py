@@ -53,7 +53,8 @@ def native_target() -> Target:
     kind = cpu.kind
     if kind == "x86":  # SSE only: onnxruntime's kernels there are not documented; bound the pairs to be safe
         kind = "x86-avx2"
-    target = TARGETS.get(kind, TARGETS["arm64"])
+    target = TARGETS.get(kind) or Target(kind, "int8", False, f"{kind}: int8 activations (onnxruntime's kernels "
+                                                              "here are not known to saturate)")
     saturates = u8s8_saturates() if target.activations == "uint8" else None
     if saturates is not None and saturates != target.pair_bound:
         target = TARGETS["x86-avx2" if saturates else "x86-vnni"]
