@@ -223,25 +223,27 @@ def _pre_process(source: Path, tmp: Path) -> Path:
     return prepared
 
 
-def ort_quantize_u8s8(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] | None) -> onnx.ModelProto:
-    # uint8 activations: with int8 ones ORT's x86 kernels leave residual Convs and Adds in float
-    # between Q/DQ (anchors.md §1.4).
+def _ort_uint8_activations(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] | None, weights: str,
+                          **options) -> onnx.ModelProto:
+    """quant_pre_process, then quantize_static with uint8 activations, per-channel `weights` (QInt8 or
+    QUInt8) weights: onnxruntime's recipes for x86."""
     quantization = _require("onnxruntime.quantization")
     calib = _need_calib(calib, "onnxruntime quantize_static")
     with tempfile.TemporaryDirectory(prefix="peers-ort-") as tmp:
         prepared = _pre_process(_saved(model, Path(tmp)), Path(tmp))
         return _ort_quantize(prepared, calib, Path(tmp), activation_type=quantization.QuantType.QUInt8,
-                             weight_type=quantization.QuantType.QInt8, per_channel=True, reduce_range=not has_vnni())
+                             weight_type=getattr(quantization.QuantType, weights), per_channel=True, **options)
+
+
+def ort_quantize_u8s8(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] | None) -> onnx.ModelProto:
+    # uint8 activations: with int8 ones ORT's x86 kernels leave residual Convs and Adds in float
+    # between Q/DQ (anchors.md §1.4); 7-bit weights where its u8 x s8 kernel saturates (its docs' advice)
+    return _ort_uint8_activations(model, calib, "QInt8", reduce_range=not has_vnni())
 
 
 def ort_quantize_u8u8(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] | None) -> onnx.ModelProto:
-    # onnxruntime's other recipe for x86 without VNNI: uint8 weights, whose kernel does not saturate
-    quantization = _require("onnxruntime.quantization")
-    calib = _need_calib(calib, "onnxruntime quantize_static")
-    with tempfile.TemporaryDirectory(prefix="peers-ort-") as tmp:
-        prepared = _pre_process(_saved(model, Path(tmp)), Path(tmp))
-        return _ort_quantize(prepared, calib, Path(tmp), activation_type=quantization.QuantType.QUInt8,
-                             weight_type=quantization.QuantType.QUInt8, per_channel=True)
+    # onnxruntime's other advice for x86 without VNNI: uint8 weights, whose kernel does not saturate
+    return _ort_uint8_activations(model, calib, "QUInt8")
 
 
 # -- the table -------------------------------------------------------------------------------------

@@ -263,6 +263,20 @@ def record_run(suites: list[str], seconds: dict[str, float], quick: bool = False
     (folder / "suites.json").write_text(json.dumps(run, indent=2) + "\n")
 
 
+def cpu_kinds(folder: Path = RESULTS) -> list[str]:
+    """int8 on each CPU kind measured (quantize_cpu-<kind>.md, one file per kind, kept across runs on
+    other kinds): onnxruntime's integer kernels, and so the right format and the speed-up, differ."""
+    found = sorted(folder.glob("quantize_cpu-*.md"))
+    if not found:
+        return []
+    lines = ["## int8 on each CPU kind", "",
+             "Measured on each kind of CPU this project has run on (`python -m benchmarks.quantize_cpu`); the other "
+             "tables are from the machine named at the top.", ""]
+    for path in found:
+        lines += [_demoted(path.read_text()).rstrip(), ""]
+    return lines
+
+
 def write_summary(quick: bool = False, threads: int = 1) -> str:
     folder = results_dir(quick)
     run = json.loads((folder / "suites.json").read_text())
@@ -278,12 +292,14 @@ def write_summary(quick: bool = False, threads: int = 1) -> str:
              "Versions: " + ", ".join(f"{t} {v}" for t, v in run["versions"].items()) + ".", "",
              "| suite | wall time | tables |", "|---|---:|---|"]
     for name in run["suites"]:
-        lines.append(f"| {name} | {seconds.get(name, float('nan')):.0f} s | [{name}.md]({name}.md), "
-                     f"[{name}.json]({name}.json) |")
+        files = [f.stem for f in sorted(folder.glob(f"{name}-*.md"))] if name == "quantize_cpu" else [name]
+        lines.append(f"| {name} | {seconds.get(name, float('nan')):.0f} s | "
+                     + ", ".join(f"[{f}.md]({f}.md), [{f}.json]({f}.json)" for f in files) + " |")
     lines.append("")
     lines += headline(folder)
     lines += prune_headline(folder)
     lines += quantize_headline(folder)
+    lines += cpu_kinds(folder)
     lines += ["## Every table", ""]
     for name in run["suites"]:
         path = folder / f"{name}.md"
