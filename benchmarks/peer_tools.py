@@ -94,8 +94,9 @@ def onnxopt_fold_bn_reparam(model: onnx.ModelProto,
 
 
 def onnxopt_quantize(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]] | None) -> onnx.ModelProto:
-    # the pass's defaults: u8 activations, s8 per-channel weights, minmax ranges, Q/DQ placed where
-    # onnxruntime fuses them; it holds up to 32 of the samples back for its agreement check
+    # the pass's defaults: target=auto (this CPU's format: s8 per-channel weights, pair-bounded without
+    # VNNI), u8 activations, minmax ranges, Q/DQ placed where onnxruntime fuses them, regions slower in
+    # int8 kept float (the whole model when int8 does not pay); up to 32 samples held back for its checks
     return _onnxopt(model, "fold-bn,quantize", _need_calib(calib, "onnxopt quantize"))
 
 
