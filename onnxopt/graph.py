@@ -436,11 +436,11 @@ class Graph:
         edits, then query."""
         model = self.to_model(refresh_value_info=False, weights=False)
         for vi in model.graph.input:
-            if vi.name in self.input_shapes:
-                dims = vi.type.tensor_type.shape.dim
-                for d, size in zip(dims, self.input_shapes[vi.name]):
-                    d.Clear()
-                    d.dim_value = int(size)
+            if vi.name in self.input_shapes:  # every declared dim (-1, '?', a name, or none at all) made static
+                shape = vi.type.tensor_type.shape
+                shape.ClearField("dim")
+                for size in self.input_shapes[vi.name]:
+                    shape.dim.add().dim_value = int(size)
         del model.graph.value_info[:]
         try:
             model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)

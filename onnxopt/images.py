@@ -26,7 +26,7 @@ import onnx
 
 from .data import FeedSet, LazyArray, _static_batch
 from .errors import BadData, BadOption
-from .runtime import input_specs
+from .runtime import input_specs, shape_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm")
 KEYS = ("size", "resize", "layout", "order", "scale", "mean", "std")
@@ -128,7 +128,7 @@ def _pil():
 
 
 def _shape_text(shape) -> str:
-    return str([d if isinstance(d, int) and d > 0 else "?" for d in shape])
+    return shape_text(shape)
 
 
 class ImageArray(LazyArray):
@@ -192,7 +192,7 @@ def image_feeds(files: list[Path], model: onnx.ModelProto, spec: Preprocess, sou
         raise BadData(f"{source}: images feed a model with one input; this one has {[s.name for s in specs]}")
     inp = specs[0]
     shape, name = inp.shape, inp.name
-    if len(shape) != 4:
+    if shape is None or len(shape) != 4:
         raise BadData(f"{source}: the model's input '{name}' is {_shape_text(shape)}; images feed a 4-D input "
                       "(NCHW or NHWC)")
     nchw = spec.layout == "nchw"

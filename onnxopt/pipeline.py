@@ -290,6 +290,9 @@ class Pipeline:
         if hungry and self.calibration is None:
             raise BadData(f"{', '.join(hungry)} needs calibration data: give --calib DATA (.npz/.npy, a folder of them or of images with "
                           "--preprocess; `--calib random` for a smoke test)")
+        named = named_dynamic_dims(model)
+        if named is not model:
+            model, serialized = named, None
         needs_shapes = self.verify or any(p.needs_static_shapes for p in self.passes)
         shapes = resolve_input_shapes(model, self.input_shapes) if needs_shapes else {
             k: tuple(v) for k, v in self.input_shapes.items()}
@@ -418,6 +421,24 @@ def _settle(reports: list[PassReport], names_after: list[tuple[int, set[str]]]) 
             by = next((reports[j].name for j, names in later if s.node and s.node not in names), None)
             settled.append(dataclasses.replace(s, settled_by=by) if by else s)
         report.skipped = settled
+
+
+def named_dynamic_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every input dim declared as 0 or -1 (PaddlePaddle's way of saying "dynamic")
+    renamed to a symbolic dim (`x_dim2`): onnxruntime takes -1 as dynamic but 0 literally, and the
+    ONNX spec has neither. The same model when there is nothing to rename."""
+    inits = {t.name for t in model.graph.initializer}
+    bad = [vi for vi in model.graph.input if vi.name not in inits
+           and any(d.HasField("dim_value") and d.dim_value <= 0 for d in vi.type.tensor_type.shape.dim)]
+    if not bad:
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for vi in model.graph.input:
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if vi.name not in inits and d.HasField("dim_value") and d.dim_value <= 0:
+                d.Clear()
+                d.dim_param = f"{vi.name}_dim{axis}"
+    return model
 
 
 def run_passes(model: onnx.ModelProto, passes: Sequence[Pass] | str, **kwargs: Any) -> RunResult:

@@ -173,7 +173,7 @@ def inspect_model(model: onnx.ModelProto, input_shapes: dict | None = None) -> d
         "ir_version": model.ir_version,
         "opset": opset,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "inputs": [{"name": s.name, "dtype": str(s.dtype), "shape": [d if d is not None else "?" for d in s.shape]}
+        "inputs": [{"name": s.name, "dtype": str(s.dtype), "shape": None if s.shape is None else [d if d is not None else "?" for d in s.shape]}
                    for s in input_specs(model)],
         "outputs": outputs,
         "stats": stats.as_dict(),

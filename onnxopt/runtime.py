@@ -32,7 +32,9 @@ Feed = dict[str, np.ndarray]
 class InputSpec:
     name: str
     dtype: np.dtype
-    shape: tuple  # ints, or str/None for symbolic and unknown dims
+    # positive ints for fixed dims, a str (symbolic) or None for every dynamic one: exporters write
+    # those as names, '?', 0 or -1 (PaddlePaddle); None for the whole shape when the rank is not declared
+    shape: tuple | None
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -43,8 +45,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             continue
         tt = vi.type.tensor_type
         dims = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
-        )
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None) for d in tt.shape.dim
+        ) if tt.HasField("shape") else None
         specs.append(InputSpec(vi.name, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type), dims))
     return specs
 
@@ -73,24 +75,40 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: dict[str, Sequence[i
     shapes = {}
     for s in specs:
         if s.name in overrides:
-            shape = tuple(int(d) for d in overrides[s.name])
-            if len(shape) != len(s.shape) or any(isinstance(d, int) and d != g for d, g in zip(s.shape, shape)):
-                raise BadData(f"--input-shape {s.name}: {list(shape)} does not fit the model's declared shape "
-                              f"{[d if isinstance(d, int) else '?' for d in s.shape]}")
-            shapes[s.name] = shape
+            shapes[s.name] = _fit(s, tuple(int(d) for d in overrides[s.name]))
             continue
+        if s.shape is None:
+            raise DynamicShape(f"input '{s.name}' declares no shape; give one with --input-shape {s.name}:N,N,...")
         resolved = []
         for axis, d in enumerate(s.shape):
-            if isinstance(d, int) and d > 0:
+            if isinstance(d, int):
                 resolved.append(d)
             elif axis == 0:
                 resolved.append(1)
             else:
-                dims = ",".join(str(x) if isinstance(x, int) and x > 0 else "?" for x in s.shape)
-                raise DynamicShape(f"input '{s.name}' has dynamic dims [{dims}]; give static ones with "
-                                   f"--input-shape {s.name}:{','.join(str(x) if isinstance(x, int) and x > 0 else 'N' for x in s.shape)}")
+                raise DynamicShape(f"input '{s.name}' has dynamic dims {shape_text(s.shape)}; give static ones with "
+                                   f"--input-shape {s.name}:{','.join(str(x) if isinstance(x, int) else 'N' for x in s.shape)}")
         shapes[s.name] = tuple(resolved)
     return shapes
+
+
+def shape_text(shape: tuple | None) -> str:
+    """`[?, 3, ?, ?]`: fixed dims as numbers, every dynamic one as '?' (`[...]`: rank not declared)."""
+    return "[...]" if shape is None else "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape) + "]"
+
+
+def _fit(spec: InputSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """An --input-shape for `spec`: any dynamic dim takes any size; a fixed one must match."""
+    if spec.shape is None:
+        return shape
+    if len(shape) != len(spec.shape):
+        raise BadData(f"--input-shape {spec.name}: {list(shape)} does not fit the model's declared shape "
+                      f"{shape_text(spec.shape)}: {len(shape)} dims given, the model declares {len(spec.shape)}")
+    for axis, (declared, given) in enumerate(zip(spec.shape, shape)):
+        if isinstance(declared, int) and declared != given:
+            raise BadData(f"--input-shape {spec.name}: {list(shape)} does not fit the model's declared shape "
+                          f"{shape_text(spec.shape)}: dim {axis} is fixed at {declared}, got {given}")
+    return shape
 
 
 def random_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], *, seed: int = 0, count: int = 1) -> list[Feed]:
@@ -123,10 +141,10 @@ def check_feeds(model: onnx.ModelProto, feeds: Iterable[Feed], where: str = "dat
             spec = specs[name]
             if arr.dtype != spec.dtype:
                 raise BadData(f"{where}: input '{name}' has dtype {arr.dtype}, the model wants {spec.dtype}")
-            if len(arr.shape) != len(spec.shape) or any(
-                    isinstance(d, int) and d > 0 and d != a for d, a in zip(spec.shape, arr.shape)):
+            if spec.shape is not None and (len(arr.shape) != len(spec.shape) or any(
+                    isinstance(d, int) and d != a for d, a in zip(spec.shape, arr.shape))):
                 raise BadData(f"{where}: input '{name}' has shape {list(arr.shape)}, the model wants "
-                              f"{[d if isinstance(d, int) and d > 0 else '?' for d in spec.shape]}")
+                              f"{shape_text(spec.shape)}")
 
 
 def make_session(model: onnx.ModelProto | bytes, *, optimization: OptLevel = "disabled", threads: int = 1,

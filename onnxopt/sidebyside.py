@@ -23,7 +23,7 @@ from .data import FeedSet, load_feeds
 from .errors import BadData, BadModel, UsageError
 from .memory import peak_session_bytes
 from .runtime import (Feed, InputSpec, OptLevel, input_specs, make_session, random_feeds, resolve_input_shapes,
-                      run_feeds)
+                      run_feeds, shape_text)
 from .verify import Fidelity, compare
 
 SCHEMA = "onnxopt.bench/1"
@@ -129,8 +129,7 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
 
 
 def _describe(specs: Sequence[InputSpec]) -> str:
-    return ", ".join(f"{s.name}: {s.dtype}[{','.join(str(d) if isinstance(d, int) and d > 0 else '?' for d in s.shape)}]"
-                     for s in specs)
+    return ", ".join(f"{s.name}: {s.dtype}{shape_text(s.shape).replace(' ', '')}" for s in specs)
 
 
 def check_same_interface(subjects: Sequence[Subject]) -> None:
@@ -142,9 +141,9 @@ def check_same_interface(subjects: Sequence[Subject]) -> None:
     for other in subjects[1:]:
         specs = {s.name: s for s in input_specs(other.model)}
         mismatch = not set(specs) <= set(ref) or any(
-            spec.dtype != ref[n].dtype or len(spec.shape) != len(ref[n].shape)
-            or any(isinstance(a, int) and isinstance(b, int) and a > 0 and b > 0 and a != b
-                   for a, b in zip(spec.shape, ref[n].shape))
+            spec.dtype != ref[n].dtype or (spec.shape is not None and ref[n].shape is not None and (
+                len(spec.shape) != len(ref[n].shape)
+                or any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(spec.shape, ref[n].shape))))
             for n, spec in specs.items() if n in ref)
         if mismatch:
             raise BadData(f"{other.name}: inputs ({_describe(list(specs.values()))}) do not match "
