@@ -12,18 +12,17 @@ from pathlib import Path
 
 import click
 
-from . import io as model_io
-from .cpu import cpu_summary
-from .data import RANDOM, load_feeds, random_calibration
+from typing import TYPE_CHECKING
+
 from .errors import BadData, OnnxoptError, StrictFailure, UsageError
-from .pipeline import Pipeline, RunResult
-from .registry import available_passes, load_config, parse_spec
-from .report import format_fusion, format_inspect, format_run, human_bytes, inspect_model, table, to_json
-from .runtime import parse_input_shape
-from .sidebyside import BenchReport, Settings, Subject, run_bench, unique_names
+
+if TYPE_CHECKING:  # the commands import what they use: `onnxopt --help` should not load onnx and onnxruntime
+    from .pipeline import RunResult
+    from .sidebyside import BenchReport, Subject
 
 
 def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    from .runtime import parse_input_shape
     return dict(parse_input_shape(v) for v in values)
 
 
@@ -113,6 +112,10 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
         seed: int | None, threads: int | None, overwrite: bool, strict: bool, verbose: bool, dry_run: bool,
         bench: bool, bench_data: Path | None) -> None:
     """Optimize MODEL with a pipeline of passes and write the result."""
+    from . import io as model_io
+    from .data import RANDOM, load_feeds, random_calibration
+    from .pipeline import Pipeline
+    from .registry import load_config, parse_spec
     if bool(spec) == bool(config):
         raise UsageError("give exactly one of --passes SPEC or --config FILE")
     if dry_run and (bench or output is not None):
@@ -159,6 +162,8 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
 
 def _loaded(path: Path, model, serialized: bytes | None) -> Subject:
     """The input model as a bench subject, from what load_model_and_bytes already read."""
+    from . import io as model_io
+    from .sidebyside import Subject
     return Subject(path.name, model, serialized if serialized is not None else model_io.serialize(model, path), path)
 
 
@@ -167,6 +172,8 @@ def _bench_before_after(before: Subject, result: RunResult, output: Path | None,
                         flag: str = "--bench") -> BenchReport | None:
     """The input model against the result, side by side. A failure here is a warning: the
     optimized model is still written."""
+    from . import io as model_io
+    from .sidebyside import Settings, Subject, run_bench
     after = result.serialized if result.serialized is not None else model_io.serialize(result.model)
     subjects = [before, Subject(output.name if output else "optimized", result.model, after, output)]
     if subjects[0].name == subjects[1].name:
@@ -185,6 +192,8 @@ def _bench_before_after(before: Subject, result: RunResult, output: Path | None,
 
 def _finish(result: RunResult, model: Path, output: Path | None, report_path: Path | None, as_json: bool,
             strict: bool, verbose: bool, bench: BenchReport | None = None, *, dry_run: bool = False) -> None:
+    from . import io as model_io
+    from .report import format_run, human_bytes, to_json
     report = result.report
     data = report.as_dict()
     data.update({"input": str(model), "output": str(output) if output else None})
@@ -277,6 +286,9 @@ def bench(models: tuple[Path, ...], threads: int, rounds: int, budget: float, wa
     reverse), on --session-sets sets of sessions built in shuffled orders, after warm-up. Reports
     median/p90/p99/min latency, ratios against the first model, size, params, MACs, peak session
     memory, fidelity against the first model and, with labelled --data, top-1 accuracy."""
+    from . import io as model_io
+    from .report import to_json
+    from .sidebyside import Settings, Subject, run_bench, unique_names
     from . import bench_report
 
     outputs = {"json": json_out, "markdown": markdown_out, "csv": csv_out}
@@ -334,6 +346,9 @@ _RESULT_SUFFIXES = {"json": (".json",), "markdown": (".md", ".markdown"), "csv":
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(model: Path, input_shapes: tuple[str, ...], fusion: bool, as_json: bool) -> None:
     """Show opset, inputs/outputs, op histogram, params, MACs and weight bytes of MODEL."""
+    from . import io as model_io
+    from .cpu import cpu_summary
+    from .report import format_fusion, format_inspect, inspect_model, to_json
     source, data = model_io.load_model_and_bytes(model)
     info = inspect_model(source, _shapes(input_shapes))
     info["file_bytes"] = model.stat().st_size
@@ -354,6 +369,8 @@ def inspect(model: Path, input_shapes: tuple[str, ...], fusion: bool, as_json: b
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_passes(as_json: bool) -> None:
     """Every registered pass with its options, defaults and a one-line description."""
+    from .registry import available_passes
+    from .report import table, to_json
     from .options import describe
 
     registry = available_passes()
@@ -392,6 +409,10 @@ def demo(model_path: Path | None, data: Path | None, output: Path | None, budget
 
     The bundled model is a RepVGG-style CNN in its train-time form (three branches and BNs per
     block), trained on scikit-learn's handwritten digits (see models/train_digits.py)."""
+    from . import io as model_io
+    from .data import load_feeds
+    from .pipeline import Pipeline
+    from .registry import available_passes
     from .models import DEMO_DATA, DEMO_MODEL, FIXTURES, fixture_path
 
     path = model_path or fixture_path(DEMO_MODEL)

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxoptError
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 class GraphError(OnnxoptError):
@@ -771,10 +773,12 @@ class Graph:
         return model
 
     # ------------------------------------------------------------------ analyses
-    def to_networkx(self) -> nx.MultiDiGraph:
+    def to_networkx(self) -> "nx.MultiDiGraph":
         """A read-only snapshot for analyses: nodes are Node ids (attr `node`); one edge per input
         slot, carrying the tensor name and the slot index (Concat(a, b, a) has three edges).
         Rebuild after editing."""
+        import networkx as nx  # 0.15 s to import: only the analyses that walk the graph pay for it
+
         dg = nx.MultiDiGraph()
         for n in self._nodes.values():
             dg.add_node(n.id, node=n)

@@ -150,6 +150,12 @@ def format_run(report: RunReport, *, verbose: bool = False, tables: bool = False
         else:
             out.append(f"fidelity vs original: {fidelity_line(report.fidelity) if report.changed else 'unchanged model'}")
             out.append(f"verified in onnxruntime (optimizations off) on {report.verified_on}: {shapes}; CPU {cpu}")
+        v = report.verification
+        if v and any(p.exact for p in report.passes):
+            how = ("--rtol" if v["rtol_given"] else
+                   f"noise floor {v['noise_floor']:.2g} (onnxruntime's basic optimizations vs none) x "
+                   f"{v['floor_multiple']:g}, at least {v['rtol']:g}" if v.get("noise_floor") is not None else "rtol")
+            out.append(f"exact passes held to max rel error {v['tolerance']:.2g} ({how})")
     else:
         out.append("verification off (--no-verify): outputs were not compared")
     return "\n".join(out)

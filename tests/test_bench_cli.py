@@ -341,13 +341,13 @@ def test_json_stays_strict_when_a_fidelity_is_infinite(capsys, tmp_path):
 
 
 def test_run_bench_failure_is_a_warning_and_the_model_is_written(capsys, tmp_path, monkeypatch):
-    import onnxopt.cli as cli
+    import onnxopt.sidebyside as sidebyside
     from onnxopt.errors import BadModel
 
     def broken(*args, **kwargs):
         raise BadModel("optimized: onnxruntime cannot run it: simulated")
 
-    monkeypatch.setattr(cli, "run_bench", broken)
+    monkeypatch.setattr(sidebyside, "run_bench", broken)  # the CLI imports it when a command runs
     model = save(linear(W), tmp_path / "m.onnx")
     code, out, err = invoke(capsys, "run", model, "--passes", "cleanup", "--bench", "-o", tmp_path / "out.onnx")
     assert code == 0, err

@@ -1,0 +1,110 @@
+"""Exact passes judged against the model's own float noise: the floor is what onnxruntime's basic
+optimizations alone move the outputs by; exact passes may move them by FLOOR_MULTIPLE times that
+(never less than rtol). A sensitive model's correct fold is no longer rolled back, and wrong rewrites
+are still caught on every zoo model with the tolerance this gives them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from onnxopt import models
+from onnxopt.passes import fold_bn
+import onnxopt.passes.reparam as reparam
+from onnxopt.passes.reparam import kernels
+from onnxopt.pipeline import DEFAULT_RTOL, FLOOR_MULTIPLE, Pipeline
+from onnxopt.testing import make_model, run_cli
+
+F32 = np.float32
+
+
+def sensitive(offset: float = 2e4) -> onnx.ModelProto:
+    """Conv with a large bias, then a BN whose mean takes it away again (a detector head's shape of
+    cancellation): the unfused reference rounds at the bias's magnitude, so any fusion, onnxruntime's
+    own included, moves the sigmoid output by about 3e-4 of its range."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], {}, "x"
+    for i in range(2):
+        inits.update({f"w{i}": rng.standard_normal((8, 8, 3, 3)).astype(F32), f"cb{i}": np.full(8, offset, F32),
+                      f"g{i}": rng.uniform(0.5, 1.5, 8).astype(F32), f"b{i}": rng.standard_normal(8).astype(F32),
+                      f"m{i}": (offset + rng.standard_normal(8)).astype(F32), f"v{i}": rng.uniform(20, 80, 8).astype(F32)})
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"cb{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("BatchNormalization", [f"c{i}", f"g{i}", f"b{i}", f"m{i}", f"v{i}"], [f"y{i}"])]
+        x = f"y{i}"
+    nodes.append(helper.make_node("Sigmoid", [x], ["out"]))
+    return make_model(nodes, inits, [("x", [1, 8, 16, 16])], [("out", [1, 8, 16, 16])])
+
+
+def test_a_sensitive_models_correct_fold_is_kept():
+    model = sensitive()
+    fixed = Pipeline.parse("fold-bn", rtol=DEFAULT_RTOL).run(model).report
+    assert fixed.passes[0].status == "rolled-back"  # what a fixed 1e-4 did
+    run = Pipeline.parse("fold-bn").run(model)
+    p, v = run.report.passes[0], run.report.verification
+    assert p.status == "applied", p.message
+    assert v["noise_floor"] > DEFAULT_RTOL and not v["rtol_given"]
+    assert v["tolerance"] == pytest.approx(FLOOR_MULTIPLE * v["noise_floor"]) == p.tolerance
+    assert p.fidelity.max_rel <= p.tolerance
+    assert p.fidelity.max_rel < 2 * v["noise_floor"]  # the fold is as exact as onnxruntime's own fusion
+
+
+def test_the_json_report_states_floor_error_and_tolerance(capsys, tmp_path):
+    path, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    onnx.save(sensitive(), path)
+    code, out, err = run_cli(capsys, "run", path, "--passes", "fold-bn", "-o", tmp_path / "o.onnx", "--report", report)
+    assert code == 0, err
+    doc = json.loads(report.read_text())
+    v, p = doc["verification"], doc["passes"][0]
+    assert v["noise_floor"] > DEFAULT_RTOL and v["floor_multiple"] == FLOOR_MULTIPLE
+    assert p["status"] == "applied" and p["tolerance"] == v["tolerance"] >= p["fidelity"]["max_rel"]
+    assert "exact passes held to max rel error" in out and "noise floor" in out
+    code, out, err = run_cli(capsys, "run", path, "--passes", "fold-bn", "--rtol", "1e-4", "-o", tmp_path / "o.onnx",
+                             "--report", report)  # --rtol overrides the floor
+    doc = json.loads(report.read_text())
+    assert doc["verification"]["rtol_given"] and doc["passes"][0]["status"] == "rolled-back"
+
+
+ZOO = ["resnet18-tiny", "resnet50-tiny", "mobilenetv2-tiny", "vgg16_bn-tiny", "repvgg_a0-tiny", "mobileone_s0-tiny",
+       "senet_concat-tiny"]
+
+
+def _flipped_sign(graph, bn):
+    affine = ORIGINAL_AFFINE(graph, bn)
+    if isinstance(affine, str):
+        return affine
+    return fold_bn._Affine(affine.scale, -affine.shift)
+
+
+ORIGINAL_AFFINE = fold_bn._bn_affine
+
+
+@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("bug", ["sign flip", "dropped bias"])
+def test_a_wrong_fold_is_still_rolled_back_on_every_zoo_model(monkeypatch, name, bug):
+    if bug == "sign flip":
+        monkeypatch.setattr(fold_bn, "_bn_affine", _flipped_sign)
+    else:
+        monkeypatch.setattr(fold_bn, "_set_bias", lambda graph, node, index, value: None)
+    run = Pipeline.parse("fold-bn").run(models.build(name))
+    p, v = run.report.passes[0], run.report.verification
+    assert p.status == "rolled-back", (p.message, v)
+    assert p.fidelity.max_rel > 10 * p.tolerance  # caught with a wide margin, not by luck
+    assert v["tolerance"] == pytest.approx(max(DEFAULT_RTOL, FLOOR_MULTIPLE * v["noise_floor"]))
+
+
+@pytest.mark.parametrize("name", ["repvgg_a0-tiny", "mobileone_s0-tiny"])
+def test_a_wrong_reparam_kernel_centre_is_still_rolled_back(monkeypatch, name):
+    merge = kernels.merge
+
+    def off_centre(found, channels_in):
+        k = merge(found, channels_in)
+        k.weight = np.roll(k.weight, 1, axis=-1)  # every tap one column to the right
+        return k
+    monkeypatch.setattr(reparam, "merge", off_centre)  # where the pass calls it
+    run = Pipeline.parse("fold-bn,reparam").run(models.build(name))
+    p = run.report.passes[1]
+    assert p.name == "reparam" and p.status == "rolled-back", p.message
+    assert p.fidelity.max_rel > 10 * p.tolerance
