@@ -2,10 +2,10 @@
 import sys
 import time
 
-from . import foundation, peers, prune, quantize, quantize_cpu, reparam
+from . import foundation, peers, prune, quantize, quantize_cpu, reparam, startup
 from .summary import record_run, write_summary
 
-SUITES = [foundation, reparam, peers, prune, quantize, quantize_cpu]
+SUITES = [foundation, reparam, peers, prune, quantize, quantize_cpu, startup]
 
 
 def main(argv: list[str]) -> None:

@@ -264,14 +264,15 @@ def record_run(suites: list[str], seconds: dict[str, float], quick: bool = False
 
 
 def cpu_kinds(folder: Path = RESULTS) -> list[str]:
-    """int8 on each CPU kind measured (quantize_cpu-<kind>.md, one file per kind, kept across runs on
-    other kinds): onnxruntime's integer kernels, and so the right format and the speed-up, differ."""
-    found = sorted(folder.glob("quantize_cpu-*.md"))
+    """The suites that keep one file per CPU kind (quantize_cpu-<kind>.md, startup-<kind>.md), kept
+    across runs on other kinds: onnxruntime's integer kernels, and so the right int8 format and its
+    speed-up, differ by CPU, and so does start-up."""
+    found = sorted(folder.glob("quantize_cpu-*.md")) + sorted(folder.glob("startup-*.md"))
     if not found:
         return []
-    lines = ["## int8 on each CPU kind", "",
-             "Measured on each kind of CPU this project has run on (`python -m benchmarks.quantize_cpu`); the other "
-             "tables are from the machine named at the top.", ""]
+    lines = ["## Each CPU kind: int8 and start-up", "",
+             "Measured on each kind of CPU this project has run on (`python -m benchmarks.quantize_cpu`, "
+             "`python -m benchmarks.startup`); the other tables are from the machine named at the top.", ""]
     for path in found:
         lines += [_demoted(path.read_text()).rstrip(), ""]
     return lines
@@ -292,7 +293,8 @@ def write_summary(quick: bool = False, threads: int = 1) -> str:
              "Versions: " + ", ".join(f"{t} {v}" for t, v in run["versions"].items()) + ".", "",
              "| suite | wall time | tables |", "|---|---:|---|"]
     for name in run["suites"]:
-        files = [f.stem for f in sorted(folder.glob(f"{name}-*.md"))] if name == "quantize_cpu" else [name]
+        per_kind = [f.stem for f in sorted(folder.glob(f"{name}-*.md"))]  # suites that keep a file per CPU kind
+        files = [name] if (folder / f"{name}.md").exists() or not per_kind else per_kind
         lines.append(f"| {name} | {seconds.get(name, float('nan')):.0f} s | "
                      + ", ".join(f"[{f}.md]({f}.md), [{f}.json]({f}.json)" for f in files) + " |")
     lines.append("")

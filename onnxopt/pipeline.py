@@ -89,6 +89,18 @@ class PassContext:
     progress: Progress = _no_progress
     threads: int = 1
     dry_run: bool = False  # passes that can explain what they would do add it to details
+    # per-region rollback: the regions an exact pass may rewrite on this run (None: all), and those it
+    # asked for; see region()
+    allowed: frozenset[str] | None = None
+    regions: list[str] = dataclasses.field(default_factory=list)
+
+    def region(self, key: str) -> bool:
+        """Asked by a pass before each independent rewrite (a BN folded, a block merged), with a key
+        naming it as the input graph does (a node label). False: leave this one as it is. After a
+        failed verification the pipeline runs the pass again on subsets of the keys it asked for, to
+        keep the rewrites that verify and decline only the ones that do not."""
+        self.regions.append(key)
+        return self.allowed is None or key in self.allowed
 
 
 class Pass(abc.ABC):
@@ -260,6 +272,10 @@ def _check(model: onnx.ModelProto, full: bool) -> str | None:
 # flipped sign, a dropped bias) move outputs by 1e-2 and more on every model we test.
 FLOOR_MULTIPLE = 4.0
 
+# per-region rollback: at most this many extra runs of a pass (each verified in onnxruntime) to find
+# the rewrites that failed; past it, the whole pass rolls back as before
+MAX_TRIALS = 24
+
 # Rollback threshold for exact passes. Not 1e-5: a deep float32 net is only that accurate to begin
 # with (zoo ResNet-50 vs its float64 evaluation: 1.4e-5; ORT's own Conv+BN fusion moves it 1.8e-5),
 # so a correct fold there would be rolled back. Real rewrite bugs move outputs by 1e-2 and more.
@@ -280,6 +296,7 @@ class Pipeline:
         self.verify = verify
         self.rtol = rtol  # None: DEFAULT_RTOL, or more where the model's own float noise is larger
         self.noise_floor: float | None = None
+        self._floor_source = None
         self.samples = samples
         self.seed = seed
         self.input_shapes = dict(input_shapes or {})
@@ -297,7 +314,7 @@ class Pipeline:
         """Run every pass on a copy of `model`. `serialized` may pass the model's bytes when the
         caller has them (saves serializing large models again for onnxruntime)."""
         start = time.perf_counter()
-        self.noise_floor = None
+        self.noise_floor, self._floor_source = None, None
         hungry = [p.spec for p in self.passes if p.needs_calibration()]
         if hungry and self.calibration is None:
             raise BadData(f"{', '.join(hungry)} needs calibration data: give --calib DATA (.npz/.npy, a folder of them or of images with "
@@ -321,8 +338,8 @@ class Pipeline:
             except BadModel as exc:
                 raise BadModel(f"{exc}; verification needs onnxruntime to run the input model "
                                "(--no-verify optimizes without it)") from None
-            if self.rtol is None and any(p.exact for p in self.passes):
-                self.noise_floor = self._measure_floor(serialized or model, feeds, reference)
+            # measured when an exact pass first exceeds rtol (most models never need it: a session less)
+            self._floor_source = (serialized or model, feeds, reference) if self.rtol is None else None
         current_bytes = serialized
         reports = []
         names_after: list[tuple[int, set[str]]] = []  # node names left after each accepted pass
@@ -332,6 +349,7 @@ class Pipeline:
                 inst.before_pass(p, current)
             t0 = time.perf_counter()
             graph = Graph(current, input_shapes=shapes)
+            ctx.allowed, ctx.regions = None, []
             try:
                 p.requires(graph, ctx)
                 result = p.run(graph, ctx)
@@ -353,6 +371,11 @@ class Pipeline:
                     candidate = graph.to_model()
                     report, accepted, out, data = self._accept(p, candidate, result, t0, full_check, feeds,
                                                                current_out)
+                    if not accepted and p.exact and report.fidelity is not None and len(set(ctx.regions)) > 1:
+                        isolated = self._isolate(p, current, shapes, ctx, t0, full_check, feeds, current_out, report)
+                        if isolated is not None:
+                            report, candidate, out, data = isolated
+                            accepted = True
                     if accepted:
                         current, current_out, current_bytes = candidate, out, data
                         names_after.append((i, {n.name for n in current.graph.node if n.name}))
@@ -387,6 +410,63 @@ class Pipeline:
                 return feeds, f"{len(feeds)} calibration samples"
         return random_feeds(model, shapes, seed=self.seed, count=self.samples), f"{self.samples} seeded random samples"
 
+    def _isolate(self, p: Pass, current: onnx.ModelProto, shapes, ctx: PassContext, t0: float, full_check: bool,
+                 feeds: list[Feed], previous_out: list[Feed] | None, failed: PassReport):
+        """Per-region rollback: the exact pass's result failed verification, so find the regions that
+        moved the outputs (delta debugging: run the pass again on halves of the regions it rewrote,
+        descending into each half that fails), keep every other rewrite, and decline the bad ones
+        with their measured error. None when that does not give a result that verifies (regions
+        that are only wrong together, or more trials than MAX_TRIALS): the whole pass rolls back."""
+        keys = list(dict.fromkeys(ctx.regions))
+        trials = [0]
+
+        def attempt(allowed) -> tuple[PassResult, onnx.ModelProto, PassReport, bool, Any, Any]:
+            trials[0] += 1
+            ctx.allowed, ctx.regions = frozenset(allowed), []
+            graph = Graph(current, input_shapes=shapes)
+            result = p.run(graph, ctx)
+            candidate = graph.to_model()
+            report, ok, out, data = self._accept(p, candidate, result, t0, full_check, feeds, previous_out)
+            return result, candidate, report, ok, out, data
+
+        bad: dict[str, Fidelity | None] = {}
+
+        def find(regions: list[str], fidelity: Fidelity | None) -> bool:
+            if len(regions) == 1:
+                bad[regions[0]] = fidelity
+                return True
+            halves = (regions[: len(regions) // 2], regions[len(regions) // 2:])
+            failing = []
+            for half in halves:
+                if trials[0] >= MAX_TRIALS:
+                    return False
+                _, _, report, ok, _, _ = attempt(half)
+                if not ok:
+                    if report.fidelity is None:  # not a numerical failure (checker, onnxruntime): give up
+                        return False
+                    failing.append((half, report.fidelity))
+            if not failing:  # each half verifies alone, the whole does not: regions wrong only together
+                return False
+            return all(find(half, fid) for half, fid in failing)
+
+        try:
+            if not find(keys, failed.fidelity) or trials[0] >= MAX_TRIALS:
+                return None
+            result, candidate, report, ok, out, data = attempt([k for k in keys if k not in bad])
+        finally:
+            ctx.allowed = None
+        if not ok or not result.changed:
+            return None
+        tol = report.tolerance
+        for key, fid in bad.items():
+            moved = f"max rel error {fid.max_rel:.3g} > {tol:g}" if fid is not None else "outputs moved"
+            result.skip(key, f"rolled back alone: rewriting it moved the outputs ({moved}); every other "
+                             "rewrite of the pass verified and was kept")
+        result.notes.append(f"{len(bad)} of {len(keys)} rewrites failed verification and were rolled back alone "
+                            f"({trials[0]} verification runs to find them)")
+        report = self._report(p, "applied", t0, result, fidelity=report.fidelity, tolerance=tol)
+        return report, candidate, out, data
+
     def _measure_floor(self, model: onnx.ModelProto | bytes, feeds: list[Feed], reference: list[Feed]) -> float:
         """How far the model's outputs move under float32 reordering alone: onnxruntime's basic
         optimizations against none, on the verification feeds."""
@@ -407,7 +487,8 @@ class Pipeline:
     def verification(self, outputs: list[Feed] | None) -> dict:
         """How exact passes were judged, for the report."""
         return {"rtol": self.rtol if self.rtol is not None else DEFAULT_RTOL, "rtol_given": self.rtol is not None,
-                "noise_floor": self.noise_floor, "floor_multiple": FLOOR_MULTIPLE,
+                "noise_floor": self.noise_floor, "floor_measured": self.noise_floor is not None,
+                "floor_multiple": FLOOR_MULTIPLE,
                 "tolerance": self._tolerance(outputs or [])}
 
     def _report(self, p: Pass, status: str, t0: float, result: PassResult, message: str = "",
@@ -431,6 +512,9 @@ class Pipeline:
             msg = f"onnxruntime cannot run the result: {str(exc).strip().splitlines()[0][:200]}"
             return self._report(p, "rolled-back", t0, result, msg), False, None, None
         fid = compare(previous_out, out)
+        if p.exact and not fid.within(self._tolerance(out)) and self._floor_source is not None:
+            self.noise_floor = self._measure_floor(*self._floor_source)
+            self._floor_source = None
         if not p.exact:  # reported as deployed (see run); `out` stays the reference the next pass is checked against
             fid = compare(previous_out, run_model(data, feeds, optimization="all", threads=self.threads))
         tol = self._tolerance(out)

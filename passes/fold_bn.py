@@ -180,6 +180,7 @@ class FoldBatchNorm(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
+        self._ctx = ctx
         for node in graph.nodes():
             if not node.alive:
                 continue
@@ -216,6 +217,8 @@ class FoldBatchNorm(Pass):
             reason = f"BN has {affine.scale.size} channels, {target.node.label} produces {target.channels}"
         if reason is not None:
             result.skip(bn, reason)
+            return
+        if not self._ctx.region(bn.label):
             return
         _apply(graph, target, affine)
         graph.bypass(bn)
@@ -262,6 +265,8 @@ class FoldBatchNorm(Pass):
             hint = "; it is a branch of a sum, which reparam merges" if in_sum else ""
             result.skip(bn, f"nothing to fold into: {why}{hint}")
             return
+        if not self._ctx.region(bn.label):
+            return
         dtype = graph.constant(bn.input(1)).dtype
         shape = (-1,) + (1,) * (rank - 2)
         hint = bn.name or "bn"
@@ -305,6 +310,8 @@ class FoldBatchNorm(Pass):
             "Add": _Affine(ones, vector),
             "Sub": _Affine(ones, -vector),
         }[node.op]
+        if not self._ctx.region(node.label):
+            return
         _apply(graph, target, affine)
         graph.bypass(node, 1 - const_at[0])
         result.count(f"{node.op.lower()}_folded")

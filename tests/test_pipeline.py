@@ -453,7 +453,8 @@ def test_instruments_see_each_pass_and_the_current_model():
 # ---------------------------------------------------------------------------------------------
 # The JSON report
 
-PASS_KEYS = {"name", "spec", "status", "exact", "seconds", "stats", "skipped", "notes", "message", "fidelity", "details"}
+PASS_KEYS = {"name", "spec", "status", "exact", "seconds", "stats", "skipped", "notes", "message", "fidelity", "details",
+             "tolerance"}
 
 
 def test_report_as_dict_is_json_with_a_schema():

@@ -53,6 +53,7 @@ class Reparameterize(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
+        self._ctx = ctx
         told: set[int] = set()  # nodes whose decline was already reported
         for root in sum_trees(graph):
             if root.alive:
@@ -91,6 +92,8 @@ class Reparameterize(Pass):
             left = [i for i in left if i not in {b.term for b in valid}]
         if not groups:
             self._explain(graph, tree, options, result, told)
+            return
+        if not self._ctx.region(tree.root.label):
             return
         absorbed = self._absorb_constants(graph, tree, left, groups[0][2])
         left = [i for i in left if i not in absorbed]
@@ -217,6 +220,8 @@ class Reparameterize(Pass):
             return None
         if after > sum(before):
             return "costlier"
+        if not self._ctx.region(conv.label):
+            return None
         out = conv.outputs[0]
         np_dtype = helper.tensor_dtype_to_np_dtype(graph.dtype(out))
         source, name = first.input(0), conv.name
