@@ -1,14 +1,28 @@
-"""Run every benchmark suite, then write results/SUMMARY.md: `python -m benchmarks [--quick]`."""
+"""Run every benchmark suite, then write results/SUMMARY.md: `python -m benchmarks [--quick]`.
+`python -m benchmarks NAME [NAME ...]` runs only those suites (e.g. `realworld`, which fetches pinned
+wheels and is not part of the full run) and leaves SUMMARY.md as it is."""
 import sys
 import time
 
-from . import foundation, peers, prune, quantize, quantize_cpu, reparam, startup
+from . import foundation, peers, prune, quantize, quantize_cpu, realworld, reparam, startup
 from .summary import record_run, write_summary
 
 SUITES = [foundation, reparam, peers, prune, quantize, quantize_cpu, startup]
 
 
+ON_REQUEST = {"realworld": realworld}  # fetches third-party wheels: only when named
+
+
 def main(argv: list[str]) -> None:
+    named = [a for a in argv if not a.startswith("-")]
+    if named:
+        known = {s.__name__.rsplit(".", 1)[-1]: s for s in SUITES} | ON_REQUEST
+        unknown = [n for n in named if n not in known]
+        if unknown:
+            raise SystemExit(f"unknown suite {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+        for name in named:
+            known[name].main([a for a in argv if a.startswith("-")])
+        return
     seconds = {}
     for suite in SUITES:
         name = suite.__name__.rsplit(".", 1)[-1]
