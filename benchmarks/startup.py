@@ -9,7 +9,6 @@ Run: `python -m benchmarks.startup [--quick]`.
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ def wall(args: list[str], runs: int = RUNS) -> list[float]:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     quick = "--quick" in argv
-    onnxopt = shutil.which("onnxopt") or "onnxopt"
+    onnxopt = str(Path(sys.executable).with_name("onnxopt"))  # this environment's, whatever PATH says
     rows = {"onnxopt --help": wall([onnxopt, "--help"]),
             "python -c 'import onnxopt'": wall([sys.executable, "-c", "import onnxopt"]),
             "python -c 'import onnx'": wall([sys.executable, "-c", "import onnx"])}

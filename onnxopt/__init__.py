@@ -34,17 +34,26 @@ __all__ = [
 ]
 
 
+# submodules that `import onnxopt; onnxopt.pipeline....` reached when this file imported them eagerly
+_SUBMODULES = {"analysis", "bench", "bench_report", "cli", "cpu", "data", "errors", "graph", "images", "io",
+               "memory", "models", "options", "passes", "pipeline", "qdq", "registry", "report", "runtime",
+               "shrink", "sidebyside", "testing", "tolerance", "verify"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module, attribute = _LAZY[name]
         value = getattr(importlib.import_module(module, __name__), attribute)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'onnxopt' has no attribute {name!r}")
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'onnxopt' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
 
 
 if TYPE_CHECKING:

@@ -28,6 +28,7 @@ from .cpu import cpu_summary
 from .errors import BadData, BadModel, OnnxoptError, PreconditionError
 from .graph import Graph, Node, skeleton
 from .runtime import Feed, random_feeds, resolve_input_shapes, run_model
+from .tolerance import DEFAULT_RTOL, Tolerance
 from .verify import Fidelity, compare
 
 
@@ -93,13 +94,17 @@ class PassContext:
     # asked for; see region()
     allowed: frozenset[str] | None = None
     regions: list[str] = dataclasses.field(default_factory=list)
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)  # region key -> where, for the report
 
-    def region(self, key: str) -> bool:
+    def region(self, key: str, where: str | None = None) -> bool:
         """Asked by a pass before each independent rewrite (a BN folded, a block merged), with a key
-        naming it as the input graph does (a node label). False: leave this one as it is. After a
+        naming it as the input graph does (an output tensor: stable when other rewrites are held
+        back) and where to say it is (a node label). False: leave this one as it is. After a
         failed verification the pipeline runs the pass again on subsets of the keys it asked for, to
         keep the rewrites that verify and decline only the ones that do not."""
         self.regions.append(key)
+        if where:
+            self.labels[key] = where
         return self.allowed is None or key in self.allowed
 
 
@@ -174,6 +179,7 @@ class PassReport:
     fidelity: Fidelity | None = None  # vs the model before this pass (when verified)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     tolerance: float | None = None   # what an exact pass's max rel error was held to (when verified)
+    noise_floor: float | None = None  # the floor of the model it started from, when it was needed
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -209,7 +215,8 @@ class RunReport:
 
     @property
     def problems(self) -> list[PassReport]:
-        return [p for p in self.passes if p.status in ("rolled-back", "failed")]
+        """Passes rolled back or failed, and passes some of whose rewrites were rolled back alone."""
+        return [p for p in self.passes if p.status in ("rolled-back", "failed") or p.details.get("rolled_back_alone")]
 
     def as_dict(self) -> dict:
         """Strict JSON: non-finite numbers (a pass that produced NaN) become null."""
@@ -265,21 +272,9 @@ def _check(model: onnx.ModelProto, full: bool) -> str | None:
     return None
 
 
-# An exact rewrite reorders float arithmetic much as onnxruntime's own basic optimizations do (constant
-# folding, Conv+BN fusion): on a sensitive model (a text detector whose sigmoid head amplifies every
-# ulp) those alone move outputs by 3e-3, so a fixed 1e-4 rolled back every correct fold there. Exact
-# passes are held to FLOOR_MULTIPLE times that measured floor where it is above rtol; wrong rewrites (a
-# flipped sign, a dropped bias) move outputs by 1e-2 and more on every model we test.
-FLOOR_MULTIPLE = 4.0
-
-# per-region rollback: at most this many extra runs of a pass (each verified in onnxruntime) to find
-# the rewrites that failed; past it, the whole pass rolls back as before
-MAX_TRIALS = 24
-
-# Rollback threshold for exact passes. Not 1e-5: a deep float32 net is only that accurate to begin
-# with (zoo ResNet-50 vs its float64 evaluation: 1.4e-5; ORT's own Conv+BN fusion moves it 1.8e-5),
-# so a correct fold there would be rolled back. Real rewrite bugs move outputs by 1e-2 and more.
-DEFAULT_RTOL = 1e-4
+# per-region rollback: how many extra verified runs of a pass may go into finding the rewrites that
+# failed, per region it asked for, in log2 terms (each culprit costs about log2(regions) + 1 runs)
+TRIALS_PER_CULPRIT_BOUND = 4
 
 
 class Pipeline:
@@ -294,9 +289,7 @@ class Pipeline:
         self.evaluation = evaluation
         self.dry_run = dry_run
         self.verify = verify
-        self.rtol = rtol  # None: DEFAULT_RTOL, or more where the model's own float noise is larger
-        self.noise_floor: float | None = None
-        self._floor_source = None
+        self.rtol = rtol  # None: DEFAULT_RTOL, or more where the model's own float noise is larger (tolerance.py)
         self.samples = samples
         self.seed = seed
         self.input_shapes = dict(input_shapes or {})
@@ -314,7 +307,6 @@ class Pipeline:
         """Run every pass on a copy of `model`. `serialized` may pass the model's bytes when the
         caller has them (saves serializing large models again for onnxruntime)."""
         start = time.perf_counter()
-        self.noise_floor, self._floor_source = None, None
         hungry = [p.spec for p in self.passes if p.needs_calibration()]
         if hungry and self.calibration is None:
             raise BadData(f"{', '.join(hungry)} needs calibration data: give --calib DATA (.npz/.npy, a folder of them or of images with "
@@ -331,6 +323,7 @@ class Pipeline:
         current = model
         feeds: list[Feed] = []
         reference = current_out = verified_on = None
+        tolerance = None
         if self.verify:
             feeds, verified_on = self._verification_feeds(model, shapes)
             try:
@@ -338,8 +331,8 @@ class Pipeline:
             except BadModel as exc:
                 raise BadModel(f"{exc}; verification needs onnxruntime to run the input model "
                                "(--no-verify optimizes without it)") from None
-            # measured when an exact pass first exceeds rtol (most models never need it: a session less)
-            self._floor_source = (serialized or model, feeds, reference) if self.rtol is None else None
+        if self.verify:
+            tolerance = Tolerance(self.rtol, feeds, self.threads)
         current_bytes = serialized
         reports = []
         names_after: list[tuple[int, set[str]]] = []  # node names left after each accepted pass
@@ -369,10 +362,10 @@ class Pipeline:
                     report = self._report(p, "unchanged", t0, result)
                 else:
                     candidate = graph.to_model()
-                    report, accepted, out, data = self._accept(p, candidate, result, t0, full_check, feeds,
-                                                               current_out)
+                    before = _Before(current_bytes or current, current_out, tolerance)
+                    report, accepted, out, data = self._accept(p, candidate, result, t0, full_check, feeds, before)
                     if not accepted and p.exact and report.fidelity is not None and len(set(ctx.regions)) > 1:
-                        isolated = self._isolate(p, current, shapes, ctx, t0, full_check, feeds, current_out, report)
+                        isolated = self._isolate(p, current, shapes, ctx, t0, full_check, feeds, before)
                         if isolated is not None:
                             report, candidate, out, data = isolated
                             accepted = True
@@ -396,7 +389,7 @@ class Pipeline:
         after = model_stats(current, shapes) if changed else before
         run_report = RunReport(reports, before, after, final_fid, self.verify, shapes, time.perf_counter() - start,
                                verified_on, reference_fid, cpu_summary(),
-                               self.verification(reference) if self.verify else {})
+                               tolerance.as_dict() if tolerance is not None else {})
         return RunResult(current, run_report, current_bytes)
 
     def _verification_feeds(self, model: onnx.ModelProto,
@@ -411,93 +404,79 @@ class Pipeline:
         return random_feeds(model, shapes, seed=self.seed, count=self.samples), f"{self.samples} seeded random samples"
 
     def _isolate(self, p: Pass, current: onnx.ModelProto, shapes, ctx: PassContext, t0: float, full_check: bool,
-                 feeds: list[Feed], previous_out: list[Feed] | None, failed: PassReport):
-        """Per-region rollback: the exact pass's result failed verification, so find the regions that
-        moved the outputs (delta debugging: run the pass again on halves of the regions it rewrote,
-        descending into each half that fails), keep every other rewrite, and decline the bad ones
-        with their measured error. None when that does not give a result that verifies (regions
-        that are only wrong together, or more trials than MAX_TRIALS): the whole pass rolls back."""
+                 feeds: list[Feed], before: "_Before"):
+        """Per-region rollback: the exact pass's result failed verification, so find the rewrites that
+        moved the outputs and keep the others. One culprit at a time: hold back ever shorter tails of
+        the regions (in the order the pass asked for them) until the rest verifies; the last region
+        of the shortest such tail is a culprit. Tails, not halves: a rewrite that needs an earlier
+        one (a second BN folds once the first is gone) is held back with it, never tested alone.
+        None when that finds nothing that verifies within the trial budget, or the pass raises: the
+        whole pass rolls back, as before."""
         keys = list(dict.fromkeys(ctx.regions))
+        labels = dict(ctx.labels)
+        budget = TRIALS_PER_CULPRIT_BOUND * (len(keys).bit_length() + 1)
         trials = [0]
 
-        def attempt(allowed) -> tuple[PassResult, onnx.ModelProto, PassReport, bool, Any, Any]:
+        def attempt(held: set[str]):
             trials[0] += 1
-            ctx.allowed, ctx.regions = frozenset(allowed), []
+            ctx.allowed, ctx.regions = frozenset(k for k in keys if k not in held), []
             graph = Graph(current, input_shapes=shapes)
             result = p.run(graph, ctx)
             candidate = graph.to_model()
-            report, ok, out, data = self._accept(p, candidate, result, t0, full_check, feeds, previous_out)
+            report, ok, out, data = self._accept(p, candidate, result, t0, full_check, feeds, before)
             return result, candidate, report, ok, out, data
 
         bad: dict[str, Fidelity | None] = {}
-
-        def find(regions: list[str], fidelity: Fidelity | None) -> bool:
-            if len(regions) == 1:
-                bad[regions[0]] = fidelity
-                return True
-            halves = (regions[: len(regions) // 2], regions[len(regions) // 2:])
-            failing = []
-            for half in halves:
-                if trials[0] >= MAX_TRIALS:
-                    return False
-                _, _, report, ok, _, _ = attempt(half)
-                if not ok:
-                    if report.fidelity is None:  # not a numerical failure (checker, onnxruntime): give up
-                        return False
-                    failing.append((half, report.fidelity))
-            if not failing:  # each half verifies alone, the whole does not: regions wrong only together
-                return False
-            return all(find(half, fid) for half, fid in failing)
-
         try:
-            if not find(keys, failed.fidelity) or trials[0] >= MAX_TRIALS:
+            while trials[0] < budget:
+                rest = [k for k in keys if k not in bad]
+                # holding back rest[lo:] verifies (lo = 0: nothing rewritten), rest[hi:] does not (hi = len)
+                lo, hi = 0, len(rest)
+                while hi - lo > 1 and trials[0] < budget:
+                    mid = (lo + hi) // 2
+                    if attempt(set(bad) | set(rest[mid:]))[3]:
+                        lo = mid
+                    else:
+                        hi = mid
+                culprit = rest[lo] if hi - lo == 1 else None
+                if culprit is None:
+                    return None
+                bad[culprit] = None
+                result, candidate, report, ok, out, data = attempt(set(bad))
+                if ok:
+                    break
+            else:
                 return None
-            result, candidate, report, ok, out, data = attempt([k for k in keys if k not in bad])
+            if not ok or not result.changed:
+                return None
+            for key in bad:  # each culprit's error: it rewritten on top of the good rewrites before it
+                later = set(keys[keys.index(key) + 1:])
+                bad[key] = attempt(later | (set(bad) - {key}))[2].fidelity
+            result, candidate, report, ok, out, data = attempt(set(bad))
+        except Exception:  # noqa: BLE001 - a pass that fails on a subset: the whole pass rolls back
+            return None
         finally:
             ctx.allowed = None
-        if not ok or not result.changed:
+        if not ok:
             return None
         tol = report.tolerance
         for key, fid in bad.items():
             moved = f"max rel error {fid.max_rel:.3g} > {tol:g}" if fid is not None else "outputs moved"
-            result.skip(key, f"rolled back alone: rewriting it moved the outputs ({moved}); every other "
-                             "rewrite of the pass verified and was kept")
-        result.notes.append(f"{len(bad)} of {len(keys)} rewrites failed verification and were rolled back alone "
-                            f"({trials[0]} verification runs to find them)")
-        report = self._report(p, "applied", t0, result, fidelity=report.fidelity, tolerance=tol)
-        return report, candidate, out, data
-
-    def _measure_floor(self, model: onnx.ModelProto | bytes, feeds: list[Feed], reference: list[Feed]) -> float:
-        """How far the model's outputs move under float32 reordering alone: onnxruntime's basic
-        optimizations against none, on the verification feeds."""
-        try:
-            return compare(reference, run_model(model, feeds, optimization="basic", threads=self.threads)).max_rel
-        except Exception:  # noqa: BLE001 - no floor: the fixed rtol holds
-            return 0.0
-
-    def _tolerance(self, outputs: list[Feed]) -> float:
-        """rtol (given), else DEFAULT_RTOL or FLOOR_MULTIPLE times the model's noise floor, whichever is
-        larger; never below what the outputs' precision can show: a float16 model cannot reproduce
-        itself to 1e-5 after any arithmetic change."""
-        dtypes = [np.asarray(v).dtype for v in (outputs[0].values() if outputs else ())]
-        floor = max((8 * float(np.finfo(d).eps) for d in dtypes if np.issubdtype(d, np.floating)), default=0.0)
-        base = self.rtol if self.rtol is not None else max(DEFAULT_RTOL, FLOOR_MULTIPLE * (self.noise_floor or 0.0))
-        return max(base, floor)
-
-    def verification(self, outputs: list[Feed] | None) -> dict:
-        """How exact passes were judged, for the report."""
-        return {"rtol": self.rtol if self.rtol is not None else DEFAULT_RTOL, "rtol_given": self.rtol is not None,
-                "noise_floor": self.noise_floor, "floor_measured": self.noise_floor is not None,
-                "floor_multiple": FLOOR_MULTIPLE,
-                "tolerance": self._tolerance(outputs or [])}
+            result.skip(labels.get(key, key), f"rolled back alone: rewriting it moved the outputs ({moved})")
+        result.notes.append(f"{len(bad)} of {len(keys)} rewrites failed verification and were rolled back alone; "
+                            f"the others were kept ({trials[0]} verification runs to find them)")
+        result.details["rolled_back_alone"] = [labels.get(k, k) for k in bad]
+        return (self._report(p, "applied", t0, result, fidelity=report.fidelity, tolerance=tol), candidate, out,
+                data)
 
     def _report(self, p: Pass, status: str, t0: float, result: PassResult, message: str = "",
-                fidelity: Fidelity | None = None, tolerance: float | None = None) -> PassReport:
+                fidelity: Fidelity | None = None, tolerance: float | None = None, floor=None) -> PassReport:
         return PassReport(p.name, p.spec, status, p.exact, time.perf_counter() - t0, dict(result.stats),
-                          list(result.skipped), list(result.notes), message, fidelity, dict(result.details), tolerance)
+                          list(result.skipped), list(result.notes), message, fidelity, dict(result.details), tolerance,
+                          floor.value if floor is not None else None)
 
     def _accept(self, p: Pass, candidate: onnx.ModelProto, result: PassResult, t0: float, full_check: bool,
-                feeds: list[Feed], previous_out: list[Feed] | None):
+                feeds: list[Feed], before: "_Before"):
         """Check and verify a pass's result: (report, accepted, outputs on the feeds, serialized)."""
         problem = _check(candidate, full_check)
         if problem:
@@ -511,18 +490,36 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types at run time
             msg = f"onnxruntime cannot run the result: {str(exc).strip().splitlines()[0][:200]}"
             return self._report(p, "rolled-back", t0, result, msg), False, None, None
-        fid = compare(previous_out, out)
-        if p.exact and not fid.within(self._tolerance(out)) and self._floor_source is not None:
-            self.noise_floor = self._measure_floor(*self._floor_source)
-            self._floor_source = None
+        fid = compare(before.outputs, out)
         if not p.exact:  # reported as deployed (see run); `out` stays the reference the next pass is checked against
-            fid = compare(previous_out, run_model(data, feeds, optimization="all", threads=self.threads))
-        tol = self._tolerance(out)
-        if p.exact and not fid.within(tol):
+            fid = compare(before.outputs, run_model(data, feeds, optimization="all", threads=self.threads))
+            return self._report(p, "applied", t0, result, fidelity=fid), True, out, data
+        tol = before.tolerance.of(out)
+        floor = None
+        if not fid.within(tol):
+            floor = before.floor()
+            tol = before.tolerance.of(out, floor)
+        if not fid.within(tol):
             msg = (f"outputs changed (max rel error {fid.max_rel:.3g} > {tol:g}, worst output '{fid.worst}'); "
                    "result discarded")
-            return self._report(p, "rolled-back", t0, result, msg, fid, tol if p.exact else None), False, None, None
-        return self._report(p, "applied", t0, result, fidelity=fid, tolerance=tol if p.exact else None), True, out, data
+            return self._report(p, "rolled-back", t0, result, msg, fid, tol, floor), False, None, None
+        return self._report(p, "applied", t0, result, fidelity=fid, tolerance=tol, floor=floor), True, out, data
+
+
+@dataclasses.dataclass
+class _Before:
+    """The model a pass starts from, its outputs on the verification feeds, and its noise floor (see
+    onnxopt.tolerance), measured the first time a pass on it exceeds rtol."""
+
+    model: onnx.ModelProto | bytes
+    outputs: list[Feed] | None
+    tolerance: Tolerance | None
+    _floor: Any = None
+
+    def floor(self):
+        if self._floor is None and self.tolerance is not None and self.tolerance.rtol is None:
+            self._floor = self.tolerance.floor(self.model, self.outputs)
+        return self._floor
 
 
 def _settle(reports: list[PassReport], names_after: list[tuple[int, set[str]]]) -> None:
@@ -539,18 +536,23 @@ def _settle(reports: list[PassReport], names_after: list[tuple[int, set[str]]]) 
 
 
 def named_dynamic_dims(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with every input dim declared as 0 or -1 (PaddlePaddle's way of saying "dynamic")
-    renamed to a symbolic dim (`x_dim2`): onnxruntime takes -1 as dynamic but 0 literally, and the
-    ONNX spec has neither. The same model when there is nothing to rename."""
-    inits = {t.name for t in model.graph.initializer}
-    bad = [vi for vi in model.graph.input if vi.name not in inits
-           and any(d.HasField("dim_value") and d.dim_value <= 0 for d in vi.type.tensor_type.shape.dim)]
-    if not bad:
+    """The model with every dim declared as 0 or -1 (PaddlePaddle's way of saying "dynamic") on its
+    inputs, outputs and value_info renamed to a symbolic dim (`x_dim2`): onnxruntime takes -1 as
+    dynamic but 0 literally, shape inference keeps them, and the ONNX spec has neither. The same
+    model when there is nothing to rename."""
+    def infos(m: onnx.ModelProto):
+        inits = {t.name for t in m.graph.initializer}
+        return [vi for vi in (*m.graph.input, *m.graph.output, *m.graph.value_info) if vi.name not in inits]
+
+    def bad(vi) -> bool:
+        return any(d.HasField("dim_value") and d.dim_value <= 0 for d in vi.type.tensor_type.shape.dim)
+
+    if not any(bad(vi) for vi in infos(model)):
         return model
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    for vi in model.graph.input:
+    for vi in infos(model):
         for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-            if vi.name not in inits and d.HasField("dim_value") and d.dim_value <= 0:
+            if d.HasField("dim_value") and d.dim_value <= 0:
                 d.Clear()
                 d.dim_param = f"{vi.name}_dim{axis}"
     return model

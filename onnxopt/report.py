@@ -150,13 +150,18 @@ def format_run(report: RunReport, *, verbose: bool = False, tables: bool = False
         else:
             out.append(f"fidelity vs original: {fidelity_line(report.fidelity) if report.changed else 'unchanged model'}")
             out.append(f"verified in onnxruntime (optimizations off) on {report.verified_on}: {shapes}; CPU {cpu}")
+        held = [p for p in report.passes if p.exact and p.tolerance is not None]
         v = report.verification
-        if v and any(p.exact for p in report.passes):
-            how = ("--rtol" if v["rtol_given"] else
-                   f"noise floor {v['noise_floor']:.2g} (onnxruntime's basic optimizations vs none) x "
-                   f"{v['floor_multiple']:g}, at least {v['rtol']:g}" if v.get("noise_floor") is not None else
-                   "rtol; every exact pass was within it, so the model's noise floor was not needed")
-            out.append(f"exact passes held to max rel error {v['tolerance']:.2g} ({how})")
+        if held:
+            how = ("--rtol" if v.get("rtol_given") else
+                   f"{v.get('floor_multiple', 4):g}x the model's noise floor where a pass needed more than "
+                   f"{v.get('rtol', 1e-4):g}: what onnxruntime's basic optimizations alone move its outputs by")
+            out.append("exact passes held to max rel error: "
+                       + ", ".join(f"{p.name} {p.tolerance:.2g}" + (f" (floor {p.noise_floor:.2g})" if p.noise_floor else "")
+                                   for p in held) + f" ({how})")
+            if v.get("floors_capped"):
+                out.append(f"  noise floor {max(v['floors_capped']):.2g} is above {v['floor_ceiling']:g}: such outputs cannot "
+                           "show exactness; rtol was kept")
     else:
         out.append("verification off (--no-verify): outputs were not compared")
     return "\n".join(out)
@@ -195,7 +200,8 @@ def format_inspect(info: dict) -> str:
         f"ir_version {info['ir_version']}, opsets {', '.join(f'{k} {v}' for k, v in info['opset'].items())}"
         + (f", producer {info['producer']}" if info["producer"] else ""),
         "inputs:",
-        *[f"  {i['name']}: {i['dtype']} {i['shape']}" for i in info["inputs"]],
+        *[f"  {i['name']}: {i['dtype']} {i['shape'] if i['shape'] is not None else '(no shape declared)'}"
+          for i in info["inputs"]],
         "outputs:",
         *[f"  {o['name']}: {o['dtype']} {o['shape']}" for o in info["outputs"]],
         f"nodes {st['nodes']}, params {human(st['params'])}, MACs {human(st['macs'])}"

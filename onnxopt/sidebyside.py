@@ -223,6 +223,15 @@ def top1_accuracy(outputs: Sequence[Feed], labels: np.ndarray) -> float | None:
     return None
 
 
+def _runnable(subject: Subject) -> Subject:
+    """A subject whose inputs declare 0 or -1 dims, with them named (onnxruntime reads 0 literally)."""
+    from .pipeline import named_dynamic_dims
+
+    model = named_dynamic_dims(subject.model)
+    return subject if model is subject.model else dataclasses.replace(subject, model=model,
+                                                                      data=model.SerializeToString())
+
+
 def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, data: str | Path | None = None,
               input_shapes: dict[str, tuple[int, ...]] | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> BenchReport:
@@ -230,6 +239,7 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
     settings = settings or Settings()
     if not subjects:
         raise UsageError("give at least one model")
+    subjects = [_runnable(s) for s in subjects]
     check_same_interface(subjects)
     reference = subjects[0].model
     batches = _batches(subjects, settings.batches)

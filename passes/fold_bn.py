@@ -180,19 +180,18 @@ class FoldBatchNorm(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
-        self._ctx = ctx
         for node in graph.nodes():
             if not node.alive:
                 continue
             if node.op == "BatchNormalization":
-                self._fold_bn(graph, node, result)
+                self._fold_bn(graph, node, result, ctx)
             elif node.op in _AFFINE_OPS and self.options.affine:
-                self._fold_affine(graph, node, result)
+                self._fold_affine(graph, node, result, ctx)
         result.changed = any(result.stats.values())
         return result
 
     # -- BatchNormalization ------------------------------------------------------------------
-    def _fold_bn(self, graph: Graph, bn: Node, result: PassResult) -> None:
+    def _fold_bn(self, graph: Graph, bn: Node, result: PassResult, ctx: PassContext) -> None:
         affine = _bn_affine(graph, bn)
         if isinstance(affine, str):
             result.skip(bn, affine)
@@ -206,7 +205,7 @@ class FoldBatchNorm(Pass):
         if isinstance(target, str):
             if via is not None:
                 target = f"reads {via.label}, whose input cannot absorb a scale"
-            self._lone_bn(graph, bn, affine, target, result)
+            self._lone_bn(graph, bn, affine, target, result, ctx)
             return
         reason = self._exclusive(graph, target.node.outputs[0], via or bn)
         if reason is None and via is not None:
@@ -218,7 +217,7 @@ class FoldBatchNorm(Pass):
         if reason is not None:
             result.skip(bn, reason)
             return
-        if not self._ctx.region(bn.label):
+        if not ctx.region(bn.outputs[0], bn.label):
             return
         _apply(graph, target, affine)
         graph.bypass(bn)
@@ -258,14 +257,14 @@ class FoldBatchNorm(Pass):
                 return f"{moved[:-1]}; its target shape must start with 0 or -1 and keep the channel count)"
         return None
 
-    def _lone_bn(self, graph: Graph, bn: Node, affine: _Affine, why: str, result: PassResult) -> None:
+    def _lone_bn(self, graph: Graph, bn: Node, affine: _Affine, why: str, result: PassResult, ctx: PassContext) -> None:
         rank = len(graph.shape(bn.input(0)) or ())
         if self.options.lone_bn != "affine" or rank < 2:
             in_sum = any(c.op in ("Add", "Sum") for c in graph.consumers(bn.outputs[0]))
             hint = "; it is a branch of a sum, which reparam merges" if in_sum else ""
             result.skip(bn, f"nothing to fold into: {why}{hint}")
             return
-        if not self._ctx.region(bn.label):
+        if not ctx.region(bn.outputs[0], bn.label):
             return
         dtype = graph.constant(bn.input(1)).dtype
         shape = (-1,) + (1,) * (rank - 2)
@@ -279,7 +278,7 @@ class FoldBatchNorm(Pass):
         result.count("bn_to_affine")
 
     # -- per-channel Mul / Add / Sub / Div ---------------------------------------------------
-    def _fold_affine(self, graph: Graph, node: Node, result: PassResult) -> None:
+    def _fold_affine(self, graph: Graph, node: Node, result: PassResult, ctx: PassContext) -> None:
         const_at = [i for i in (0, 1) if graph.constant(node.input(i)) is not None]
         if len(const_at) != 1 or (node.op in ("Sub", "Div") and const_at != [1]):
             return
@@ -310,7 +309,7 @@ class FoldBatchNorm(Pass):
             "Add": _Affine(ones, vector),
             "Sub": _Affine(ones, -vector),
         }[node.op]
-        if not self._ctx.region(node.label):
+        if not ctx.region(node.outputs[0], node.label):
             return
         _apply(graph, target, affine)
         graph.bypass(node, 1 - const_at[0])

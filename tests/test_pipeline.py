@@ -454,7 +454,7 @@ def test_instruments_see_each_pass_and_the_current_model():
 # The JSON report
 
 PASS_KEYS = {"name", "spec", "status", "exact", "seconds", "stats", "skipped", "notes", "message", "fidelity", "details",
-             "tolerance"}
+             "tolerance", "noise_floor"}
 
 
 def test_report_as_dict_is_json_with_a_schema():

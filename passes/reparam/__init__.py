@@ -53,17 +53,16 @@ class Reparameterize(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
-        self._ctx = ctx
         told: set[int] = set()  # nodes whose decline was already reported
         for root in sum_trees(graph):
             if root.alive:
-                self._merge_sum(graph, expand(graph, root), result, told)
+                self._merge_sum(graph, expand(graph, root), result, told, ctx)
         if self.options.sequential:
             costlier = 0
             # in graph order, so that a conv merged here can merge again with the next one
             for conv in [n for n in graph.topological_nodes() if n.op == "Conv"]:
                 if conv.alive and conv.id not in told:
-                    costlier += self._merge_pair(graph, conv, result) == "costlier"
+                    costlier += self._merge_pair(graph, conv, result, ctx) == "costlier"
             if costlier:
                 result.notes.append(f"left {costlier} Conv 1x1 -> Conv chain(s) as they are: one merged "
                                     "conv would need more multiply-accumulates than the two")
@@ -71,7 +70,7 @@ class Reparameterize(Pass):
         return result
 
     # -- sums of branches ---------------------------------------------------------------------
-    def _merge_sum(self, graph: Graph, tree: SumTree, result: PassResult, told: set[int]) -> None:
+    def _merge_sum(self, graph: Graph, tree: SumTree, result: PassResult, told: set[int], ctx: PassContext) -> None:
         options = [readings(graph, tree, i) for i in range(len(tree.terms))]
         left = list(range(len(tree.terms)))
         groups: list[tuple[str, list[Branch], Kernel]] = []
@@ -93,7 +92,7 @@ class Reparameterize(Pass):
         if not groups:
             self._explain(graph, tree, options, result, told)
             return
-        if not self._ctx.region(tree.root.label):
+        if not ctx.region(tree.root.outputs[0], tree.root.label):
             return
         absorbed = self._absorb_constants(graph, tree, left, groups[0][2])
         left = [i for i in left if i not in absorbed]
@@ -183,7 +182,7 @@ class Reparameterize(Pass):
                         + ", ".join(f"'{s}'" for s in sources) + "), as at a shortcut join: nothing to merge")
 
     # -- Conv 1x1 -> (BN) -> Conv outside sums --------------------------------------------------
-    def _merge_pair(self, graph: Graph, conv: Node, result: PassResult) -> str | None:
+    def _merge_pair(self, graph: Graph, conv: Node, result: PassResult, ctx: PassContext) -> str | None:
         chain: list[Node] = [conv]
         tensor, reader = conv.input(0), conv
         first = graph.producer(tensor)
@@ -220,7 +219,7 @@ class Reparameterize(Pass):
             return None
         if after > sum(before):
             return "costlier"
-        if not self._ctx.region(conv.label):
+        if not ctx.region(conv.outputs[0], conv.label):
             return None
         out = conv.outputs[0]
         np_dtype = helper.tensor_dtype_to_np_dtype(graph.dtype(out))
