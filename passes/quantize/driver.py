@@ -273,12 +273,13 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
     if o.max_drop is not None:
         from .accuracy import control
         float_keys = control(p, builder, reference, float_keys, held, ctx, result)
-    if timed and not builder.plan(Graph(builder.float_model, input_shapes=builder.shapes), float_keys).units:
-        return _stay_float(graph, original, result, "every quantizable op was kept float (" + (
-            "accuracy control, " if o.max_drop is not None else "") + "range checks): the model stays float")
     timing = None
     if timed:
-        timing = _where_it_pays(builder, reference, float_keys, held, ctx, result)
+        units = list(builder.plan(Graph(builder.float_model, input_shapes=builder.shapes), float_keys).units.values())
+        if not units:
+            return _stay_float(graph, original, result, "every quantizable op was kept float (" + (
+                "accuracy control, " if o.max_drop is not None else "") + "range checks): the model stays float")
+        timing = _where_it_pays(builder, reference, units, float_keys, held, ctx, result)
         float_keys = timing.float_keys
     elif o.speed and native and ctx.dry_run:
         result.notes.append("dry run: int8 was not timed against float; a real run keeps float the regions that are "
@@ -320,11 +321,10 @@ def _stay_float(graph: Graph, original: onnx.ModelProto | None, result: PassResu
     return result
 
 
-def _where_it_pays(builder: Builder, reference: onnx.ModelProto, float_keys: set[str], held: list[Feed],
-                   ctx: PassContext, result: PassResult) -> speed.SpeedPlan:
-    """Regions that are slower in int8 return to float (speed.choose), each named in the report."""
+def _where_it_pays(builder: Builder, reference: onnx.ModelProto, units: list, float_keys: set[str],
+                   held: list[Feed], ctx: PassContext, result: PassResult) -> speed.SpeedPlan:
+    """Regions of `units` that are slower in int8 return to float (speed.choose), each named in the report."""
     feed = held[0] if held else random_feeds(reference, builder.shapes, seed=ctx.seed, count=1)[0]
-    units = list(builder.plan(Graph(builder.float_model, input_shapes=builder.shapes), float_keys).units.values())
     timing = speed.choose(lambda keys: builder.build(keys)[0], units, reference, float_keys, feed, ctx.threads,
                           progress=lambda i, n: ctx.progress("quantize: timing regions", i, n))
     result.details["speed"] = timing.as_dict()
