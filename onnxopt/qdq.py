@@ -6,9 +6,29 @@ by its integer form behind a DequantizeLinear.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .graph import Graph, Node
+
+
+def depthwise(group: int, weight_shape: Sequence[int]) -> bool:
+    """One input and one output channel per group: onnxruntime's depthwise kernels widen u8 and s8 to
+    int32 before multiplying, so they never saturate (measured: a depthwise 3x3 of 255s by 127s is
+    exact on AVX2; with a channel multiplier of 2 the conv takes the GEMM path and saturates)."""
+    return group > 1 and len(weight_shape) > 1 and weight_shape[1] == 1 and weight_shape[0] == group
+
+
+def worst_same_sign_pair(rows: np.ndarray) -> np.ndarray:
+    """Per row (one output channel's weights): the largest |w1| + |w2| over two weights of the same
+    sign. x86 without VNNI adds the products of two weights of a channel with u8 activations (never
+    negative) in int16 (VPMADDUBSW): only a same-sign pair can leave it, which pair depends on the
+    kernel's packing, so the worst one counts. Rows of one weight: that weight."""
+    rows = np.asarray(rows)
+    if rows.shape[1] < 2:
+        return np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0], rows.dtype)
+    return np.maximum(*[(-np.partition(-np.maximum(sign * rows, 0), 1, axis=1)[:, :2]).sum(axis=1) for sign in (1, -1)])
 
 
 def _params(graph: Graph, hint: str, scale: np.ndarray, zero_point: np.ndarray) -> tuple[str, str]:

@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import BadModel
+from ..qdq import depthwise, worst_same_sign_pair
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 INTEGER = {"QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
@@ -129,17 +130,12 @@ def saturating(model: onnx.ModelProto) -> list[str]:
         w = onnx.numpy_helper.to_array(inits[n.input[weight]])
         if w.dtype != np.int8 or w.ndim < 1:
             continue
-        group = next((a.i for a in n.attribute if a.name == "group"), 1)
-        if "Conv" in n.op_type and group > 1 and w.ndim > 1 and w.shape[1] == 1 and w.shape[0] == group:
-            continue  # depthwise: exact
+        if "Conv" in n.op_type and depthwise(next((a.i for a in n.attribute if a.name == "group"), 1), w.shape):
+            continue
         if axis is None:
             axis = 0 if any(a.name == "transB" and a.i for a in n.attribute) else 1
         per_channel = np.moveaxis(w.astype(np.int32), axis, 0).reshape(w.shape[axis], -1)
-        if per_channel.shape[1] < 2:
-            continue
-        worst = max(int((-np.partition(-same, 1, axis=1)[:, :2]).sum(axis=1).max())
-                    for same in (np.maximum(per_channel, 0), np.maximum(-per_channel, 0)))
-        if worst > 128:
+        if per_channel.shape[1] > 1 and int(worst_same_sign_pair(per_channel).max()) > 128:
             found.append(n.name or n.op_type)
     return found
 

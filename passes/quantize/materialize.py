@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from onnxopt.graph import Graph, Node
-from onnxopt.qdq import dequantized_constant, insert_qdq
+from onnxopt.qdq import dequantized_constant, depthwise, insert_qdq
 
 from .placement import Plan, Unit
 from .scheme import QParams, activation_qparams, guard_bias, quantize_bias, quantize_weight, weight_qparams
@@ -40,17 +40,12 @@ def weight_axis(graph: Graph, node: Node) -> int | None:
 
 
 def pairs_products(node: Node, w: np.ndarray) -> bool:
-    """Whether onnxruntime's kernel for this op adds u8 x s8 products in int16 pairs without VNNI.
-    Its depthwise convolutions (one input and one output channel per group) widen to int32 before
-    multiplying, and ConvTranspose has no integer kernel: neither saturates, so neither needs the
-    pair bound (measured: a depthwise 3x3 of 255s by 127s is exact on AVX2, with a channel
-    multiplier of 2 it takes the GEMM path and saturates)."""
+    """Whether onnxruntime's kernel for this op adds u8 x s8 products in int16 pairs without VNNI:
+    not its depthwise convolutions (onnxopt.qdq.depthwise), and not ConvTranspose, which has no
+    integer kernel. Only those that do need the pair bound."""
     if node.op == "ConvTranspose":
         return False
-    if node.op == "Conv":
-        group = int(node.attr("group", 1))
-        return not (group > 1 and w.shape[1] == 1 and w.shape[0] == group)
-    return True
+    return not (node.op == "Conv" and depthwise(int(node.attr("group", 1)), w.shape))
 
 
 def activation_is_exact(act: Node, graph: Graph, q: QParams) -> bool:

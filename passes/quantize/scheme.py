@@ -10,6 +10,8 @@ import dataclasses
 
 import numpy as np
 
+from onnxopt.qdq import worst_same_sign_pair
+
 INT32_MAX = 2**31 - 1
 _LIMITS = {"uint8": (0, 255), "int8": (-128, 127)}
 
@@ -67,10 +69,7 @@ def weight_qparams(w: np.ndarray, axis: int | None, *, bits: int = 8, pair_bound
     flat = np.abs(moved)
     span = flat.max(axis=1) if flat.shape[1] else np.zeros(flat.shape[0])
     if pair_bound and flat.shape[1] > 1:
-        pairs = np.zeros(flat.shape[0])
-        for same_sign in (np.maximum(moved, 0), np.maximum(-moved, 0)):
-            top2 = -np.partition(-same_sign, 1, axis=1)[:, :2]
-            pairs = np.maximum(pairs, top2[:, 0] + top2[:, 1])
+        pairs = worst_same_sign_pair(moved.astype(np.float64))
         bounded = np.minimum(np.maximum(span, pairs) / 127, span / 64)  # the 8-bit scale that keeps pairs in int16
         scale = np.maximum(bounded, span / qmax).astype(np.float32)
     else:
