@@ -19,7 +19,6 @@ import traceback
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Protocol
 
-import numpy as np
 import onnx
 
 from . import options as _options
@@ -28,7 +27,7 @@ from .cpu import cpu_summary
 from .errors import BadData, BadModel, OnnxoptError, PreconditionError
 from .graph import Graph, Node, skeleton
 from .runtime import Feed, random_feeds, resolve_input_shapes, run_model
-from .tolerance import DEFAULT_RTOL, Tolerance
+from .tolerance import Tolerance
 from .verify import Fidelity, compare
 
 
@@ -331,7 +330,6 @@ class Pipeline:
             except BadModel as exc:
                 raise BadModel(f"{exc}; verification needs onnxruntime to run the input model "
                                "(--no-verify optimizes without it)") from None
-        if self.verify:
             tolerance = Tolerance(self.rtol, feeds, self.threads)
         current_bytes = serialized
         reports = []
@@ -442,23 +440,21 @@ class Pipeline:
                 if culprit is None:
                     return None
                 bad[culprit] = None
-                result, candidate, report, ok, out, data = attempt(set(bad))
-                if ok:
+                kept = attempt(set(bad))
+                if kept[3]:
                     break
             else:
                 return None
-            if not ok or not result.changed:
+            result, candidate, report, ok, out, data = kept
+            if not result.changed:
                 return None
             for key in bad:  # each culprit's error: it rewritten on top of the good rewrites before it
                 later = set(keys[keys.index(key) + 1:])
                 bad[key] = attempt(later | (set(bad) - {key}))[2].fidelity
-            result, candidate, report, ok, out, data = attempt(set(bad))
         except Exception:  # noqa: BLE001 - a pass that fails on a subset: the whole pass rolls back
             return None
         finally:
             ctx.allowed = None
-        if not ok:
-            return None
         tol = report.tolerance
         for key, fid in bad.items():
             moved = f"max rel error {fid.max_rel:.3g} > {tol:g}" if fid is not None else "outputs moved"

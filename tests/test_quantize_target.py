@@ -15,7 +15,6 @@ import pytest
 from onnx import helper
 
 from onnxopt import cpu
-from onnxopt.analysis.fusion import audit
 from onnxopt.bench import machine
 from onnxopt.errors import BadData
 from onnxopt.passes import Quantize

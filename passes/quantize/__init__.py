@@ -12,7 +12,6 @@ result is audited by letting onnxruntime optimize it and listing every op it sti
 from __future__ import annotations
 
 import dataclasses
-import platform
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
