@@ -9,8 +9,10 @@ core dependencies). Temporary files go to a temporary directory, never next to t
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -210,17 +212,31 @@ def has_vnni() -> bool:
     return (not saturates) if saturates is not None else this_cpu().kind == "x86-vnni"
 
 
+@contextlib.contextmanager
+def _working_directory(path: Path):
+    # contextlib.chdir is Python 3.11+; we support 3.10
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def _pre_process(source: Path, tmp: Path) -> Path:
     """quant_pre_process, as ORT's docs ask before quantize_static; without its symbolic shape
     inference when that fails (it needs sympy and does not handle every graph)."""
     quantization = _require("onnxruntime.quantization")
     prepared = tmp / "prepared.onnx"
-    try:
-        quantization.quant_pre_process(source, prepared)
-    except Exception as exc:  # noqa: BLE001 - symbolic shape inference raises many types
-        first = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
-        note(f"quant_pre_process ran with skip_symbolic_shape=True ({first[:160]})")
-        quantization.quant_pre_process(source, prepared, skip_symbolic_shape=True)
+    # When its symbolic shape inference gives up, onnxruntime saves sym_shape_infer_temp.onnx and its
+    # external data into the working directory: run it from the scratch directory.
+    with _working_directory(tmp):
+        try:
+            quantization.quant_pre_process(source, prepared)
+        except Exception as exc:  # noqa: BLE001 - symbolic shape inference raises many types
+            first = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
+            note(f"quant_pre_process ran with skip_symbolic_shape=True ({first[:160]})")
+            quantization.quant_pre_process(source, prepared, skip_symbolic_shape=True)
     return prepared
 
 
