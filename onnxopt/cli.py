@@ -97,7 +97,7 @@ def cli() -> None:
 @click.option("--rtol", type=float, default=None, help="Max relative output error an exact pass may cause [1e-4; at least 8 ulp of the output dtype].")
 @click.option("--samples", type=click.IntRange(1, 64), default=None, help="Random samples for verification [2].")
 @click.option("--seed", type=int, default=None, help="Seed for verification inputs [0].")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime intra-op threads [1].")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime intra-op threads of passes that time models [1] and of verification [every core, up to 8].")
 @click.option("--overwrite", is_flag=True, help="Allow the output path to be the input model.")
 @click.option("--strict", is_flag=True, help="Exit 4 and write nothing if any pass was rolled back or failed.")
 @click.option("-v", "--verbose", is_flag=True, help="List every declined region.")

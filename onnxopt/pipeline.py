@@ -26,7 +26,7 @@ from .analysis.cost import ModelStats, model_stats
 from .cpu import cpu_summary
 from .errors import BadData, BadModel, OnnxoptError, PreconditionError
 from .graph import Graph, Node, skeleton
-from .runtime import Feed, random_feeds, resolve_input_shapes, run_model
+from .runtime import Feed, random_feeds, resolve_input_shapes, run_model, verification_threads
 from .tolerance import Tolerance
 from .verify import Fidelity, compare
 
@@ -282,7 +282,7 @@ class Pipeline:
     def __init__(self, passes: Sequence[Pass], *, verify: bool = True, rtol: float | None = None, samples: int = 2,
                  seed: int = 0, input_shapes: dict[str, Sequence[int]] | None = None,
                  calibration: Iterable[Feed] | None = None, instruments: Sequence[Instrument] = (),
-                 progress: Progress = _no_progress, threads: int = 1, dry_run: bool = False,
+                 progress: Progress = _no_progress, threads: int | None = None, dry_run: bool = False,
                  evaluation: Any = None) -> None:
         self.passes = list(passes)
         self.evaluation = evaluation
@@ -295,7 +295,11 @@ class Pipeline:
         self.calibration = calibration
         self.instruments = list(instruments)
         self.progress = progress
-        self.threads = threads
+        # passes that time models (prune's latency table, quantize's speed step) run at the threads
+        # asked for, 1 by default as `onnxopt bench` does; verification at every core unless told
+        # (runtime.verification_threads)
+        self.threads = threads or 1
+        self.verify_threads = threads or verification_threads()
 
     @classmethod
     def parse(cls, spec: str, **kwargs: Any) -> "Pipeline":
@@ -326,11 +330,11 @@ class Pipeline:
         if self.verify:
             feeds, verified_on = self._verification_feeds(model, shapes)
             try:
-                reference = current_out = run_model(serialized or model, feeds, threads=self.threads)
+                reference = current_out = run_model(serialized or model, feeds, threads=self.verify_threads)
             except BadModel as exc:
                 raise BadModel(f"{exc}; verification needs onnxruntime to run the input model "
                                "(--no-verify optimizes without it)") from None
-            tolerance = Tolerance(self.rtol, feeds, self.threads)
+            tolerance = Tolerance(self.rtol, feeds, self.verify_threads)
         current_bytes = serialized
         reports = []
         names_after: list[tuple[int, set[str]]] = []  # node names left after each accepted pass
@@ -381,7 +385,7 @@ class Pipeline:
         if final_fid is not None and any(r.status == "applied" and not r.exact for r in reports):
             # a lossy result is judged as it will run: QDQ models keep their Q/DQ pairs in float in the
             # reference kernels, so there they hide what integer kernels on this CPU do to the outputs
-            deployed = run_model(current_bytes or current, feeds, optimization="all", threads=self.threads)
+            deployed = run_model(current_bytes or current, feeds, optimization="all", threads=self.verify_threads)
             final_fid, reference_fid = compare(reference, deployed), final_fid
         before = model_stats(model, shapes)
         after = model_stats(current, shapes) if changed else before
@@ -482,13 +486,13 @@ class Pipeline:
             return self._report(p, "applied", t0, result), True, None, None
         data = candidate.SerializeToString()
         try:
-            out = run_model(data, feeds, threads=self.threads)
+            out = run_model(data, feeds, threads=self.verify_threads)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types at run time
             msg = f"onnxruntime cannot run the result: {str(exc).strip().splitlines()[0][:200]}"
             return self._report(p, "rolled-back", t0, result, msg), False, None, None
         fid = compare(before.outputs, out)
         if not p.exact:  # reported as deployed (see run); `out` stays the reference the next pass is checked against
-            fid = compare(before.outputs, run_model(data, feeds, optimization="all", threads=self.threads))
+            fid = compare(before.outputs, run_model(data, feeds, optimization="all", threads=self.verify_threads))
             return self._report(p, "applied", t0, result, fidelity=fid), True, out, data
         tol = before.tolerance.of(out)
         floor = None

@@ -249,3 +249,24 @@ def test_outputs_declared_with_minus_one_are_named_too():
     assert run.report.passes[0].status == "applied"
     out = run.model.graph.output[0].type.tensor_type.shape.dim
     assert out[1].dim_value == 8 and all(d.dim_param for i, d in enumerate(out) if i != 1)
+
+
+def test_verification_uses_every_core_and_passes_keep_the_threads_asked_for(monkeypatch):
+    from onnxopt import pipeline as pipeline_module
+    monkeypatch.setattr(pipeline_module, "verification_threads", lambda: 6)
+    default = Pipeline([])
+    assert (default.threads, default.verify_threads) == (1, 6)
+    told = Pipeline([], threads=3)
+    assert (told.threads, told.verify_threads) == (3, 3)
+
+
+def test_the_thread_count_moves_outputs_far_less_than_the_tolerance():
+    # verification runs a model and its rewrite at the same count, but the count differs between
+    # machines: what it moves (a reduction split differently) must stay far below what a pass may
+    from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
+    from onnxopt.verify import compare
+    for name in ("resnet18-tiny", "mobilenetv2-tiny"):
+        model = models.build(name, seed=0)
+        feeds = random_feeds(model, resolve_input_shapes(model), seed=0, count=2)
+        moved = compare(run_model(model, feeds, threads=1), run_model(model, feeds, threads=4))
+        assert moved.max_rel < DEFAULT_RTOL / 10, (name, moved.max_rel)
