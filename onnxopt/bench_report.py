@@ -63,7 +63,7 @@ def setup_line(report: BenchReport) -> str:
 
 
 def data_line(report: BenchReport) -> str:
-    shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.inputs.items())
+    shapes = ", ".join(f"{k} {'x'.join(map(str, v)) or 'scalar'}" for k, v in report.inputs.items())
     acc = f"; accuracy on {report.labelled_samples} labelled samples" if report.labelled_samples else ""
     return f"inputs {shapes}; feeds: {report.data}; fidelity on {report.fidelity_samples} samples{acc}"
 

@@ -10,7 +10,11 @@ A data file holds arrays whose first axis counts samples:
   images a folder of .png/.jpg/.jpeg/.bmp/.ppm/.pgm files with a preprocessing spec (size,
          layout, mean/std, RGB/BGR, scale; see onnxopt.images), decoded one batch at a time
 Samples are fed in batches of the model's static batch size (1 where the batch dim is dynamic);
-samples left over after the last full batch are not used.
+samples left over after the last full batch are not used. An array with one axis more than its
+input holds one whole input per batch instead (for inputs whose batch axis is not the first, such
+as an RNN state [2, batch, 128], or that have none, such as a scalar sample rate): its row i goes
+with the i-th batch of the others, and where the model's batch is dynamic, samples per whole row
+set the batch.
 A FeedSet is re-iterable (passes may iterate it many times); memory holds a batch, plus for a
 folder the file being read, never the whole data set.
 """
@@ -124,11 +128,12 @@ class FeedSet:
     arrays may be ndarrays, memory maps or LazyArrays: each batch is sliced when it is needed."""
 
     def __init__(self, arrays: Mapping[str, np.ndarray | LazyArray], batch: int = 1, labels: np.ndarray | None = None,
-                 source: str = "data") -> None:
-        counts = {len(a) for a in arrays.values()}
+                 source: str = "data", whole: frozenset[str] = frozenset()) -> None:
+        # `whole`: arrays holding one whole input per batch (see the module docstring)
+        counts = {len(a) * (batch if k in whole else 1) for k, a in arrays.items()}
         if len(counts) != 1:
             raise BadData(f"{source}: inputs hold different numbers of samples {sorted(counts)}")
-        self.arrays, self.batch, self.labels, self.source = arrays, batch, labels, source
+        self.arrays, self.batch, self.labels, self.source, self.whole = arrays, batch, labels, source, whole
         self.samples = counts.pop()
         if labels is not None and len(labels) != self.samples:
             raise BadData(f"{source}: {len(labels)} labels for {self.samples} samples")
@@ -136,18 +141,20 @@ class FeedSet:
     def __len__(self) -> int:
         return self.samples // self.batch
 
+    def _feed(self, i: int) -> Feed:
+        start = i * self.batch
+        return {k: np.asarray(a[i]) if k in self.whole else a[start:start + self.batch] for k, a in self.arrays.items()}
+
     def __iter__(self) -> Iterator[Feed]:
-        for start in range(0, len(self) * self.batch, self.batch):
-            yield {k: a[start:start + self.batch] for k, a in self.arrays.items()}
+        for i in range(len(self)):
+            yield self._feed(i)
 
     def take(self, n: int) -> list[Feed]:
         return [feed for _, feed in zip(range(n), self)]
 
     def tail(self, n: int) -> list[Feed]:
         """The last n batches: verification judges lossy passes on these."""
-        stop = len(self) * self.batch
-        starts = range(max(0, stop - n * self.batch), stop, self.batch)
-        return [{k: a[s:s + self.batch] for k, a in self.arrays.items()} for s in starts]
+        return [self._feed(i) for i in range(max(0, len(self) - n), len(self))]
 
 
 def _cannot_read(path: Path, exc: Exception) -> BadData:
@@ -314,14 +321,23 @@ def load_feeds(path: str | Path, model: onnx.ModelProto, preprocess: Any = None)
         merged = _for_inputs(arrays, names, p)
         for n, a in merged.items():
             if a.ndim == 0:
-                raise BadData(f"{p}: '{n}' is a single value, not samples along a first axis")
+                raise BadData(f"{p}: '{n}' is a single value, not samples along a first axis (for a scalar "
+                              "input give one value per sample: shape [samples])")
             dtype = _model_dtype(a.dtype, wanted[n])
             if isinstance(a, np.memmap) and (dtype != a.dtype or not a.flags.c_contiguous):
                 merged[n] = _Cast(a, dtype)
             elif dtype != a.dtype:
                 merged[n] = a.astype(dtype)
     batch = _static_batch(specs)
-    feeds = FeedSet(merged, batch, np.concatenate(labels) if labels else None, str(p))
+    whole = frozenset(s.name for s in specs if s.shape is not None and merged[s.name].ndim == len(s.shape) + 1)
+    split = [len(a) for k, a in merged.items() if k not in whole]
+    per_row = len(merged[min(whole)]) if whole else 0
+    declared = specs[0].shape[0] if specs and specs[0].shape else None
+    dynamic = not (isinstance(declared, int) and declared > 0)
+    if dynamic and split and per_row and split[0] % per_row == 0:
+        # a dynamic batch: whole inputs say how many samples one run takes
+        batch = split[0] // per_row
+    feeds = FeedSet(merged, batch, np.concatenate(labels) if labels else None, str(p), whole)
     if len(feeds) == 0:
         raise BadData(f"{p}: fewer samples ({feeds.samples}) than one batch of {batch}")
     check_feeds(model, feeds.take(1), str(p))
@@ -365,8 +381,9 @@ def random_calibration(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]
 
     resolved = resolve_input_shapes(model, shapes or {})
     feeds = random_feeds(model, resolved, seed=seed, count=samples)
-    arrays = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
-    batch = next(iter(resolved.values()))[0] if resolved else 1
-    feeds = FeedSet(arrays, batch, None, f"{RANDOM} ({samples} seeded samples)")
+    # whole inputs per batch: the batch axis need not be the first, nor exist
+    arrays = {k: np.stack([f[k] for f in feeds]) for k in feeds[0]}
+    batch = next(iter(resolved.values()))[0] if resolved and next(iter(resolved.values())) else 1
+    feeds = FeedSet(arrays, batch, None, f"{RANDOM} ({samples} seeded samples)", frozenset(arrays))
     feeds.random = True  # passes say so in their report
     return feeds

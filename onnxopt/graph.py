@@ -349,6 +349,21 @@ class Graph:
         """Live nodes in insertion order (a snapshot: safe to edit the graph while iterating)."""
         return [n for n in self._nodes.values() if op is None or n.op == op]
 
+    def nested_ops(self) -> dict[str, int]:
+        """Op types inside the bodies of If/Loop/Scan nodes, at any depth, with their counts: what
+        passes that work on the top-level graph do not see."""
+        counts: dict[str, int] = {}
+
+        def visit(protos) -> None:
+            for proto in protos:
+                for a in proto.attribute:
+                    for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                        for inner in g.node:
+                            counts[inner.op_type] = counts.get(inner.op_type, 0) + 1
+                        visit(g.node)
+        visit(n.proto for n in self._nodes.values())
+        return counts
+
     def __len__(self) -> int:
         return len(self._nodes)
 

@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import onnx
 
 from . import options as _options
@@ -318,7 +319,7 @@ class Pipeline:
         if named is not model:
             model, serialized = named, None
         needs_shapes = self.verify or any(p.needs_static_shapes for p in self.passes)
-        shapes = resolve_input_shapes(model, self.input_shapes) if needs_shapes else {
+        shapes = resolve_input_shapes(model, self._data_shapes() | self.input_shapes) if needs_shapes else {
             k: tuple(v) for k, v in self.input_shapes.items()}
         ctx = PassContext(seed=self.seed, input_shapes=shapes, calibration=self.calibration, evaluation=self.evaluation,
                           progress=self.progress, threads=self.threads, dry_run=self.dry_run)
@@ -334,6 +335,13 @@ class Pipeline:
             except BadModel as exc:
                 raise BadModel(f"{exc}; verification needs onnxruntime to run the input model "
                                "(--no-verify optimizes without it)") from None
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own types at run time
+                # a model that loads but cannot run on these inputs: seeded random values can take a
+                # branch real ones never do (silero-vad's sample rate must be 8000 or 16000)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise BadData(f"onnxruntime cannot run the input model on {verified_on}: {first[-300:]}; "
+                              "give real inputs with --calib DATA (verification runs on its last samples) "
+                              "or --no-verify") from None
             tolerance = Tolerance(self.rtol, feeds, self.verify_threads)
         current_bytes = serialized
         reports = []
@@ -393,6 +401,14 @@ class Pipeline:
                                verified_on, reference_fid, cpu_summary(),
                                tolerance.as_dict() if tolerance is not None else {})
         return RunResult(current, run_report, current_bytes)
+
+    def _data_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shapes of the first calibration sample: they fix the dims a model leaves dynamic
+        (--input-shape still overrides)."""
+        if self.calibration is None:
+            return {}
+        first = next(iter(self.calibration), None)
+        return {k: tuple(np.shape(v)) for k, v in (first or {}).items()}
 
     def _verification_feeds(self, model: onnx.ModelProto,
                             shapes: dict[str, tuple[int, ...]]) -> tuple[list[Feed], str]:

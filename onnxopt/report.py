@@ -139,7 +139,7 @@ def format_run(report: RunReport, *, verbose: bool = False, tables: bool = False
     out.append(compare_stats(report.before, report.after))
     out.append("")
     if report.verified:
-        shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.input_shapes.items())
+        shapes = ", ".join(f"{k} {'x'.join(map(str, v)) or 'scalar'}" for k, v in report.input_shapes.items())
         cpu = cpu_line(report.cpu)
         if report.deployed:
             out.append(f"fidelity vs original, as deployed (onnxruntime ORT_ENABLE_ALL on this CPU, {cpu}): "

@@ -246,7 +246,17 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
     fixed = next((b for b in (batch_inputs(s.model)[1] for s in subjects) if b is not None), None)
 
     feedset = load_feeds(data, reference) if data is not None else None
-    if feedset is not None:
+    if feedset is not None and feedset.whole:
+        # inputs given whole per batch (an RNN state, a scalar): the data says what one run is
+        if batches != [feedset.batch]:
+            raise UsageError(f"--batch: {data} gives {', '.join(sorted(feedset.whole))} whole per run; "
+                             f"it runs at batch {feedset.batch} only")
+        first = feedset.take(1)[0]
+        shapes = {feedset.batch: {k: tuple(v.shape) for k, v in first.items()}}
+        fidelity_feeds, source = list(feedset), f"{feedset.source} ({feedset.samples} samples)"
+        labels = feedset.labels[:len(fidelity_feeds) * feedset.batch] if feedset.labels is not None else None
+        timing_feeds = {feedset.batch: first}
+    elif feedset is not None:
         # the data's own sample shape: it may fill dims the model leaves dynamic (H, W)
         base = {k: (1, *a.shape[1:]) for k, a in feedset.arrays.items()}
         shapes = {b: _batch_shapes(reference, base, b) for b in batches}

@@ -240,6 +240,11 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
         for label, why in plan.kept_float.items():
             result.skip(label, f"stays float: {why}")
         result.notes.append("nothing to quantize: no op onnxruntime runs in int8")
+        hidden = {op: k for op, k in graph.nested_ops().items() if op in ("Conv", "MatMul", "Gemm", "ConvTranspose")}
+        if hidden:
+            result.notes.append(
+                f"{', '.join(f'{k} {op}' for op, k in sorted(hidden.items()))} inside If/Loop/Scan bodies stay "
+                "float: quantize works on the top-level graph (export without control flow, e.g. one model per branch)")
         return result
     result.details["target"] = {"name": target.name, "native": native, "activations": dtype,
                                 "weights": target.weights, "cpu": cpu.as_dict()}
