@@ -5,7 +5,7 @@ import json
 import statistics
 from pathlib import Path
 
-from onnxopt.bench import machine  # noqa: F401 - suites import it from here
+from onnxopt.measure.timing import machine  # noqa: F401 - suites import it from here
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

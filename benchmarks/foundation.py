@@ -18,10 +18,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import models
-from onnxopt.graph import Graph
-from onnxopt.io import load_model, save_model
+from onnxopt.graph.core import Graph
+from onnxopt.graph.io import load_model, save_model
 from onnxopt.passes import FoldBatchNorm
-from onnxopt.pipeline import PassContext
+from onnxopt.pipeline.contract import PassContext
 
 from .common import machine, median, write
 
@@ -66,10 +66,10 @@ def fold_zoo(names: list[str]) -> list[dict]:
     a float64 evaluation (onnx.reference) next to onnxruntime's own Conv+BN fusion."""
     from onnx.reference import ReferenceEvaluator
 
-    from onnxopt.pipeline import Pipeline
-    from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
+    from onnxopt.pipeline.run import Pipeline
+    from onnxopt.runtime.fidelity import compare
+    from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_model
     from onnxopt.testing import as_float64, count_ops
-    from onnxopt.verify import compare
 
     rows = []
     for name in names:

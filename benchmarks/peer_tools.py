@@ -76,8 +76,8 @@ def _onnxopt(model: onnx.ModelProto, spec: str,
              calibration: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
     """`onnxopt run --passes SPEC [--calib ...]` in-process: verification on, as the CLI runs it by
     default (on the last calibration samples when there are any)."""
-    from onnxopt.pipeline import Pipeline
-    from onnxopt.registry import parse_spec
+    from onnxopt.pipeline.run import Pipeline
+    from onnxopt.pipeline.spec import parse_spec
 
     run = Pipeline(parse_spec(spec), calibration=calibration).run(model)
     if run.report.problems:
@@ -205,8 +205,8 @@ def ort_quantize_default_folded(model: onnx.ModelProto,
 def has_vnni() -> bool:
     """Whether onnxruntime's u8 x s8 kernel is exact on this CPU (VNNI, AMX, ARM dot products): without
     it U8S8 weights need reduce_range (7 bits) to avoid VPMADDUBSW saturation (anchors.md §1.1).
-    Asked of onnxruntime by onnxopt.cpu's probe; the flags decide where the probe cannot run."""
-    from onnxopt.cpu import this_cpu, u8s8_saturates
+    Asked of onnxruntime by onnxopt.runtime.cpu's probe; the flags decide where the probe cannot run."""
+    from onnxopt.runtime.cpu import this_cpu, u8s8_saturates
 
     saturates = u8s8_saturates()
     return (not saturates) if saturates is not None else this_cpu().kind == "x86-vnni"

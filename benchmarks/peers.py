@@ -5,7 +5,7 @@ onnxopt fold-bn and fold-bn+reparam, onnxoptimizer fuse_bn_into_conv, onnxsim si
 quantize_static (defaults, and U8S8 per-channel after quant_pre_process), onnxsim quantize_static
 (as called, and after onnxsim simplify), onnxsim structured pruning at 30% and onnxopt's at 30% with
 least-squares recovery on the calibration samples (peer_tools.JOBS says exactly what each calls). Each job's own wall time is the "optimizer time". All variants of one model
-are measured in one `onnxopt.sidebyside.run_bench` call: one session each, interleaved rounds,
+are measured in one `onnxopt.measure.sidebyside.run_bench` call: one session each, interleaved rounds,
 medians, one intra-op thread, ORT_ENABLE_ALL (what a deployment uses); reference = the original.
 
 Models: the digits fixtures (trained, train-time form with BN; accuracy on the 360-sample test
@@ -29,10 +29,10 @@ import numpy as np
 import onnx
 
 from onnxopt import models
-from onnxopt.bench import runner
-from onnxopt.data import FeedSet
-from onnxopt.runtime import make_session, random_feeds, resolve_input_shapes
-from onnxopt.sidebyside import Settings, Subject, check_same_interface, run_bench
+from onnxopt.data.feeds import FeedSet
+from onnxopt.measure.sidebyside import Settings, Subject, check_same_interface, run_bench
+from onnxopt.measure.timing import runner
+from onnxopt.runtime.sessions import make_session, random_feeds, resolve_input_shapes
 
 from . import peer_tools
 from .common import machine, write

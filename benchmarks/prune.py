@@ -42,12 +42,13 @@ import onnx
 
 from onnxopt import models
 from onnxopt.analysis.cost import model_stats
-from onnxopt.bench import interleave, session_runner
-from onnxopt.data import FeedSet, load_feeds
-from onnxopt.pipeline import Pipeline
-from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
-from onnxopt.sidebyside import Settings, Subject, run_bench
-from onnxopt.verify import compare
+from onnxopt.data.feeds import FeedSet
+from onnxopt.data.files import load_feeds
+from onnxopt.measure.sidebyside import Settings, Subject, run_bench
+from onnxopt.measure.timing import interleave, session_runner
+from onnxopt.pipeline.run import Pipeline
+from onnxopt.runtime.fidelity import compare
+from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_model
 
 from . import peer_tools
 from .common import machine, write

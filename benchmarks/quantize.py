@@ -41,12 +41,12 @@ import onnx
 
 from onnxopt import models
 from onnxopt.analysis.fusion import audit
-from onnxopt.data import load_feeds
-from onnxopt.pipeline import Pipeline
-from onnxopt.registry import parse_spec
-from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
-from onnxopt.sidebyside import Settings, Subject, run_bench
-from onnxopt.verify import compare
+from onnxopt.data.files import load_feeds
+from onnxopt.measure.sidebyside import Settings, Subject, run_bench
+from onnxopt.pipeline.run import Pipeline
+from onnxopt.pipeline.spec import parse_spec
+from onnxopt.runtime.fidelity import compare
+from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_model
 
 from . import peer_tools
 from .common import machine, write
@@ -418,22 +418,22 @@ def section_b(quick: bool) -> dict:
 # -- C: calibration memory -------------------------------------------------------------------------
 
 # One fresh process per point: a process's peak RSS only grows, so the first big run would set it
-# for every later one. The child builds the float model, resets its peak (onnxopt.memory: Linux
+# for every later one. The child builds the float model, resets its peak (onnxopt.measure.memory: Linux
 # /proc/self/clear_refs), runs the quantizer on a generator of random inputs and prints its peak.
 _CHILD = r"""
 import json, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 
-from onnxopt.memory import lifetime_peak, reset_peak, status
+from onnxopt.measure.memory import lifetime_peak, reset_peak, status
 
 tool, name = sys.argv[1], sys.argv[2]
 samples, holdback, reduce_range = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 import onnx
 from onnxopt import models
-from onnxopt.pipeline import Pipeline
-from onnxopt.registry import get_pass, parse_spec
-from onnxopt.runtime import resolve_input_shapes
+from onnxopt.pipeline.run import Pipeline
+from onnxopt.pipeline.spec import get_pass, parse_spec
+from onnxopt.runtime.sessions import resolve_input_shapes
 import onnxruntime.quantization as q
 
 model = Pipeline(parse_spec("fold-bn"), verify=False).run(models.build(name, seed=0)).model

@@ -1,10 +1,10 @@
 """quantize on *this* CPU: int8 against float and against onnxruntime's recipe for this CPU kind.
 
-onnxruntime's int8 kernels differ by CPU (onnxopt.cpu): with VNNI u8 x s8 products are exact; on
+onnxruntime's int8 kernels differ by CPU (onnxopt.runtime.cpu): with VNNI u8 x s8 products are exact; on
 AVX2 without it they saturate in int16 and int8 gains little speed. So every number here is for the
 CPU kind named in the table's title, and results/ keeps one file per kind (quantize_cpu-<kind>).
 
-Per model, timed side by side by onnxopt.sidebyside (what `onnxopt bench` runs: 1 intra-op thread,
+Per model, timed side by side by onnxopt.measure.sidebyside (what `onnxopt bench` runs: 1 intra-op thread,
 ORT_ENABLE_ALL, interleaved rounds in two session sets, ratio of medians and the 95% interval of the
 median round ratio), with the float model timed twice as the A/A control:
 - FP32: the model after fold-bn (RepVGG: fold-bn,reparam), the reference of every row;
@@ -30,15 +30,30 @@ import time
 import onnx
 
 from onnxopt import models
-from onnxopt.cpu import cpu_summary
-from onnxopt.data import load_feeds
-from onnxopt.runtime import random_feeds, resolve_input_shapes
-from onnxopt.sidebyside import Settings
+from onnxopt.data.files import load_feeds
+from onnxopt.measure.sidebyside import Settings
+from onnxopt.runtime.cpu import cpu_summary
+from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes
 
 from . import peer_tools
 from .common import machine, write
-from .quantize import (AA, CALIB, CALIB_SAMPLES, CALIB_SEED, DIGITS, FP32, TEST, attempt, bench_rows, float_model, log,
-                       ort, public, quantize_spec, run_onnxopt)
+from .quantize import (
+    AA,
+    CALIB,
+    CALIB_SAMPLES,
+    CALIB_SEED,
+    DIGITS,
+    FP32,
+    TEST,
+    attempt,
+    bench_rows,
+    float_model,
+    log,
+    ort,
+    public,
+    quantize_spec,
+    run_onnxopt,
+)
 
 ZOO = ("resnet18", "resnet50", "mobilenetv2", "repvgg_a0", "vgg16_bn")
 DEFAULTS = "onnxopt quantize"
@@ -90,7 +105,7 @@ def markdown(data: dict) -> str:
     lines = [f"# quantize on {cpu['kind']} ({cpu['model']})", "",
              f"CPU flags: {', '.join(cpu['flags']) or 'none'}; onnxruntime's u8 x s8 products "
              f"{ {True: 'saturate in int16', False: 'are exact', None: 'are of unknown kind'}[cpu['u8s8_saturates']]} "
-             "here (onnxopt.cpu probe). "
+             "here (onnxopt.runtime.cpu probe). "
              f"onnxruntime {data['machine']['onnxruntime']}, 1 intra-op thread, ORT_ENABLE_ALL, batch 1; "
              "ratios measured side by side (interleaved, medians), interval = 95% CI of the median round ratio.",
              "", "| model | variant | INT8/FP32 | interval | accuracy | cosine | top-1 agr. | note |",

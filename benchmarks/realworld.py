@@ -7,7 +7,7 @@ inputs at a fixed input shape (the models declare dynamic ones):
 - every exact pass alone and the exact pipeline `fold-bn,reparam,cleanup`, as `onnxopt run` verifies
   them: status, the max rel error, the tolerance it was held to and the model's noise floor (when a
   pass needed it), and rewrites rolled back alone;
-- the latency of the exact pipeline's result against the original (onnxopt.sidebyside: 1 thread,
+- the latency of the exact pipeline's result against the original (onnxopt.measure.sidebyside: 1 thread,
   ORT_ENABLE_ALL, interleaved, with an A/A control);
 - for the PP-OCRv5 models, int8 and 30% structured pruning (with recovery) on data made here (text lines and pages rendered with Pillow's own
   font, normalized as PP-OCR does): onnxopt `fold-bn,quantize` with its defaults and with speed=false,
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxopt.pipeline import Pipeline
-from onnxopt.registry import parse_spec
-from onnxopt.sidebyside import Settings, Subject, run_bench
+from onnxopt.measure.sidebyside import Settings, Subject, run_bench
+from onnxopt.pipeline.run import Pipeline
+from onnxopt.pipeline.spec import parse_spec
 
 from . import vad_audio
 from .common import machine, write
@@ -308,7 +308,7 @@ def _judge_and_time(entry: Corpus, floated: onnx.ModelProto, variants: dict, met
 
 
 def int8(entry: Corpus, model: onnx.ModelProto, quick: bool) -> dict:
-    from onnxopt.runtime import run_model
+    from onnxopt.runtime.sessions import run_model
     kind = entry.member.split("/")[-2]
     name = next(iter(entry.shapes))
     make = pages if kind == "det" else text_lines

@@ -5,7 +5,7 @@ For each model: `reparam` (and `fold-bn,reparam`) through the verifying pipeline
 size before/after; max relative output error vs the train-time graph next to the float32 noise
 floor (how far onnxruntime's own graph optimizations move the train-time graph's outputs); then
 latency of deploy form, reparameterized, train-time form and the deploy form again (the A/A
-control), measured side by side with onnxopt.sidebyside (interleaved rounds over three sets of
+control), measured side by side with onnxopt.measure.sidebyside (interleaved rounds over three sets of
 sessions), ORT_ENABLE_ALL, batch 1, one intra-op thread (`--threads 1,2` for more).
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ import time
 
 from onnxopt import models
 from onnxopt.analysis.cost import model_stats
-from onnxopt.pipeline import Pipeline
-from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
-from onnxopt.sidebyside import Settings, Subject, run_bench
+from onnxopt.measure.sidebyside import Settings, Subject, run_bench
+from onnxopt.pipeline.run import Pipeline
+from onnxopt.runtime.fidelity import compare
+from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_model
 from onnxopt.testing import count_ops
-from onnxopt.verify import compare
 
 from .common import machine, write
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from onnxopt.cpu import cpu_summary
+from onnxopt.runtime.cpu import cpu_summary
 
 from .common import machine, write
 

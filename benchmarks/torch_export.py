@@ -14,7 +14,7 @@ import warnings
 
 import onnx
 
-from onnxopt.pipeline import Pipeline
+from onnxopt.pipeline.run import Pipeline
 from onnxopt.testing import count_ops
 
 from .common import machine, what_it_did, write

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from onnxopt.pipeline import Pipeline
+from onnxopt.pipeline.run import Pipeline
 from onnxopt.testing import count_ops
 
 from .common import machine, what_it_did, write

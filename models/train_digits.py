@@ -32,7 +32,7 @@ except ImportError as exc:  # torch is the optional `export` extra
     raise ImportError("train_digits needs torch: pip install 'onnxopt[export]'") from exc
 
 from onnxopt import __version__
-from onnxopt.runtime import run_model
+from onnxopt.runtime.sessions import run_model
 
 from . import FIXTURES, digits
 

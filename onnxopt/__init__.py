@@ -11,20 +11,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import compat
 from .errors import OnnxoptError
 
-__version__ = "0.1.0"
+compat.install()
+
+__version__ = "0.2.0"
 
 # name -> (module, attribute): imported on first use, so that `onnxopt --help` and `import onnxopt`
 # do not pay for onnx, onnxruntime and numpy until something needs them (PEP 562)
 _LAZY = {
-    "Graph": (".graph", "Graph"), "Node": (".graph", "Node"),
-    "load": (".io", "load_model"), "save": (".io", "save_model"),
-    **{name: (".pipeline", name) for name in ("Pass", "PassContext", "PassReport", "PassResult", "Pipeline",
-                                              "RunReport", "RunResult", "Skip", "run_passes")},
-    "option": (".options", "option"),
-    **{name: (".registry", name) for name in ("available_passes", "get_pass", "load_config", "parse_spec",
-                                              "register_pass")},
+    "Graph": (".graph.core", "Graph"), "Node": (".graph.core", "Node"),
+    "load": (".graph.io", "load_model"), "save": (".graph.io", "save_model"),
+    **{name: (".pipeline.contract", name) for name in ("Pass", "PassContext", "PassResult", "Skip")},
+    **{name: (".pipeline.run", name) for name in ("PassReport", "Pipeline", "RunReport", "RunResult", "run_passes")},
+    "option": (".pipeline.options", "option"),
+    "register_pass": (".pipeline.registry", "register_pass"),
+    **{name: (".pipeline.spec", name) for name in ("available_passes", "get_pass", "load_config", "parse_spec")},
 }
 
 __all__ = [
@@ -34,10 +37,9 @@ __all__ = [
 ]
 
 
-# submodules that `import onnxopt; onnxopt.pipeline....` reached when this file imported them eagerly
-_SUBMODULES = {"analysis", "bench", "bench_report", "cli", "cpu", "data", "errors", "graph", "images", "io",
-               "memory", "models", "options", "passes", "pipeline", "qdq", "registry", "report", "runtime",
-               "shrink", "sidebyside", "testing", "tolerance", "verify"}
+# the layers, and (deprecated, see onnxopt.compat) the flat modules of 0.1 they replaced
+_SUBMODULES = {"analysis", "cli", "compat", "data", "errors", "graph", "measure", "models", "passes", "pipeline",
+               "runtime", "testing", "text", *(name.rsplit(".", 1)[1] for name in compat.MOVED)}
 
 
 def __getattr__(name: str) -> Any:
@@ -57,9 +59,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .graph import Graph, Node
-    from .io import load_model as load
-    from .io import save_model as save
-    from .options import option
-    from .pipeline import Pass, PassContext, PassReport, PassResult, Pipeline, RunReport, RunResult, Skip, run_passes
-    from .registry import available_passes, get_pass, load_config, parse_spec, register_pass
+    from .graph.core import Graph, Node
+    from .graph.io import load_model as load
+    from .graph.io import save_model as save
+    from .pipeline.contract import Pass, PassContext, PassResult, Skip
+    from .pipeline.options import option
+    from .pipeline.registry import register_pass
+    from .pipeline.run import PassReport, Pipeline, RunReport, RunResult, run_passes
+    from .pipeline.spec import available_passes, get_pass, load_config, parse_spec

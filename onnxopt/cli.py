@@ -9,20 +9,19 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-
-from typing import TYPE_CHECKING
 
 from .errors import BadData, OnnxoptError, StrictFailure, UsageError
 
 if TYPE_CHECKING:  # the commands import what they use: `onnxopt --help` should not load onnx and onnxruntime
-    from .pipeline import RunResult
-    from .sidebyside import BenchReport, Subject
+    from .measure.sidebyside import BenchReport, Subject
+    from .pipeline.run import RunResult
 
 
 def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    from .runtime import parse_input_shape
+    from .runtime.sessions import parse_input_shape
     return dict(parse_input_shape(v) for v in values)
 
 
@@ -90,7 +89,7 @@ def cli() -> None:
               help="Sample inputs for passes that calibrate: .npz/.npy, or a folder of them, or of images "
                    "(with --preprocess); `random` for seeded random inputs (smoke tests only: ranges from noise).")
 @click.option("--preprocess", metavar="SPEC", help="How --calib images become inputs, e.g. resize=256,size=224,"
-              "scale=255,mean=0.5|0.5|0.5 (keys: size resize layout order scale mean std; see onnxopt.images).")
+              "scale=255,mean=0.5|0.5|0.5 (keys: size resize layout order scale mean std; see onnxopt.data.images).")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), metavar="DATA",
               help="Labelled data (.npz with `labels`) for accuracy budgets (quantize:max-drop=...).")
 @click.option("--verify/--no-verify", default=None, help="Compare outputs after every pass (default on).")
@@ -112,10 +111,10 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
         seed: int | None, threads: int | None, overwrite: bool, strict: bool, verbose: bool, dry_run: bool,
         bench: bool, bench_data: Path | None) -> None:
     """Optimize MODEL with a pipeline of passes and write the result."""
-    from . import io as model_io
-    from .data import RANDOM, load_feeds, random_calibration
-    from .pipeline import Pipeline
-    from .registry import load_config, parse_spec
+    from .data.files import RANDOM, load_feeds, random_calibration
+    from .graph import io as model_io
+    from .pipeline.run import Pipeline
+    from .pipeline.spec import load_config, parse_spec
     if bool(spec) == bool(config):
         raise UsageError("give exactly one of --passes SPEC or --config FILE")
     if dry_run and (bench or output is not None):
@@ -162,8 +161,8 @@ def run(model: Path, spec: str | None, config: Path | None, output: Path | None,
 
 def _loaded(path: Path, model, serialized: bytes | None) -> Subject:
     """The input model as a bench subject, from what load_model_and_bytes already read."""
-    from . import io as model_io
-    from .sidebyside import Subject
+    from .graph import io as model_io
+    from .measure.sidebyside import Subject
     return Subject(path.name, model, serialized if serialized is not None else model_io.serialize(model, path), path)
 
 
@@ -172,8 +171,8 @@ def _bench_before_after(before: Subject, result: RunResult, output: Path | None,
                         flag: str = "--bench") -> BenchReport | None:
     """The input model against the result, side by side. A failure here is a warning: the
     optimized model is still written."""
-    from . import io as model_io
-    from .sidebyside import Settings, Subject, run_bench
+    from .graph import io as model_io
+    from .measure.sidebyside import Settings, Subject, run_bench
     after = result.serialized if result.serialized is not None else model_io.serialize(result.model)
     subjects = [before, Subject(output.name if output else "optimized", result.model, after, output)]
     if subjects[0].name == subjects[1].name:
@@ -192,8 +191,9 @@ def _bench_before_after(before: Subject, result: RunResult, output: Path | None,
 
 def _finish(result: RunResult, model: Path, output: Path | None, report_path: Path | None, as_json: bool,
             strict: bool, verbose: bool, bench: BenchReport | None = None, *, dry_run: bool = False) -> None:
-    from . import io as model_io
-    from .report import format_run, human_bytes, to_json
+    from .graph import io as model_io
+    from .pipeline.report import format_run
+    from .text import human_bytes, to_json
     report = result.report
     data = report.as_dict()
     data.update({"input": str(model), "output": str(output) if output else None})
@@ -218,7 +218,7 @@ def _finish(result: RunResult, model: Path, output: Path | None, report_path: Pa
     elif dry_run:
         click.echo("dry run: no model written" + (f"; report in {report_path}" if report_path else ""))
     if bench is not None:
-        from .bench_report import format_table, headline
+        from .measure.formats import format_table, headline
 
         click.echo(f"\n{headline(bench)}\n\n{format_table(bench)}")
     for p in report.problems:
@@ -286,10 +286,10 @@ def bench(models: tuple[Path, ...], threads: int, rounds: int, budget: float, wa
     reverse), on --session-sets sets of sessions built in shuffled orders, after warm-up. Reports
     median/p90/p99/min latency, ratios against the first model, size, params, MACs, peak session
     memory, fidelity against the first model and, with labelled --data, top-1 accuracy."""
-    from . import io as model_io
-    from .report import to_json
-    from .sidebyside import Settings, Subject, run_bench, unique_names
-    from . import bench_report
+    from .graph import io as model_io
+    from .measure import formats as bench_report
+    from .measure.sidebyside import Settings, Subject, run_bench, unique_names
+    from .text import to_json
 
     outputs = {"json": json_out, "markdown": markdown_out, "csv": csv_out}
     to_stdout = [k for k, v in outputs.items() if v is not None and str(v) == "-"]
@@ -346,9 +346,10 @@ _RESULT_SUFFIXES = {"json": (".json",), "markdown": (".md", ".markdown"), "csv":
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(model: Path, input_shapes: tuple[str, ...], fusion: bool, as_json: bool) -> None:
     """Show opset, inputs/outputs, op histogram, params, MACs and weight bytes of MODEL."""
-    from . import io as model_io
-    from .cpu import cpu_summary
-    from .report import format_fusion, format_inspect, inspect_model, to_json
+    from .graph import io as model_io
+    from .pipeline.report import format_fusion, format_inspect, inspect_model
+    from .runtime.cpu import cpu_summary
+    from .text import to_json
     source, data = model_io.load_model_and_bytes(model)
     info = inspect_model(source, _shapes(input_shapes))
     info["file_bytes"] = model.stat().st_size
@@ -369,9 +370,9 @@ def inspect(model: Path, input_shapes: tuple[str, ...], fusion: bool, as_json: b
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_passes(as_json: bool) -> None:
     """Every registered pass with its options, defaults and a one-line description."""
-    from .registry import available_passes
-    from .report import table, to_json
-    from .options import describe
+    from .pipeline.options import describe
+    from .pipeline.spec import available_passes
+    from .text import table, to_json
 
     registry = available_passes()
     entries = []
@@ -409,11 +410,11 @@ def demo(model_path: Path | None, data: Path | None, output: Path | None, budget
 
     The bundled model is a RepVGG-style CNN in its train-time form (three branches and BNs per
     block), trained on scikit-learn's handwritten digits (see models/train_digits.py)."""
-    from . import io as model_io
-    from .data import load_feeds
-    from .pipeline import Pipeline
-    from .registry import available_passes
+    from .data.files import load_feeds
+    from .graph import io as model_io
     from .models import DEMO_DATA, DEMO_MODEL, FIXTURES, fixture_path
+    from .pipeline.run import Pipeline
+    from .pipeline.spec import available_passes
 
     path = model_path or fixture_path(DEMO_MODEL)
     if data is None and model_path is None:

@@ -6,10 +6,10 @@ import collections
 import numpy as np
 import onnx
 
-from .pipeline import Pass, PassContext, PassResult
-from .graph import Graph
-from .runtime import random_feeds, resolve_input_shapes, run_model
-from .verify import Fidelity, compare
+from .graph.core import Graph
+from .pipeline.contract import Pass, PassContext, PassResult
+from .runtime.fidelity import Fidelity, compare
+from .runtime.sessions import random_feeds, resolve_input_shapes, run_model
 
 
 def count_ops(model: onnx.ModelProto) -> dict[str, int]:
@@ -109,7 +109,7 @@ def masked_original(graph, analysis, keep) -> onnx.ModelProto:
     """The exactness oracle of channel surgery: `graph`'s model with every dense reader's input
     columns of the channels `keep` removes set to zero. Removed channels then reach nothing that is
     kept (couplings only carry them to other removed positions), so for ANY keep-set the graph
-    `onnxopt.shrink.shrink(graph, analysis, keep)` makes must compute the same outputs."""
+    `onnxopt.graph.shrink.shrink(graph, analysis, keep)` makes must compute the same outputs."""
     g = Graph(graph.to_model(), input_shapes=graph.input_shapes)
     for n in g.nodes():
         if n.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or g.constant(n.input(1)) is None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from onnxopt.graph import Graph, Node
-from onnxopt.options import option
-from onnxopt.pipeline import Pass, PassContext, PassResult
-from onnxopt.registry import register_pass
+from onnxopt.graph.core import Graph, Node
+from onnxopt.pipeline.contract import Pass, PassContext, PassResult
+from onnxopt.pipeline.options import option
+from onnxopt.pipeline.registry import register_pass
 
 
 def _is_passthrough(graph: Graph, node: Node) -> bool:

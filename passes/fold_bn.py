@@ -25,10 +25,10 @@ from typing import Literal
 
 import numpy as np
 
-from onnxopt.graph import Graph, Node
-from onnxopt.options import option
-from onnxopt.pipeline import Pass, PassContext, PassResult
-from onnxopt.registry import register_pass
+from onnxopt.graph.core import Graph, Node
+from onnxopt.pipeline.contract import Pass, PassContext, PassResult
+from onnxopt.pipeline.options import option
+from onnxopt.pipeline.registry import register_pass
 
 _AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 _RESHAPES = ("Squeeze", "Unsqueeze", "Reshape", "Flatten")

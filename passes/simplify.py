@@ -5,10 +5,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-from onnxopt.graph import Graph
-from onnxopt.options import option
-from onnxopt.pipeline import Pass, PassContext, PassResult
-from onnxopt.registry import register_pass
+from onnxopt.graph.core import Graph
+from onnxopt.pipeline.contract import Pass, PassContext, PassResult
+from onnxopt.pipeline.options import option
+from onnxopt.pipeline.registry import register_pass
 
 
 def _resolve_castlike(graph: Graph) -> int:

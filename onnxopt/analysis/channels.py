@@ -22,7 +22,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..graph import Graph, Node
+from ..graph.core import Graph, Node
+from ..graph.ops import ELEMENTWISE, PER_CHANNEL_PARAMS
 
 # Ops that act on each channel alone (same channels in and out). Parameters they hold per channel
 # are listed in _PER_CHANNEL_PARAMS and sliced with the channels.
@@ -34,13 +35,10 @@ PASS_THROUGH = frozenset({
     "GlobalLpPool", "Pad", "Resize", "Upsample", "Squeeze", "Unsqueeze", "ReduceMean", "ReduceMax",
     "ReduceSum", "ReduceMin", "ReduceL2", "ReduceL1",
 })
-# inputs (by index) holding one value per channel (or a broadcastable scalar)
-PER_CHANNEL_PARAMS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2), "PRelu": (1,)}
 # scalar-or-constant inputs that do not carry channels
 _SCALAR_INPUTS = {"Clip": (1, 2), "Pad": (1, 2, 3), "Resize": (1, 2, 3), "Upsample": (1,), "Squeeze": (1,),
                   "Unsqueeze": (1,), "Dropout": (1, 2), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceSum": (1,),
                   "ReduceMin": (1,), "ReduceL2": (1,), "ReduceL1": (1,)}
-ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow"})
 # readers whose result follows the channel count at run time without depending on which channels
 HARMLESS_READERS = frozenset({"Shape", "Size"})
 PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")

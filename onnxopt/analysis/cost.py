@@ -12,7 +12,7 @@ import math
 
 import onnx
 
-from ..graph import Graph, Node
+from ..graph.core import Graph, Node
 
 _MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import BadModel
-from ..qdq import depthwise, worst_same_sign_pair
+from ..graph.qdq import depthwise, worst_same_sign_pair
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 INTEGER = {"QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}

@@ -6,7 +6,7 @@ real graph channels are coupled (a residual Add makes the layers that feed it ke
 channels, Concat stacks channels of several layers, a depthwise conv and a squeeze-excitation gate
 follow the channels they read, a Flatten before a Gemm spreads each channel over H*W columns):
 `onnxopt.analysis.channels` finds the coupled groups, each group keeps one set of indices, and
-`onnxopt.shrink` cuts every weight that touches them. Whatever the analysis does not understand
+`onnxopt.graph.shrink` cuts every weight that touches them. Whatever the analysis does not understand
 keeps its channels and is reported.
 
 Without training, what the removed channels contributed is recovered from calibration data, if
@@ -25,12 +25,12 @@ import numpy as np
 
 from onnxopt.analysis.channels import ChannelAnalysis, Group
 from onnxopt.analysis.cost import node_macs
-from onnxopt.graph import Graph
-from onnxopt.options import check_patterns, option
-from onnxopt.pipeline import Pass, PassContext, PassResult
-from onnxopt.registry import register_pass
-from onnxopt.runtime import nchwc_block
-from onnxopt.shrink import shrink
+from onnxopt.graph.core import Graph
+from onnxopt.graph.shrink import shrink
+from onnxopt.pipeline.contract import Pass, PassContext, PassResult
+from onnxopt.pipeline.options import check_patterns, option
+from onnxopt.pipeline.registry import register_pass
+from onnxopt.runtime.sessions import nchwc_block
 
 from . import select
 from .importance import score_groups

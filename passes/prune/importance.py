@@ -18,11 +18,10 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from onnxopt.analysis.channels import ChannelAnalysis, Group
-from onnxopt.graph import Graph, Node
-from onnxopt.runtime import Feed, make_session, run_feeds
+from onnxopt.graph.core import Graph, Node
+from onnxopt.runtime.sessions import Feed, make_session, run_feeds
 
 from ..fold_bn import _bn_affine
-
 
 
 def _normalized_mean(rows: list[np.ndarray]) -> np.ndarray:

@@ -26,15 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from onnxopt.analysis.channels import ChannelAnalysis, Group
-from onnxopt.bench import interleave, machine, session_runner
-from onnxopt.graph import Graph, Node
-from onnxopt.io import atomic_write_bytes
-from onnxopt.pipeline import PassContext, PassResult
-from onnxopt.runtime import random_feeds
-from onnxopt.shrink import shrink
+from onnxopt.graph.core import Graph, Node
+from onnxopt.graph.io import atomic_write_bytes
+from onnxopt.graph.probes import single_node
+from onnxopt.graph.shrink import shrink
+from onnxopt.measure.timing import interleave, machine, session_runner
+from onnxopt.pipeline.contract import PassContext, PassResult
+from onnxopt.runtime.sessions import random_feeds
 
 from . import select
 
@@ -124,16 +125,10 @@ def _layer_model(graph: Graph, layer: _Layer, fin: float, fout: float) -> tuple[
         attrs = _attrs(n)
     else:
         raise ValueError(f"cannot time {n.op}")
-    inits = [onnx.numpy_helper.from_array(weight, "w")]
-    inputs = ["x", "w"]
+    initializers = {"w": weight}
     if len(n.inputs) > 2 and n.input(2):
-        inits.append(onnx.numpy_helper.from_array(np.zeros(cout, np.float32), "b"))
-        inputs.append("b")
-    node = helper.make_node(n.op, inputs, ["y"], **attrs)
-    g = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    opset = graph.opset
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8), tuple(x_shape)
+        initializers["b"] = np.zeros(cout, np.float32)
+    return single_node(n.op, x_shape, initializers, attrs=attrs, opset=graph.opset), tuple(x_shape)
 
 
 def _signature(graph: Graph, layer: _Layer, fin: float, fout: float, threads: int) -> str:
@@ -149,10 +144,7 @@ def _overhead(table: LatencyTable, threads: int) -> float:
     inside the model does not."""
     sig = f"overhead|t{threads}"
     if sig not in table.entries:
-        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "empty",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
-        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        model = single_node("Identity", (1, 1))
         run = session_runner(model, {"x": np.zeros((1, 1), np.float32)}, threads=threads)
         (t,) = interleave([("empty", run)], warmup=5, rounds=200, budget_seconds=0.5)
         table.entries[sig] = t.median

@@ -23,9 +23,9 @@ import math
 import numpy as np
 
 from onnxopt.analysis.channels import ChannelAnalysis
-from onnxopt.graph import Graph, Node
-from onnxopt.pipeline import PassContext, PassResult
-from onnxopt.runtime import make_session, run_feeds
+from onnxopt.graph.core import Graph, Node
+from onnxopt.pipeline.contract import PassContext, PassResult
+from onnxopt.runtime.sessions import make_session, run_feeds
 
 from ..reparam.branches import _pads as conv_pads
 from ..reparam.kernels import Decline

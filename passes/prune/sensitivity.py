@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.analysis.channels import ChannelAnalysis, Group
-from onnxopt.graph import Graph
-from onnxopt.pipeline import PassContext
-from onnxopt.runtime import random_feeds, run_model
-from onnxopt.shrink import shrink
-from onnxopt.verify import compare
+from onnxopt.graph.core import Graph
+from onnxopt.graph.shrink import shrink
+from onnxopt.pipeline.contract import PassContext
+from onnxopt.runtime.fidelity import compare
+from onnxopt.runtime.sessions import random_feeds, run_model
 
 from . import select
 

@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 import onnx
 
-from onnxopt.graph import Graph
-from onnxopt.options import check_patterns, option
-from onnxopt.pipeline import Pass, PassContext, PassResult
-from onnxopt.registry import register_pass
-from onnxopt.runtime import Feed
+from onnxopt.graph.core import Graph
+from onnxopt.pipeline.contract import Pass, PassContext, PassResult
+from onnxopt.pipeline.options import check_patterns, option
+from onnxopt.pipeline.registry import register_pass
+from onnxopt.runtime.sessions import Feed
 
 from .placement import ALREADY_QUANTIZED
 

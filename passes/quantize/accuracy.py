@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 
 from onnxopt.errors import BadData
-from onnxopt.graph import Graph
-from onnxopt.pipeline import PassContext, PassResult
-from onnxopt.runtime import Feed, make_session, run_feeds
-from onnxopt.verify import compare
+from onnxopt.graph.core import Graph
+from onnxopt.pipeline.contract import PassContext, PassResult
+from onnxopt.runtime.fidelity import compare
+from onnxopt.runtime.sessions import Feed, make_session, run_feeds
 
 MAX_RETURNED = 64
 

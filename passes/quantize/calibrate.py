@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 
 from onnxopt.errors import BadData
-from onnxopt.runtime import Feed, make_session, inputs_for
+from onnxopt.graph.probes import with_outputs
+from onnxopt.runtime.sessions import Feed, inputs_for, make_session
 
 BINS = 4096  # even: zero sits on a bin edge at every doubling
 LEVELS = 256  # 8-bit activations, uint8 or int8 alike
@@ -210,13 +211,7 @@ def collect(model: onnx.ModelProto, tensors: Sequence[str], feeds: Iterable[Feed
     inputs = {i.name for i in model.graph.input}
     wanted = [t for t in dict.fromkeys(tensors)]
     exposed = [t for t in wanted if t not in inputs]
-    declared = {o.name for o in model.graph.output}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for t in exposed:
-        if t not in declared:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-    session = make_session(probe.SerializeToString(), optimization="disabled", threads=threads)
+    session = make_session(with_outputs(model, exposed).SerializeToString(), optimization="disabled", threads=threads)
     names = [o.name for o in session.get_outputs()]
     stats = {t: TensorStats(histogram=histograms) for t in wanted}
     count = 0
@@ -239,8 +234,9 @@ def collect(model: onnx.ModelProto, tensors: Sequence[str], feeds: Iterable[Feed
 
 
 def save_cache(path: str | Path, stats: dict[str, TensorStats], meta: dict) -> None:
-    from onnxopt.io import atomic_write_bytes
     import io
+
+    from onnxopt.graph.io import atomic_write_bytes
 
     arrays = {"__meta__": np.frombuffer(json.dumps({"schema": CACHE_SCHEMA, **meta}).encode(), np.uint8)}
     for i, (name, st) in enumerate(stats.items()):

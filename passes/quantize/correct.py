@@ -14,9 +14,10 @@ import itertools
 import numpy as np
 import onnx
 
-from onnxopt.graph import Graph
-from onnxopt.pipeline import PassContext, PassResult
-from onnxopt.runtime import Feed, inputs_for, make_session
+from onnxopt.graph.core import Graph
+from onnxopt.graph.probes import with_outputs
+from onnxopt.pipeline.contract import PassContext, PassResult
+from onnxopt.runtime.sessions import Feed, inputs_for, make_session
 
 ROUNDS = 2
 SAMPLES = 64
@@ -25,14 +26,8 @@ SAMPLES = 64
 def channel_means(model: onnx.ModelProto, tensors: list[str], feeds: list[Feed], threads: int = 1) -> dict[str, np.ndarray]:
     """Per-channel (axis 1) means of intermediate tensors over `feeds`, streamed."""
     wanted = list(dict.fromkeys(tensors))
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    declared = {o.name for o in probe.graph.output}
-    inputs = {i.name for i in probe.graph.input}
-    for t in wanted:
-        if t not in declared and t not in inputs:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-    session = make_session(probe.SerializeToString(), optimization="disabled", threads=threads)
+    inputs = {i.name for i in model.graph.input}
+    session = make_session(with_outputs(model, wanted).SerializeToString(), optimization="disabled", threads=threads)
     exposed = [t for t in wanted if t not in inputs]
     sums: dict[str, np.ndarray] = {}
     for feed in feeds:

@@ -10,12 +10,12 @@ from pathlib import Path
 import onnx
 
 from onnxopt.analysis.fusion import audit
-from onnxopt.cpu import this_cpu, u8s8_saturates
 from onnxopt.errors import BadData, OnnxoptError, PreconditionError
-from onnxopt.graph import Graph
-from onnxopt.pipeline import PassContext, PassResult
-from onnxopt.runtime import Feed, make_session, random_feeds, run_feeds
-from onnxopt.verify import compare
+from onnxopt.graph.core import Graph
+from onnxopt.pipeline.contract import PassContext, PassResult
+from onnxopt.runtime.cpu import this_cpu, u8s8_saturates
+from onnxopt.runtime.fidelity import compare
+from onnxopt.runtime.sessions import Feed, make_session, random_feeds, run_feeds
 
 from . import calibrate, speed
 from .materialize import Applied, activation_is_exact, apply_plan, fit_activation
@@ -23,7 +23,6 @@ from .placement import Plan, make_plan, matches
 from .scheme import activation_qparams
 from .speed import GAIN
 from .target import Target, resolve
-
 
 
 class Samples:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.graph import Graph, Node
-from onnxopt.pipeline import PassResult
+from onnxopt.graph.core import Graph, Node
+from onnxopt.pipeline.contract import PassResult
 
 HOMOGENEOUS = {"Relu", "LeakyRelu"}
 _ROUNDS = 20

@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from onnxopt.graph import Graph, Node
-from onnxopt.qdq import dequantized_constant, depthwise, insert_qdq
+from onnxopt.graph.core import Graph, Node
+from onnxopt.graph.qdq import depthwise, dequantized_constant, insert_qdq
 
 from .placement import Plan, Unit
 from .scheme import QParams, activation_qparams, guard_bias, quantize_bias, quantize_weight, weight_qparams
@@ -41,7 +41,7 @@ def weight_axis(graph: Graph, node: Node) -> int | None:
 
 def pairs_products(node: Node, w: np.ndarray) -> bool:
     """Whether onnxruntime's kernel for this op adds u8 x s8 products in int16 pairs without VNNI:
-    not its depthwise convolutions (onnxopt.qdq.depthwise), and not ConvTranspose, which has no
+    not its depthwise convolutions (onnxopt.graph.qdq.depthwise), and not ConvTranspose, which has no
     integer kernel. Only those that do need the pair bound."""
     if node.op == "ConvTranspose":
         return False

@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from onnxopt.graph import Graph, Node
+from onnxopt.graph.core import Graph, Node
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 BINARY = {"Add", "Mul"}

@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from onnxopt.qdq import worst_same_sign_pair
+from onnxopt.graph.qdq import worst_same_sign_pair
 
 INT32_MAX = 2**31 - 1
 _LIMITS = {"uint8": (0, 255), "int8": (-128, 127)}

@@ -9,7 +9,7 @@ pass over the tensor. So, as measured, not assumed:
    back into integer kernels, which it does to a lone float op between DequantizeLinear and
    QuantizeLinear);
 2. each region in turn is tried in float, timed side by side with the current model (interleaved,
-   medians: onnxopt.bench), and kept float when that is at least GAIN faster;
+   medians: onnxopt.measure.timing), and kept float when that is at least GAIN faster;
 3. if regions were kept float, the result is timed against the all-int8 model and then the float
    model: each step passed GAIN alone, and together they must still be GAIN faster than all int8
    and faster than all int8 was against float, else all int8 is kept; unless it is at least GAIN faster, int8 does not
@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import onnx
 
-from onnxopt.bench import interleave, session_runner
-from onnxopt.runtime import Feed
+from onnxopt.measure.timing import interleave, session_runner
+from onnxopt.runtime.sessions import Feed
 
 REGIONS = 8
 GAIN = 0.02            # a change must save 2% of the latency to count: above the A/A noise of these machines

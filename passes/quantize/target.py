@@ -1,6 +1,6 @@
 """The CPU a quantized model is made for, and the integer format that follows from it.
 
-onnxruntime's int8 kernels differ by CPU (see onnxopt.cpu): with VNNI (or AMX, or ARM's dot
+onnxruntime's int8 kernels differ by CPU (see onnxopt.runtime.cpu): with VNNI (or AMX, or ARM's dot
 products) u8 x s8 products accumulate exactly; on AVX2 and AVX-512BW without VNNI each pair of
 products is summed in int16 and saturates, so weights there are bounded in pairs (scheme.
 weight_qparams(pair_bound=True)). `auto` is this CPU, as its flags name it and as a probe of
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from onnxopt.cpu import this_cpu, u8s8_saturates
 from onnxopt.errors import BadData
+from onnxopt.runtime.cpu import this_cpu, u8s8_saturates
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,10 +26,10 @@ import os
 
 from onnx import helper
 
-from onnxopt.graph import Graph, Node
-from onnxopt.options import option
-from onnxopt.pipeline import Pass, PassContext, PassResult
-from onnxopt.registry import register_pass
+from onnxopt.graph.core import Graph, Node
+from onnxopt.pipeline.contract import Pass, PassContext, PassResult
+from onnxopt.pipeline.options import option
+from onnxopt.pipeline.registry import register_pass
 
 from ..fold_bn import _bn_affine, _per_channel
 from .branches import Branch, SumTree, compose_after, conv_kernel, expand, readings, sum_trees

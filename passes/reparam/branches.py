@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from onnxopt.graph import Graph, Node
+from onnxopt.graph.core import Graph, Node
 
 from ..fold_bn import _bn_affine, _per_channel
 from .kernels import Decline, Kernel, average, compose, diagonal

@@ -11,8 +11,8 @@ import onnx
 import pytest
 
 from onnxopt.models import FIXTURES, digits, fixture_path
-from onnxopt.pipeline import Pipeline
-from onnxopt.runtime import run_model
+from onnxopt.pipeline.run import Pipeline
+from onnxopt.runtime.sessions import run_model
 from onnxopt.testing import count_ops
 
 NAMES = ["resnet", "mobilenetv2", "repvgg", "mobilenet"]

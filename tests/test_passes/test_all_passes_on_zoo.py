@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from onnxopt import available_passes, models
-from onnxopt.pipeline import Pipeline
+from onnxopt.pipeline.run import Pipeline
 
 TINY = [n for n in models.available() if n.endswith("-tiny") or n.endswith("-tiny-deploy")]
 PASSES = sorted(name for name, cls in available_passes().items() if not cls.needs_data and cls.exact)

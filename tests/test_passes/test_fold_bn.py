@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import models
 from onnxopt.passes import FoldBatchNorm
-from onnxopt.pipeline import Pipeline
+from onnxopt.pipeline.run import Pipeline
 from onnxopt.testing import apply, as_float64, assert_exact, count_ops, make_model
 
 RNG = np.random.default_rng(1234)
@@ -391,7 +391,8 @@ def test_fold_adds_no_error_beyond_float32_noise(name):
     accurate as the original and as ORT's fusion, up to a small factor (folding moves rounding
     from the BN to the conv bias, which can cancel), and far from any real rewrite error (>1e-3)."""
     from onnx.reference import ReferenceEvaluator
-    from onnxopt.runtime import random_feeds, resolve_input_shapes, run_model
+
+    from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_model
     model = models.build(name)
     folded, _ = fold(model)
     feeds = random_feeds(model, resolve_input_shapes(model), seed=0, count=1)

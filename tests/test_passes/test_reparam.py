@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import models
 from onnxopt.passes import Reparameterize
-from onnxopt.pipeline import Pipeline
+from onnxopt.pipeline.run import Pipeline
 from onnxopt.testing import apply, assert_exact, count_ops, fidelity
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.passes import Simplify
-from onnxopt.pipeline import Pipeline
+from onnxopt.pipeline.run import Pipeline
 from onnxopt.testing import apply, assert_exact, count_ops
 
 

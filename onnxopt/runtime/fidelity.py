@@ -1,0 +1,95 @@
+"""Output fidelity between two models run on the same feeds.
+
+max_rel is the largest absolute difference divided by the largest magnitude of the reference output
+(per output): element-wise relative error is meaningless near zero, and this scale-normalized form
+is what "max relative output error <= 1e-5" means throughout onnxopt.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from .sessions import Feed
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputFidelity:
+    max_abs: float
+    max_rel: float
+    cosine: float
+    top1_agreement: float | None  # for [N, classes] outputs; None otherwise
+
+
+@dataclasses.dataclass(frozen=True)
+class Fidelity:
+    """Worst case over all outputs, plus each output's own numbers."""
+
+    max_abs: float
+    max_rel: float
+    cosine: float
+    top1_agreement: float | None
+    samples: int
+    outputs: dict[str, OutputFidelity]
+
+    def within(self, rtol: float) -> bool:
+        return self.max_rel <= rtol and np.isfinite(self.max_abs)
+
+    @property
+    def worst(self) -> str | None:
+        """The output that moved most (by max_rel)."""
+        return max(self.outputs, key=lambda k: self.outputs[k].max_rel, default=None)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def compare(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Fidelity:
+    """Compare outputs sample by sample, matched by position (onnxopt never renames graph outputs).
+
+    A shape change counts as total disagreement. Positions where both models give the same
+    non-finite value (NaN and NaN, inf and inf: Log of a negative random input) agree; the error
+    is measured over the finite rest, and a non-finite value on one side only is an infinite error."""
+    if len(reference) != len(candidate):
+        raise ValueError("reference and candidate ran on different numbers of samples")
+    names = list(reference[0]) if reference else []
+    per: dict[str, OutputFidelity] = {}
+    for k, name in enumerate(names):
+        refs = [np.asarray(list(r.values())[k]) for r in reference]
+        gots = [np.asarray(list(c.values())[k]) for c in candidate]
+        if any(r.shape != g.shape for r, g in zip(refs, gots)):
+            per[name] = OutputFidelity(float("inf"), float("inf"), 0.0, 0.0)
+            continue
+        ref = np.concatenate([r.astype(np.float64).ravel() for r in refs])
+        got = np.concatenate([g.astype(np.float64).ravel() for g in gots])
+        same_nonfinite = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
+        finite = np.isfinite(ref) & np.isfinite(got)
+        if np.any(~(finite | same_nonfinite)):
+            max_abs = float("inf")
+        else:
+            max_abs = float(np.abs(ref[finite] - got[finite]).max()) if finite.any() else 0.0
+        scale = float(np.abs(ref[finite]).max()) if finite.any() else 0.0
+        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+        top1 = None
+        if refs[0].ndim == 2 and refs[0].shape[1] > 1:
+            top1 = float(np.concatenate([np.argmax(r, 1) == np.argmax(g, 1) for r, g in zip(refs, gots)]).mean())
+        per[name] = OutputFidelity(max_abs, max_rel, _cosine(ref[finite], got[finite]), top1)
+    tops = [o.top1_agreement for o in per.values() if o.top1_agreement is not None]
+    return Fidelity(
+        max_abs=max((o.max_abs for o in per.values()), default=0.0),
+        max_rel=max((o.max_rel for o in per.values()), default=0.0),
+        cosine=min((o.cosine for o in per.values()), default=1.0),
+        top1_agreement=min(tops) if tops else None,
+        samples=len(reference),
+        outputs=per,
+    )
