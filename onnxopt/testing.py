@@ -156,3 +156,42 @@ def load_benchmark(module: str):
         sys.modules["benchmarks"] = package
         spec.loader.exec_module(package)
     return importlib.import_module(f"benchmarks.{module}")
+
+
+# -- small quantizable models (the quantize tests share them; so can a user's pass) ------------
+
+def random_weights(seed: int, *shape: int, std: float = 0.3) -> np.ndarray:
+    """Seeded normal float32 weights of `shape`, scaled by `std`."""
+    return (std * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def conv_node(x: str, y: str, name: str, cin: int, cout: int, seed: int, k: int = 3, pad: int = 1):
+    """A k x k Conv `x` -> `y` with bias, and its {name.w, name.b} initializers."""
+    from onnx import helper
+    node = helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], name=name, pads=[pad] * 4)
+    return node, {f"{name}.w": random_weights(seed, cout, cin, k, k), f"{name}.b": random_weights(seed + 100, cout)}
+
+
+def small_cnn() -> onnx.ModelProto:
+    """Conv -> Relu -> Conv -> Add(residual) -> Relu -> Conv, input 'x' [1, 3, 8, 8]."""
+    from onnx import helper
+    c1, i1 = conv_node("x", "a", "c1", 3, 4, seed=0)
+    c2, i2 = conv_node("r", "b", "c2", 4, 4, seed=1)
+    c3, i3 = conv_node("s", "y", "c3", 4, 4, seed=2)
+    nodes = [c1, helper.make_node("Relu", ["a"], ["r"], name="relu1"), c2,
+             helper.make_node("Add", ["r", "b"], ["sum"], name="add"),
+             helper.make_node("Relu", ["sum"], ["s"], name="relu2"), c3]
+    return make_model(nodes, {**i1, **i2, **i3}, [("x", [1, 3, 8, 8])], [("y", [1, 4, 8, 8])])
+
+
+def declared_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """The inputs' declared dims as ints (a dynamic dim reads 0)."""
+    return {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in model.graph.input}
+
+
+def quantized(model: onnx.ModelProto, samples: int = 16, **options) -> tuple[onnx.ModelProto, PassResult]:
+    """quantize:speed=false calibrated on `samples` seeded random inputs (the placement, not the
+    speed verdict, is what such tests check)."""
+    from .passes import Quantize
+    feeds = random_feeds(model, declared_shapes(model), seed=1, count=samples)
+    return apply(Quantize(speed=False, calibration=feeds, **options), model)

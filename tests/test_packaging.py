@@ -7,11 +7,11 @@ import importlib.metadata
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import onnx
 import pytest
+import tomllib
 
 import onnxopt
 

@@ -165,12 +165,11 @@ def test_a_computed_shape_with_an_explicit_width_freezes_the_channels():
     assert any(n.op == "Reshape" for n, _ in analysis.unknown)
 
 
+# -- ops between a producer and its readers, one graph each (cases from the review of pruning;
+# those that were bugs say so above the test) --------------------------------------------------
+
 F32 = np.float32
-
-
 N = helper.make_node
-
-
 make = make_model
 
 

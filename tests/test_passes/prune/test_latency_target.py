@@ -12,11 +12,7 @@ from onnxopt.passes.prune import Prune, latency
 from onnxopt.testing import apply, make_model
 
 F32 = np.float32
-
-
 N = helper.make_node
-
-
 make = make_model
 
 

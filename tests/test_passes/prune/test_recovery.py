@@ -17,11 +17,7 @@ from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_mod
 from onnxopt.testing import make_model
 
 F32 = np.float32
-
-
 N = helper.make_node
-
-
 make = make_model
 
 

@@ -21,7 +21,9 @@ from onnxopt.pipeline.contract import PassResult
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.runtime.fidelity import compare
 from onnxopt.runtime.sessions import make_session, random_feeds, run_feeds, run_model
-from onnxopt.testing import apply, assert_exact, make_model
+from onnxopt.testing import apply, assert_exact, make_model, small_cnn
+from onnxopt.testing import conv_node as conv
+from onnxopt.testing import declared_shapes as shapes
 
 F32 = np.float32
 
@@ -278,33 +280,9 @@ def model_accuracy(model, data) -> float:
     return float((preds == data.labels[: len(preds)]).mean())
 
 
-def weights(seed: int, *shape, std: float = 0.3) -> np.ndarray:
-    return (std * np.random.default_rng(seed).standard_normal(shape)).astype(F32)
-
-
-def conv(x: str, y: str, name: str, cin: int, cout: int, seed: int, k: int = 3, pad: int = 1):
-    node = helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], name=name, pads=[pad] * 4)
-    return node, {f"{name}.w": weights(seed, cout, cin, k, k), f"{name}.b": weights(seed + 100, cout)}
-
-
-def shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    return {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in model.graph.input}
-
-
 def scalar_scales(model: onnx.ModelProto) -> dict[str, float]:
     return {t.name: float(numpy_helper.to_array(t)) for t in model.graph.initializer
             if t.name.endswith("_scale") and not t.dims}
-
-
-def small_cnn() -> onnx.ModelProto:
-    """Conv -> Relu -> Conv -> Add(residual) -> Relu -> Conv, input 'x' [1, 3, 8, 8]."""
-    c1, i1 = conv("x", "a", "c1", 3, 4, seed=0)
-    c2, i2 = conv("r", "b", "c2", 4, 4, seed=1)
-    c3, i3 = conv("s", "y", "c3", 4, 4, seed=2)
-    nodes = [c1, helper.make_node("Relu", ["a"], ["r"], name="relu1"), c2,
-             helper.make_node("Add", ["r", "b"], ["sum"], name="add"),
-             helper.make_node("Relu", ["sum"], ["s"], name="relu2"), c3]
-    return make(nodes, {**i1, **i2, **i3}, [("x", [1, 3, 8, 8])], [("y", [1, 4, 8, 8])])
 
 
 # Was a bug (fixed): method=mean-minmax is documented as 'mean of per-sample extremes' but

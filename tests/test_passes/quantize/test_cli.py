@@ -10,34 +10,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
-from onnxopt.testing import assert_one_line_error, count_ops, make_model, run_cli
+from onnxopt.testing import assert_one_line_error, count_ops, make_model, run_cli, small_cnn
 
 F32 = np.float32
 
 
 make = make_model
-
-
-def weights(seed: int, *shape, std: float = 0.3) -> np.ndarray:
-    return (std * np.random.default_rng(seed).standard_normal(shape)).astype(F32)
-
-
-def conv(x: str, y: str, name: str, cin: int, cout: int, seed: int, k: int = 3, pad: int = 1):
-    node = helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], name=name, pads=[pad] * 4)
-    return node, {f"{name}.w": weights(seed, cout, cin, k, k), f"{name}.b": weights(seed + 100, cout)}
-
-
-def small_cnn() -> onnx.ModelProto:
-    """Conv -> Relu -> Conv -> Add(residual) -> Relu -> Conv, input 'x' [1, 3, 8, 8]."""
-    c1, i1 = conv("x", "a", "c1", 3, 4, seed=0)
-    c2, i2 = conv("r", "b", "c2", 4, 4, seed=1)
-    c3, i3 = conv("s", "y", "c3", 4, 4, seed=2)
-    nodes = [c1, helper.make_node("Relu", ["a"], ["r"], name="relu1"), c2,
-             helper.make_node("Add", ["r", "b"], ["sum"], name="add"),
-             helper.make_node("Relu", ["sum"], ["s"], name="relu2"), c3]
-    return make(nodes, {**i1, **i2, **i3}, [("x", [1, 3, 8, 8])], [("y", [1, 4, 8, 8])])
 
 
 def listing(directory: Path) -> list[str]:

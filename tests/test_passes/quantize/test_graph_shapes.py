@@ -16,31 +16,17 @@ from onnxopt.passes import Quantize
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.runtime.fidelity import compare
 from onnxopt.runtime.sessions import random_feeds, run_model
-from onnxopt.testing import apply, count_ops, make_model
+from onnxopt.testing import apply, count_ops, make_model, small_cnn
+from onnxopt.testing import conv_node as conv
+from onnxopt.testing import declared_shapes as shapes
+from onnxopt.testing import quantized as quantize
+from onnxopt.testing import random_weights as weights
 
 F32 = np.float32
 
 
 # -- helpers -----------------------------------------------------------------------------------
 make = make_model
-
-
-def weights(seed: int, *shape, std: float = 0.3) -> np.ndarray:
-    return (std * np.random.default_rng(seed).standard_normal(shape)).astype(F32)
-
-
-def conv(x: str, y: str, name: str, cin: int, cout: int, seed: int, k: int = 3, pad: int = 1):
-    node = helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], name=name, pads=[pad] * 4)
-    return node, {f"{name}.w": weights(seed, cout, cin, k, k), f"{name}.b": weights(seed + 100, cout)}
-
-
-def shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    return {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in model.graph.input}
-
-
-def quantize(model: onnx.ModelProto, samples: int = 16, **options):
-    feeds = random_feeds(model, shapes(model), seed=1, count=samples)
-    return apply(Quantize(speed=False, calibration=feeds, **options), model)
 
 
 def pipeline(model: onnx.ModelProto, *passes, samples: int = 16, **kwargs):
@@ -66,17 +52,6 @@ def qparams_of(graph: Graph, tensor: str) -> tuple[float, int]:
     dq = graph.producer(tensor)
     assert dq is not None and dq.op == "DequantizeLinear", tensor
     return float(graph.constant(dq.input(1))), int(graph.constant(dq.input(2)))
-
-
-def small_cnn() -> onnx.ModelProto:
-    """Conv -> Relu -> Conv -> Add(residual) -> Relu -> Conv, input 'x' [1, 3, 8, 8]."""
-    c1, i1 = conv("x", "a", "c1", 3, 4, seed=0)
-    c2, i2 = conv("r", "b", "c2", 4, 4, seed=1)
-    c3, i3 = conv("s", "y", "c3", 4, 4, seed=2)
-    nodes = [c1, helper.make_node("Relu", ["a"], ["r"], name="relu1"), c2,
-             helper.make_node("Add", ["r", "b"], ["sum"], name="add"),
-             helper.make_node("Relu", ["sum"], ["s"], name="relu2"), c3]
-    return make(nodes, {**i1, **i2, **i3}, [("x", [1, 3, 8, 8])], [("y", [1, 4, 8, 8])])
 
 
 # =============================================================================================

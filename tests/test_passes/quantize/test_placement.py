@@ -19,11 +19,14 @@ from onnx import helper, numpy_helper
 
 from onnxopt.analysis.fusion import audit
 from onnxopt.graph.core import Graph
-from onnxopt.passes import Quantize
 from onnxopt.passes.quantize import default_activation_type
 from onnxopt.runtime.fidelity import compare
 from onnxopt.runtime.sessions import random_feeds, run_model
-from onnxopt.testing import apply, count_ops, make_model
+from onnxopt.testing import conv_node as conv
+from onnxopt.testing import count_ops, make_model
+from onnxopt.testing import declared_shapes as shapes
+from onnxopt.testing import quantized as quantize
+from onnxopt.testing import random_weights as weights
 
 F32 = np.float32
 ACTIVATIONS = np.dtype(default_activation_type())  # uint8 on x86 (what its kernels fuse), int8 on ARM
@@ -31,25 +34,6 @@ ACTIVATIONS = np.dtype(default_activation_type())  # uint8 on x86 (what its kern
 
 # -- graphs ------------------------------------------------------------------------------------
 make = make_model
-
-
-def weights(seed: int, *shape) -> np.ndarray:
-    return (0.3 * np.random.default_rng(seed).standard_normal(shape)).astype(F32)
-
-
-def conv(x: str, y: str, name: str, cin: int, cout: int, seed: int, k: int = 3, pad: int = 1):
-    """A Conv node named `name` with weight/bias initializers `name.w` / `name.b`."""
-    node = helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], name=name, pads=[pad] * 4)
-    return node, {f"{name}.w": weights(seed, cout, cin, k, k), f"{name}.b": weights(seed + 100, cout)}
-
-
-def shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    return {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in model.graph.input}
-
-
-def quantize(model: onnx.ModelProto, samples: int = 16, **options):
-    feeds = random_feeds(model, shapes(model), seed=1, count=samples)
-    return apply(Quantize(speed=False, calibration=feeds, **options), model)
 
 
 def the(graph: Graph, name: str):

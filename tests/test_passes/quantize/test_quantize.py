@@ -29,24 +29,16 @@ from onnxopt.pipeline.spec import parse_spec
 from onnxopt.runtime.fidelity import compare
 from onnxopt.runtime.sessions import make_session, random_feeds, run_feeds, run_model
 from onnxopt.testing import apply, assert_one_line_error, count_ops, load_benchmark, make_model, run_cli
+from onnxopt.testing import declared_shapes as shapes
+from onnxopt.testing import random_weights as weights
 
 F32 = np.float32
 CALIB = FIXTURES / "digits_calib.npz"
 TEST = FIXTURES / "digits_test.npz"
 
 
-
-
 # -- helpers -----------------------------------------------------------------------------------
 make = make_model
-
-
-def weights(seed: int, *shape, std: float = 0.3) -> np.ndarray:
-    return (std * np.random.default_rng(seed).standard_normal(shape)).astype(F32)
-
-
-def shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    return {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in model.graph.input}
 
 
 def the(graph: Graph, name: str):
