@@ -26,7 +26,9 @@ def fidelity_line(fid: Fidelity | None) -> str:
 
 
 def compare_stats(before: ModelStats, after: ModelStats, ops: Sequence[str] | None = None) -> str:
-    ops = ops or sorted(set(before.ops) | set(after.ops), key=lambda o: -max(before.ops.get(o, 0), after.ops.get(o, 0)))
+    # most frequent first; ties by name (set order follows string hashing, which changes per process)
+    ops = ops or sorted(set(before.ops) | set(after.ops),
+                        key=lambda o: (-max(before.ops.get(o, 0), after.ops.get(o, 0)), o))
     rows = [["nodes", before.nodes, after.nodes, _delta(before.nodes, after.nodes)]]
     rows += [[f"  {op}", before.ops.get(op, 0), after.ops.get(op, 0),
               _delta(before.ops.get(op, 0), after.ops.get(op, 0))] for op in ops]
