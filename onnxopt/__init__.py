@@ -33,13 +33,13 @@ _LAZY = {
 __all__ = [
     "Graph", "Node", "OnnxoptError", "Pass", "PassContext", "PassReport", "PassResult", "Pipeline", "RunReport",
     "RunResult", "Skip", "available_passes", "get_pass", "load", "load_config", "option", "parse_spec",
-    "register_pass", "run_passes", "save", "__version__",
+    "register_pass", "run_passes", "save", "search", "__version__",
 ]
 
 
 # the layers, and (deprecated, see onnxopt.compat) the flat modules of 0.1 they replaced
 _SUBMODULES = {"analysis", "cli", "compat", "data", "errors", "graph", "measure", "models", "passes", "pipeline",
-               "runtime", "testing", "text", *(name.rsplit(".", 1)[1] for name in compat.MOVED)}
+               "runtime", "search", "testing", "text", *(name.rsplit(".", 1)[1] for name in compat.MOVED)}
 
 
 def __getattr__(name: str) -> Any:

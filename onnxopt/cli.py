@@ -440,6 +440,84 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--calib", type=click.Path(path_type=Path), metavar="DATA", required=True,
+              help="Sample inputs (.npz/.npy or a folder): passes calibrate on them and, without --eval, the "
+                   "metric is agreement with the original on the last fifth of them.")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path), metavar="LABELLED",
+              help="Labelled data (.npz with `labels`): the metric is top-1 accuracy on it.")
+@click.option("--max-drop", type=float, default=0.01, show_default=True,
+              help="Accuracy budget: the chosen model's metric may fall this much (0.01 = one point).")
+@click.option("--trials", type=click.IntRange(1, 10000), default=32, show_default=True, help="Trials in all.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Trials at a time (a local Ray instance with this many CPUs).")
+@click.option("--ray", "ray_address", metavar="ADDRESS", help="Run on an existing Ray cluster (host:port) instead.")
+@click.option("--storage", metavar="URL", help="Optuna storage of the study [sqlite:///onnxopt-search.db]; a "
+              "database URL shares it between machines.")
+@click.option("--resume", is_flag=True, help="Continue the study in --storage: finished trials are not redone.")
+@click.option("--space", type=click.Path(path_type=Path), help="Search space file (.yaml/.json) narrowing or widening "
+              "the default (see onnxopt.search.space).")
+@click.option("--timing-budget", type=click.FloatRange(0.2, 600), default=2.0, show_default=True,
+              help="Seconds of interleaved timing per trial.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler and of the passes.")
+@input_shape_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the chosen model here.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every trial, the front and the choice as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
+              help="Latency vs metric drop with the Pareto front (needs matplotlib).")
+def search(model: Path, calib: Path, eval_data: Path | None, max_drop: float, trials: int, workers: int,
+           ray_address: str | None, storage: str | None, resume: bool, space: Path | None, timing_budget: float,
+           seed: int, input_shapes: tuple[str, ...], output: Path | None, report_path: Path | None,
+           plot: Path | None) -> None:
+    """Find the fastest model within an accuracy budget: a Pareto front of pipeline specs.
+
+    Each trial is a spec that `onnxopt run --passes SPEC` reproduces (exact passes first, then prune
+    and int8 choices), measured for the metric and for latency against MODEL side by side on the
+    machine that built it. Optuna samples the specs and keeps the study; Ray runs the trials."""
+    from .data.files import load_feeds
+    from .errors import NoCandidate
+    from .graph import io as model_io
+    from .search.formats import format_front, plot_front
+    from .search.run import search as run_search
+    from .text import to_json
+    for path, what in ((output, "output"), (report_path, "report"), (plot, "plot")):
+        if path is not None:
+            model_io.check_output_path(model, path, False, what=what)
+    source = model_io.load_model(model)
+    calibration = load_feeds(calib, source)
+    evaluation = load_feeds(eval_data, source) if eval_data is not None else None
+    show = sys.stderr.isatty()
+
+    def progress(state: dict) -> None:
+        if not show:
+            return
+        best = state["best"]
+        tail = (f"fastest within budget x{best['latency_ratio']:.3f} (drop {best['drop'] * 100:.2f})"
+                if best else "none within budget yet")
+        bar = "#" * int(30 * state["done"] / max(1, state["total"]))
+        click.echo(f"\r[{bar:<30}] {state['done']}/{state['total']} trials, {state['failed']} failed; {tail} ",
+                   nl=False, err=True)
+    result = run_search(source, calibration, evaluation=evaluation, max_drop=max_drop, trials=trials, workers=workers,
+                        ray_address=ray_address, storage=storage, space=str(space) if space else None, resume=resume,
+                        seed=seed, input_shapes=_shapes(input_shapes), timing_budget=timing_budget, progress=progress)
+    _end_progress(show)
+    click.echo(format_front(result))
+    if report_path is not None:
+        model_io.atomic_write_bytes(report_path, to_json(result.report).encode())
+    if plot is not None:
+        plot_front(result, plot)
+    if result.best is None:
+        c = result.closest
+        closest = (f"; closest: {c.spec} (drop {c.drop * 100:.2f} points, latency x{c.latency_ratio:.3f})" if c
+                   else "; no trial finished")
+        raise NoCandidate(f"no trial within --max-drop {max_drop:g}{closest}")
+    if output is not None:
+        model_io.save_model(result.best, output)
+        click.echo(f"wrote {output}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors and documented exit codes instead of tracebacks."""
     args = sys.argv[1:] if argv is None else list(argv)

@@ -5,7 +5,7 @@ Exit codes (stable, for CI jobs):
   1  internal error (a bug in onnxopt: please report it)
   2  usage error: unknown pass, bad option, bad flag, output path equal to input
   3  bad input: missing/corrupt model, unsupported opset, dynamic shapes, bad data file
-  4  --strict and a pass was rolled back or failed
+  4  --strict and a pass was rolled back or failed; `onnxopt search`: no trial within --max-drop
   5  an output cannot be written (disk full, permission denied)
   130 interrupted (Ctrl-C); no output file is left behind
 """
@@ -57,6 +57,11 @@ class PreconditionError(OnnxoptError):
 
 
 class StrictFailure(OnnxoptError):
+    exit_code = 4
+
+
+class NoCandidate(OnnxoptError):
+    """`onnxopt search` found no trial within the accuracy budget (the message names the closest)."""
     exit_code = 4
 
 

@@ -25,6 +25,7 @@ MAY_IMPORT = {
     "measure": {"runtime", "data", "graph", "analysis"} | SHARED,
     "pipeline": {"graph", "runtime", "data", "analysis", "passes"} | SHARED,
     "passes": {"pipeline", "graph", "runtime", "analysis", "measure", "data"} | SHARED,
+    "search": {"pipeline", "graph", "runtime", "analysis", "measure", "data"} | SHARED,
 }
 # the one module of the pipeline that knows the built-in passes (it imports them to register them),
 # and the only modules of the pipeline a pass may import

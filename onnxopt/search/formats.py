@@ -1,0 +1,69 @@
+"""A search's results for people (the front as a table, one line on the choice) and as a plot."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from ..text import human, human_bytes, table
+from .run import SearchResult
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.2f}"
+
+
+def format_front(result: SearchResult) -> str:
+    r = result.report
+    metric = r["metric"]
+    lines = [f"search {r['study']}: {len(result.trials)} trials on {r['cluster']['nodes']} node(s) "
+             f"({r['cluster']['cpus']} CPUs); {r['machine']['cpu']}",
+             f"metric: {metric['kind']} {metric['original'] * 100:.2f} for the original; budget: drop <= "
+             f"{metric['max_drop'] * 100:.2f} points; A/A control of a trial ratio: "
+             f"{r['control'].get('control_ratio', float('nan')):.3f}", ""]
+    rows = [[str(t.number), f"{t.latency_ratio:.3f}", _pct(t.metric), _pct(t.drop), human_bytes(t.size or 0),
+             human(t.macs), ("*" if result.best is not None and t.spec == result.spec else ""), t.spec]
+            for t in result.front]
+    lines.append("Pareto front (latency ratio vs metric; * = chosen):")
+    lines.append(table(rows, ["#", "latency", "metric", "drop", "size", "MACs", "", "spec"], align="rrrrrrll"))
+    failed = [t for t in result.trials if t.state == "failed"]
+    if failed:
+        lines += ["", f"{len(failed)} failed trial(s):"]
+        lines += [f"  #{t.number} {t.spec}: {t.error}" for t in failed[:8]]
+    lines.append("")
+    if result.best is not None:
+        best = next(t for t in result.trials if t.spec == result.spec and t.state == "complete")
+        lines.append(f"chosen: {result.spec} (latency x{best.latency_ratio:.3f}, drop {best.drop * 100:.2f} points); "
+                     f"reproduce with: onnxopt run MODEL --passes {shlex.quote(result.spec)} --calib CALIB")
+    elif result.closest is not None:
+        c = result.closest
+        lines.append(f"no trial within the budget; closest: #{c.number} {c.spec} (drop {c.drop * 100:.2f} points, "
+                     f"latency x{c.latency_ratio:.3f})")
+    return "\n".join(lines)
+
+
+def plot_front(result: SearchResult, path: str | Path) -> None:
+    """Latency ratio against metric drop, every trial, the front joined, the budget as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..graph.io import atomic_write_bytes
+    done = [t for t in result.trials if t.state == "complete"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.scatter([t.latency_ratio for t in done], [t.drop * 100 for t in done], s=18, color="0.6", label="trials")
+    front = sorted(result.front, key=lambda t: t.latency_ratio)
+    ax.plot([t.latency_ratio for t in front], [t.drop * 100 for t in front], "o-", color="C0", label="Pareto front")
+    ax.axhline(result.report["metric"]["max_drop"] * 100, color="C3", ls="--", lw=1, label="budget")
+    if result.best is not None:
+        best = next(t for t in done if t.spec == result.spec)
+        ax.scatter([best.latency_ratio], [best.drop * 100], marker="*", s=160, color="C1", zorder=5, label="chosen")
+    ax.set_xlabel("latency / original (side by side, 1 thread)")
+    ax.set_ylabel("metric drop (points)")
+    ax.set_title(f"onnxopt search: {result.report['machine']['cpu']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    import io
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())

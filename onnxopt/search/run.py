@@ -1,0 +1,212 @@
+"""`onnxopt search`: the fastest model within an accuracy budget, found by trying pipeline specs.
+
+Optuna samples the space (multi-objective TPE: latency ratio down, metric up; the README's fixed
+recipes are the first trials) and keeps the study in its storage; Ray runs the trials, on a local
+instance or an existing cluster; each trial is measured on the node that built it, side by side
+with the original, with nothing else running there (cluster.py). The result is the Pareto front
+and the fastest trial whose metric drops at most `max_drop` below the original's."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import onnx
+
+from ..data.feeds import FeedSet
+from ..errors import BadData, UsageError
+from . import study as studies
+from .space import Space, load_space, spec_safe, to_spec
+from .trial import Metric, Payload, Samples
+
+DEFAULT_STORAGE = "sqlite:///onnxopt-search.db"
+HOLDBACK = 64          # calibration runs held back for the agreement metric (at most a fifth)
+CALIBRATION_RUNS = 256
+
+
+@dataclasses.dataclass
+class SearchResult:
+    best: onnx.ModelProto | None          # the fastest model within the budget (None: none was)
+    spec: str | None                      # its pipeline spec: `onnxopt run --passes SPEC` reproduces it
+    front: list[studies.TrialRecord]      # latency ratio vs metric, fastest first
+    trials: list[studies.TrialRecord]     # every counted trial, failed ones with their reason
+    closest: studies.TrialRecord | None   # when nothing met the budget: the smallest drop
+    report: dict                          # everything, for --report
+
+
+def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | None = None,
+           evaluation: FeedSet | None = None, max_drop: float = 0.01, trials: int = 32, workers: int = 1,
+           ray_address: str | None = None, storage: str | None = None, space: Space | str | None = None,
+           resume: bool = False, seed: int = 0, input_shapes: dict[str, tuple[int, ...]] | None = None,
+           timing_budget: float = 2.0, progress: Callable[[dict], None] | None = None) -> SearchResult:
+    """Search `space` for `model` (see the module docstring). `metric(model) -> float` (higher is
+    better) or `evaluation` (labelled: top-1) or, without either, agreement with the original on
+    held-back calibration samples."""
+    from ..pipeline.run import Pipeline
+    from ..pipeline.spec import parse_spec
+    from ..runtime.sessions import resolve_input_shapes, run_model
+    from . import cluster
+    from .trial import score
+
+    for engine in ("optuna", "ray"):
+        try:
+            __import__(engine)
+        except ImportError:
+            raise UsageError(f"onnxopt search needs {engine}: pip install 'onnxopt[search]'") from None
+    if trials < 1 or workers < 1:
+        raise UsageError("--trials and --workers take a positive count")
+    if not 0 <= max_drop < 1:
+        raise UsageError(f"--max-drop {max_drop:g}: a share of the metric in [0, 1), e.g. 0.01")
+    space = load_space(space) if isinstance(space, str) else (space or Space())
+    storage = storage or DEFAULT_STORAGE
+    first = next(iter(calibration), None)
+    if first is None:
+        raise BadData(f"{calibration.source}: no calibration samples")
+    shapes = resolve_input_shapes(model, {k: tuple(v.shape) for k, v in first.items()} | (input_shapes or {}))
+    data = calibration
+
+    kind = "metric" if metric is not None else "top-1" if evaluation is not None else "agreement"
+    if kind == "top-1" and evaluation.labels is None:
+        raise BadData(f"{evaluation.source}: --eval needs a `labels` array")
+    holdback = min(HOLDBACK, len(data) // 5) if kind == "agreement" else 0
+    if kind == "agreement" and holdback < 4:
+        raise BadData(f"{data.source}: {len(data)} calibration runs; the agreement metric holds back a fifth "
+                      "and needs at least 20 (or give --eval labelled data)")
+    payload = Payload(model.SerializeToString(), shapes,
+                      Samples.of(data, limit=CALIBRATION_RUNS if not holdback else len(data) - holdback),
+                      kind, metric, Samples.of(evaluation) if evaluation is not None else None,
+                      Samples.of(data, skip=len(data) - holdback) if holdback else None, None, timing_budget, seed)
+    if holdback:
+        payload.reference = run_model(model, list(payload.holdback.feedset()), optimization="all")
+    base_metric = score(payload, model)
+
+    exact, sensitive, exact_report = _exact_prefix_and_sensitivity(model, payload, space, Pipeline, parse_spec)
+    name = f"onnxopt-{hashlib.sha256(payload.model).hexdigest()[:12]}-{space.fingerprint}-{kind}"
+    study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)))
+    requeued = studies.recover_unfinished(study) if resume else 0
+    if not study.get_trials(deepcopy=False):
+        for params in space.recipes():
+            study.enqueue_trial(params, user_attrs={"recipe": True})
+
+    info = cluster.connect(ray_address, workers)
+    runner = cluster.Runner(payload)
+    built: dict[int, bytes] = {}
+    try:
+        control = runner.control()
+        asked: dict[int, Any] = {}
+        total = trials
+        seen_specs = {t.user_attrs.get("spec"): t for t in study.get_trials(deepcopy=False)
+                      if t.state.name == "COMPLETE"}
+        while True:
+            finished = studies.done_count(study)
+            while len(runner.pending) < workers and finished + len(runner.pending) < total:
+                trial = study.ask()
+                params = space.suggest(trial)
+                spec = to_spec(params, exact, sensitive)
+                trial.set_user_attr("spec", spec)
+                again = seen_specs.get(spec)
+                if again is not None:  # the sampler asked for a spec already measured: its result stands
+                    for k, v in again.user_attrs.items():
+                        if k not in ("spec", "recipe"):
+                            trial.set_user_attr(k, v)
+                    trial.set_user_attr("same_as", again.number)
+                    study.tell(trial, list(again.values))
+                    finished += 1
+                    continue
+                asked[trial.number] = trial
+                runner.submit(trial.number, spec)
+            if not runner.pending:
+                break
+            got = runner.next()
+            if got is None:
+                continue
+            number, result = got
+            trial = asked.pop(number)
+            for key in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds"):
+                if result.get(key) is not None:
+                    trial.set_user_attr(key, result[key])
+            if "error" in result:
+                trial.set_user_attr("error", result["error"])
+                study.tell(trial, state=_fail())
+            else:
+                study.tell(trial, [result["latency_ratio"], result["metric"]])
+                built[number] = result["model"]
+                seen_specs[result["spec"]] = study.trials[number]
+            if progress is not None:
+                progress(_progress_state(study, base_metric, max_drop, total))
+    except KeyboardInterrupt:
+        for number in runner.cancel():
+            t = asked.get(number)
+            if t is not None:
+                t.set_user_attr("error", studies.INTERRUPTED)
+                study.tell(t, state=_fail())
+        raise
+    finally:
+        cluster.shutdown()
+
+    records = studies.records(study, base_metric)
+    best, closest = studies.choose(records, max_drop)
+    best_model = None
+    if best is not None:
+        source = built.get(best.number)
+        if source is None:  # measured in an earlier session of a resumed study: build it again
+            source = Pipeline(parse_spec(best.spec), calibration=payload.calibration.feedset(), input_shapes=shapes,
+                              seed=seed, threads=1).run(model).model.SerializeToString()
+        best_model = onnx.load_from_string(source)
+    front = [r for r in records if r.on_front]
+    report = {
+        "schema": "onnxopt.search/1", "study": name, "storage": storage, "cluster": info,
+        "metric": {"kind": kind, "original": base_metric, "max_drop": max_drop},
+        "space": dataclasses.asdict(space), "exact": exact, "exact_passes": exact_report,
+        "sensitive_layers": sensitive, "control": control, "requeued": requeued, "trials_asked": trials,
+        "best": best.as_dict() if best else None, "closest": closest.as_dict() if closest else None,
+        "front": [r.as_dict() for r in front], "trials": [r.as_dict() for r in records],
+    }
+    from ..measure.timing import machine
+    report["machine"] = machine()
+    return SearchResult(best_model, best.spec if best else None, front, records, closest, report)
+
+
+def _fail():
+    import optuna
+    return optuna.trial.TrialState.FAIL
+
+
+def _progress_state(study: Any, base_metric: float, max_drop: float, total: int) -> dict:
+    done = studies.records(study, base_metric)
+    best, _ = studies.choose(done, max_drop)
+    return {"done": len(done), "total": total, "failed": sum(r.state == "failed" for r in done),
+            "best": best.as_dict() if best else None}
+
+
+def _exact_prefix_and_sensitivity(model: onnx.ModelProto, payload: Payload, space: Space, pipeline_class,
+                                  parse_spec) -> tuple[list[str], list[str], list[dict]]:
+    """The exact passes that change this model (in the space's order), and its prunable layers,
+    most sensitive first (the dry-run scan: output cosine with only that group pruned by half)."""
+    calibration = payload.calibration.feedset()
+    exact: list[str] = []
+    report: list[dict] = []
+    if space.exact:
+        run = pipeline_class(parse_spec(",".join(space.exact)), calibration=calibration, input_shapes=payload.shapes,
+                             threads=1).run(model)
+        for p in run.report.passes:
+            report.append({"pass": p.name, "status": p.status})
+            if p.status == "applied":
+                exact.append(p.name)
+    sensitive: list[str] = []
+    if any(m != "off" for m in space.prune_modes) and any(p > 0 for p in space.protect):
+        spec = ",".join([*exact, "prune:ratio=0.3"])
+        dry = pipeline_class(parse_spec(spec), calibration=calibration, input_shapes=payload.shapes, threads=1,
+                             dry_run=True).run(model)
+        details = dry.report.passes[-1].details
+        layers = {g["group"]: g.get("layers", []) for g in details.get("groups", [])}
+        rows = details.get("sensitivity", {}).get("rows", [])
+        ratios = details.get("sensitivity", {}).get("ratios", [])
+        half = ratios.index(0.5) if 0.5 in ratios else -1
+        ranked = sorted(rows, key=lambda r: r["cosine"][half] if r["cosine"][half] is not None else 1.0)
+        for row in ranked:
+            names = [label.split("'", 2)[1] for label in layers.get(row["group"], []) if "'" in label]
+            if names and spec_safe(names[0]):
+                sensitive.append(names[0])
+    return exact, sensitive, report

@@ -1,0 +1,181 @@
+"""What `onnxopt search` chooses from, and how a choice becomes a pipeline spec string.
+
+A trial is always one spec that `onnxopt run --passes SPEC` reproduces: the exact passes that
+apply to the model first (fold-bn, reparam, cleanup: they never cost accuracy), then structured
+pruning (off, a uniform ratio, or a latency target; optionally leaving the most sensitive groups
+of the dry-run scan whole), then int8 (off or on; the range method; an accuracy budget that
+returns the most sensitive ops to float; the CPU format is quantize's own per-CPU choice). A space
+file (YAML or JSON) narrows or widens any of it:
+
+    exact: [fold-bn, reparam, cleanup]
+    prune: {modes: [off, ratio, target-latency], ratio: [0.1, 0.6], target-latency: [0.4, 0.95],
+            protect: [0, 0.25, 0.5]}
+    quantize: {modes: [off, on], methods: [minmax, percentile], max-drop: [none, 0.005, 0.02]}
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInput, BadOption
+
+EXACT = ("fold-bn", "reparam", "cleanup")
+PRUNE_MODES = ("off", "ratio", "target-latency")
+QUANTIZE_MODES = ("off", "on")
+METHODS = ("minmax", "mean-minmax", "percentile", "entropy", "mse")
+# the README's fixed recipes: tried first, so the search starts from what a user would do by hand
+RECIPES = (
+    {"prune": "off", "quantize": "off"},
+    {"prune": "ratio", "prune.ratio": 0.3, "prune.protect": 0.0, "quantize": "off"},
+    {"prune": "off", "quantize": "on", "quantize.method": "minmax", "quantize.max-drop": "none"},
+    {"prune": "ratio", "prune.ratio": 0.3, "prune.protect": 0.0, "quantize": "on", "quantize.method": "minmax",
+     "quantize.max-drop": "none"},
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    exact: tuple[str, ...] = EXACT
+    prune_modes: tuple[str, ...] = PRUNE_MODES
+    ratio: tuple[float, float] = (0.1, 0.6)
+    target_latency: tuple[float, float] = (0.4, 0.95)
+    protect: tuple[float, ...] = (0.0, 0.25, 0.5)
+    quantize_modes: tuple[str, ...] = QUANTIZE_MODES
+    methods: tuple[str, ...] = ("minmax", "percentile")
+    max_drop: tuple[str, ...] = ("none", "0.005", "0.02")
+
+    def __post_init__(self) -> None:
+        for name, got, known in (("prune modes", self.prune_modes, PRUNE_MODES),
+                                 ("quantize modes", self.quantize_modes, QUANTIZE_MODES),
+                                 ("quantize methods", self.methods, METHODS)):
+            bad = [g for g in got if g not in known]
+            if bad or not got:
+                raise BadOption(f"search space: {name} {list(got)}: choose from {', '.join(known)}")
+        for name, (low, high) in (("prune ratio", self.ratio), ("target-latency", self.target_latency)):
+            if not 0 < low <= high < 1:
+                raise BadOption(f"search space: {name} [{low}, {high}] must lie in (0, 1)")
+        if any(not 0 <= p < 1 for p in self.protect):
+            raise BadOption(f"search space: protect {list(self.protect)}: shares in [0, 1)")
+        for d in self.max_drop:
+            if d != "none" and not 0 < float(d) < 1:
+                raise BadOption(f"search space: quantize max-drop {d}: 'none' or a share in (0, 1)")
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """The trial's choices (Optuna's define-by-run API: the same names and ranges every time, so a
+        resumed study keeps its history)."""
+        params: dict[str, Any] = {"prune": trial.suggest_categorical("prune", list(self.prune_modes))}
+        if params["prune"] == "ratio":
+            params["prune.ratio"] = round(trial.suggest_float("prune.ratio", *self.ratio), 3)
+        elif params["prune"] == "target-latency":
+            params["prune.target-latency"] = round(trial.suggest_float("prune.target-latency", *self.target_latency), 3)
+        if params["prune"] != "off":
+            params["prune.protect"] = trial.suggest_categorical("prune.protect", list(self.protect))
+        params["quantize"] = trial.suggest_categorical("quantize", list(self.quantize_modes))
+        if params["quantize"] == "on":
+            params["quantize.method"] = trial.suggest_categorical("quantize.method", list(self.methods))
+            params["quantize.max-drop"] = trial.suggest_categorical("quantize.max-drop", list(self.max_drop))
+        return params
+
+    def recipes(self) -> list[dict[str, Any]]:
+        """The fixed recipes this space can express."""
+        out = []
+        for r in RECIPES:
+            if r["prune"] not in self.prune_modes or r["quantize"] not in self.quantize_modes:
+                continue
+            if r.get("quantize.method", self.methods[0]) not in self.methods:
+                r = {**r, "quantize.method": self.methods[0]}
+            if "quantize.max-drop" in r and r["quantize.max-drop"] not in self.max_drop:
+                r = {**r, "quantize.max-drop": self.max_drop[0]}
+            if "prune.ratio" in r and not self.ratio[0] <= r["prune.ratio"] <= self.ratio[1]:
+                continue
+            if "prune.protect" in r and r["prune.protect"] not in self.protect:
+                r = {**r, "prune.protect": self.protect[0]}
+            out.append(r)
+        return out
+
+
+def to_spec(params: dict[str, Any], exact: list[str], sensitive: list[str]) -> str:
+    """The pipeline spec of a trial. `exact`: the exact passes that apply to this model, in order;
+    `sensitive`: prunable layer names, most sensitive first (from the dry-run scan)."""
+    parts = list(exact)
+    if params.get("prune", "off") != "off":
+        if params["prune"] == "ratio":
+            options = [f"ratio={params['prune.ratio']:g}"]
+        else:
+            options = [f"target-latency={params['prune.target-latency']:g}"]
+        keep_whole = sensitive[:round(len(sensitive) * params.get("prune.protect", 0.0))]
+        if keep_whole:
+            options.append("exclude=" + "|".join(keep_whole))
+        parts.append("prune:" + ",".join(options))
+    if params.get("quantize", "off") == "on":
+        options = []
+        if params.get("quantize.method", "minmax") != "minmax":
+            options.append(f"method={params['quantize.method']}")
+        if params.get("quantize.max-drop", "none") != "none":
+            options.append(f"max-drop={params['quantize.max-drop']}")
+        parts.append("quantize" + (":" + ",".join(options) if options else ""))
+    return ",".join(parts) or "cleanup"  # nothing to do is still a spec: the original, as cleanup leaves it
+
+
+def spec_safe(name: str) -> bool:
+    """A node name that can stand in a spec as an exact-match pattern (no separators, no regex)."""
+    return re.fullmatch(r"[A-Za-z0-9_./-]+", name) is not None
+
+
+def load_space(path: str | Path) -> Space:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise BadInput(f"{p}: cannot read the search space: {exc.strerror or exc}") from None
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text or "{}")
+    except Exception as exc:  # noqa: BLE001 - yaml and json raise their own kinds
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInput(f"{p}: not a YAML/JSON search space: {first}") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{p}: a search space is a mapping with keys exact, prune, quantize")
+    unknown = set(data) - {"exact", "prune", "quantize"}
+    if unknown:
+        raise BadOption(f"{p}: unknown key(s) {', '.join(sorted(unknown))} (exact, prune, quantize)")
+    prune, quantize = data.get("prune") or {}, data.get("quantize") or {}
+    fields: dict[str, Any] = {}
+    if "exact" in data:
+        fields["exact"] = tuple(data["exact"] or ())
+        bad = [e for e in fields["exact"] if e not in EXACT]
+        if bad:
+            raise BadOption(f"{p}: exact passes {bad}: choose from {', '.join(EXACT)}")
+    mapping = {("prune", "modes"): "prune_modes", ("prune", "ratio"): "ratio",
+               ("prune", "target-latency"): "target_latency", ("prune", "protect"): "protect",
+               ("quantize", "modes"): "quantize_modes", ("quantize", "methods"): "methods",
+               ("quantize", "max-drop"): "max_drop"}
+    for section, values in (("prune", prune), ("quantize", quantize)):
+        if not isinstance(values, dict):
+            raise BadInput(f"{p}: '{section}' must be a mapping")
+        for key, value in values.items():
+            field = mapping.get((section, key))
+            if field is None:
+                known = ", ".join(k for s, k in mapping if s == section)
+                raise BadOption(f"{p}: unknown {section} key '{key}' ({known})")
+            items = value if isinstance(value, list) else [value]
+            if field in ("prune_modes", "quantize_modes"):
+                items = ["off" if v is False else "on" if v is True else v for v in items]
+            if field == "max_drop":
+                items = ["none" if v in (None, "none") else str(float(v)) for v in items]
+            fields[field] = tuple(items)
+    try:
+        return Space(**fields)
+    except (TypeError, ValueError) as exc:
+        raise BadOption(f"{p}: {exc}") from None

@@ -1,0 +1,124 @@
+"""The Optuna study behind a search: where trials are kept (SQLite by default, any database URL
+Optuna accepts to share a study), how a resumed study picks up, and the Pareto front.
+
+Two objectives: the latency ratio against the original (minimize) and the metric (maximize).
+Finished trials carry their spec, size, MACs and timing in user attributes; a trial cut off by an
+interrupt is marked failed as "interrupted" and its choices are queued again on --resume, so a
+resumed search never repeats a finished trial and never loses an unfinished one."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from ..errors import BadInput, UsageError
+
+INTERRUPTED = "interrupted"
+
+
+def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int) -> Any:
+    import warnings
+
+    import optuna
+    optuna.logging.set_verbosity(logging.WARNING)
+    # `group` (conditional parameters sampled jointly) is marked experimental; its interface, not its
+    # results, may change, and the warning would reach every user's terminal
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                         n_startup_trials=startup)
+    try:
+        existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
+        raise BadInput(f"--storage {storage}: cannot open: {str(exc).splitlines()[0][:200]}") from None
+    if name in existing and not resume:
+        raise UsageError(f"--storage {storage} already holds search '{name}' of this model and space; "
+                         "--resume continues it, another --storage starts afresh")
+    study = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "maximize"],
+                                sampler=sampler, load_if_exists=True)
+    return study
+
+
+def recover_unfinished(study: Any) -> int:
+    """Trials left running by an interrupted search (or marked interrupted): failed as such, their
+    choices queued again, once. Returns how many were queued."""
+    import optuna
+    trials = study.get_trials(deepcopy=False)
+    queued = {t.user_attrs.get("resumed_from") for t in trials}
+    count = 0
+    for t in trials:
+        if t.state == optuna.trial.TrialState.RUNNING:
+            study._storage.set_trial_user_attr(t._trial_id, "error", INTERRUPTED)
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        elif not (t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("error") == INTERRUPTED):
+            continue
+        if t.number not in queued:
+            study.enqueue_trial(t.params, user_attrs={"resumed_from": t.number})
+            count += 1
+    return count
+
+
+def done_count(study: Any) -> int:
+    """Trials that count toward --trials: finished, or failed for a reason of their own."""
+    import optuna
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state == optuna.trial.TrialState.COMPLETE
+               or (t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("error") != INTERRUPTED))
+
+
+@dataclasses.dataclass
+class TrialRecord:
+    number: int
+    spec: str
+    state: str                 # "complete" | "failed"
+    metric: float | None = None
+    drop: float | None = None
+    latency_ratio: float | None = None
+    size: int | None = None
+    params: int | None = None
+    macs: int | None = None
+    node: str | None = None
+    seconds: float | None = None
+    error: str | None = None
+    on_front: bool = False
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def records(study: Any, base_metric: float) -> list[TrialRecord]:
+    import optuna
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            latency, metric = t.values
+            out.append(TrialRecord(t.number, a.get("spec", ""), "complete", metric, base_metric - metric, latency,
+                                   a.get("size"), a.get("params"), a.get("macs"), a.get("node"), a.get("seconds")))
+        elif t.state == optuna.trial.TrialState.FAIL and a.get("error") != INTERRUPTED:
+            out.append(TrialRecord(t.number, a.get("spec", ""), "failed", error=a.get("error"),
+                                   seconds=a.get("seconds")))
+    front = pareto([r for r in out if r.state == "complete"])
+    for r in front:
+        r.on_front = True
+    return out
+
+
+def pareto(done: list[TrialRecord]) -> list[TrialRecord]:
+    """Trials no other trial beats on both latency ratio and metric (ties kept once, by spec)."""
+    front = []
+    for r in done:
+        dominated = any((o.latency_ratio <= r.latency_ratio and o.metric >= r.metric)
+                        and (o.latency_ratio < r.latency_ratio or o.metric > r.metric) for o in done)
+        if not dominated and not any(f.spec == r.spec for f in front):
+            front.append(r)
+    return sorted(front, key=lambda r: r.latency_ratio)
+
+
+def choose(done: list[TrialRecord], max_drop: float) -> tuple[TrialRecord | None, TrialRecord | None]:
+    """(the fastest trial within the budget, the closest one when none is): ties go to the better
+    metric, then the smaller model."""
+    within = [r for r in done if r.state == "complete" and r.drop <= max_drop + 1e-12]
+    if within:
+        return min(within, key=lambda r: (r.latency_ratio, -r.metric, r.size or 0)), None
+    complete = [r for r in done if r.state == "complete"]
+    return None, (min(complete, key=lambda r: (r.drop, r.latency_ratio)) if complete else None)

@@ -1,0 +1,154 @@
+"""One trial of a search, as a worker runs it: build the spec's model, score it with the user's
+metric, time it against the original side by side. Plain Python: the cluster layer ships it to
+Ray workers, the tests call it directly."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..data.feeds import FeedSet
+from ..runtime.sessions import Feed
+
+Metric = Callable[[onnx.ModelProto], float]
+
+
+@dataclasses.dataclass
+class Samples:
+    """Feeds as plain arrays (what crosses process boundaries): `arrays` by input, `batch` samples
+    per run, `whole` the inputs given whole per run, `labels` for top-1."""
+    arrays: dict[str, np.ndarray]
+    batch: int = 1
+    whole: frozenset[str] = frozenset()
+    labels: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, feeds: FeedSet, limit: int | None = None, skip: int = 0) -> Samples:
+        """`limit` runs of `feeds` after the first `skip`, read into memory."""
+        runs = len(feeds) - skip if limit is None else min(limit, len(feeds) - skip)
+        chosen = [feeds._feed(i) for i in range(skip, skip + max(0, runs))]
+        whole = frozenset(getattr(feeds, "whole", frozenset()))
+        arrays = {k: (np.stack([np.asarray(f[k]) for f in chosen]) if k in whole else
+                      np.concatenate([np.asarray(f[k]) for f in chosen])) for k in (chosen[0] if chosen else {})}
+        labels = None
+        if feeds.labels is not None:
+            labels = np.asarray(feeds.labels[skip * feeds.batch:(skip + len(chosen)) * feeds.batch])
+        return cls(arrays, feeds.batch, whole, labels)
+
+    def feedset(self) -> FeedSet:
+        return FeedSet(self.arrays, self.batch, self.labels, "search data", self.whole)
+
+    def __len__(self) -> int:
+        return len(self.feedset())
+
+
+@dataclasses.dataclass
+class Payload:
+    """Everything a worker needs, put once into the object store."""
+    model: bytes
+    shapes: dict[str, tuple[int, ...]]
+    calibration: Samples
+    metric_kind: str                         # "metric" (the user's callable) | "top-1" | "agreement"
+    metric: Metric | None = None
+    evaluation: Samples | None = None        # labelled, for top-1
+    holdback: Samples | None = None          # for agreement
+    reference: list[Feed] | None = None      # the original's outputs on the holdback
+    timing_budget: float = 2.0
+    seed: int = 0
+
+
+class NoGate:
+    """Timing exclusivity when nothing else runs (a single process): nothing to wait for."""
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        yield
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        yield
+
+
+def timed_build(spec: str) -> bool:
+    """Whether building `spec` itself times models (prune's latency target, quantize's speed check):
+    such a build must not share the machine either."""
+    return "target-latency" in spec or ("quantize" in spec and "speed=false" not in spec)
+
+
+def build(payload: Payload, spec: str) -> tuple[onnx.ModelProto, dict]:
+    from ..pipeline.run import Pipeline
+    from ..pipeline.spec import parse_spec
+    model = onnx.load_from_string(payload.model)
+    run = Pipeline(parse_spec(spec), calibration=payload.calibration.feedset(), input_shapes=payload.shapes,
+                   seed=payload.seed, threads=1).run(model)
+    statuses = {p.name: p.status for p in run.report.passes}
+    failed = [f"{p.name}: {p.message}" for p in run.report.passes if p.status == "failed"]
+    return run.model, {"statuses": statuses, "failed": failed}
+
+
+def score(payload: Payload, model: onnx.ModelProto) -> float:
+    """Higher is better: the user's metric, top-1 accuracy on the labelled data, or agreement with
+    the original on held-back calibration samples (top-1 agreement for [N, classes] outputs, else
+    the output cosine)."""
+    from ..runtime.fidelity import compare
+    from ..runtime.sessions import run_model
+    if payload.metric_kind == "metric":
+        return float(payload.metric(model))
+    if payload.metric_kind == "top-1":
+        data = payload.evaluation.feedset()
+        outs = run_model(model, list(data), optimization="all")
+        predictions = np.concatenate([np.asarray(next(iter(o.values()))).reshape(len(next(iter(o.values()))), -1)
+                                      .argmax(1) for o in outs])
+        return float(np.mean(predictions == data.labels[:len(predictions)]))
+    outs = run_model(model, list(payload.holdback.feedset()), optimization="all")
+    fid = compare(payload.reference, outs)
+    return float(fid.top1_agreement if fid.top1_agreement is not None else fid.cosine)
+
+
+def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool = False) -> dict:
+    """The candidate's latency over the original's: both timed in the same interleaved rounds on one
+    thread (the median of the per-round ratios); with_control adds the original against itself."""
+    from ..measure.timing import interleave, session_runner
+    feed = next(iter(payload.calibration.feedset()))
+    runners = [("original", session_runner(payload.model, feed)), ("candidate", session_runner(model, feed))]
+    if with_control:
+        runners.append(("control", session_runner(payload.model, feed)))
+    timings = interleave(runners, warmup=5, rounds=2000, budget_seconds=payload.timing_budget, seed=payload.seed)
+    out = {"latency_ratio": timings[1].median_round_ratio, "original_ms": timings[0].median * 1e3,
+           "rounds": len(timings[0].seconds)}
+    if with_control:
+        out["control_ratio"] = timings[2].median_round_ratio
+    return out
+
+
+def run_trial(payload: Payload, spec: str, gate: Any = None) -> dict:
+    """Build, score and time one spec. Never raises for what the spec or the metric does wrong: a
+    failed trial is a result with its one-line reason."""
+    from ..analysis.cost import model_stats
+    gate = gate or NoGate()
+    started = time.perf_counter()
+    result: dict[str, Any] = {"spec": spec}
+    try:
+        with gate.exclusive() if timed_build(spec) else gate.shared():
+            model, built = build(payload, spec)
+            result.update(built)
+            if built["failed"]:
+                raise RuntimeError("; ".join(built["failed"]))
+            result["metric"] = score(payload, model)
+        with gate.exclusive():
+            result.update(latency_ratio(payload, model))
+        serialized = model.SerializeToString()
+        stats = model_stats(model, payload.shapes)
+        result.update(size=len(serialized), params=stats.params, macs=stats.macs, model=serialized)
+    except Exception as exc:  # noqa: BLE001 - the search records a failed trial and goes on
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        result["error"] = f"{type(exc).__name__}: {text[:300]} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+    result["seconds"] = time.perf_counter() - started
+    return result

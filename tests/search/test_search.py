@@ -1,0 +1,172 @@
+"""onnxopt search end to end on a local Ray instance and a SQLite study: the chosen spec reproduces
+its model with `onnxopt run`, a failing metric fails only its trials, a worker killed mid-trial is
+retried, an interrupted search resumes without redoing finished trials, and no trial within the
+budget is exit 4 naming the closest."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from onnxopt.data.feeds import FeedSet
+from onnxopt.pipeline.run import Pipeline
+from onnxopt.pipeline.spec import parse_spec
+from onnxopt.search import search
+from onnxopt.search.space import Space
+from onnxopt.testing import assert_one_line_error, conv_node, make_model, random_weights, run_cli
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own imports
+
+# prune and no int8: trials of a second or so
+SPACE = Space(exact=("fold-bn", "cleanup"), prune_modes=("off", "ratio"), ratio=(0.2, 0.6), protect=(0.0,),
+              quantize_modes=("off",))
+
+
+def _model() -> onnx.ModelProto:
+    c1, i1 = conv_node("x", "a", "c1", 3, 32, seed=0)  # 32 channels: prune can cut a block of 8
+    c2, i2 = conv_node("r", "b", "c2", 32, 32, seed=1)
+    nodes = [c1, helper.make_node("Relu", ["a"], ["r"]), c2, helper.make_node("Relu", ["b"], ["s"]),
+             helper.make_node("GlobalAveragePool", ["s"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], transB=1)]
+    inits = {**i1, **i2, "fc.w": random_weights(2, 10, 32), "fc.b": random_weights(3, 10)}
+    return make_model(nodes, inits, [("x", [1, 3, 16, 16])], [("y", [1, 10])])
+
+
+def _data(n: int = 40) -> FeedSet:
+    return FeedSet({"x": np.random.default_rng(0).standard_normal((n, 3, 16, 16)).astype(np.float32)}, 1)
+
+
+def _run(tmp_path, **kwargs):
+    options = dict(trials=4, workers=2, storage=f"sqlite:///{tmp_path / 'study.db'}", space=SPACE,
+                   timing_budget=0.2, max_drop=0.5)
+    options.update(kwargs)
+    return search(_model(), _data(), **options)
+
+
+def test_the_chosen_spec_reproduces_its_model(tmp_path):
+    result = _run(tmp_path)
+    assert result.best is not None and len(result.trials) == 4
+    assert all(t.state == "complete" for t in result.trials), [t.error for t in result.trials]
+    # the recipes come first; no exact pass changes this model (no BN, nothing to clean up)
+    assert result.trials[0].spec == "cleanup" and result.trials[1].spec == "prune:ratio=0.3"
+    chosen = next(t for t in result.trials if t.spec == result.spec)
+    assert chosen.drop <= 0.5 and chosen.on_front and result.front[0].latency_ratio <= chosen.latency_ratio
+    assert abs(result.report["control"]["control_ratio"] - 1) < 0.5  # the A/A control was measured
+    # `onnxopt run --passes SPEC` with the same calibration data builds the same model
+    again = Pipeline(parse_spec(result.spec), calibration=_data().take(32), threads=1).run(_model()).model
+    assert again.SerializeToString() == result.best.SerializeToString()
+
+
+def test_a_failing_metric_fails_only_its_trials(tmp_path):
+    def size(model):
+        return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    full = size(_model())
+
+    def metric(model):
+        if size(model) < full:
+            raise ValueError("metric refuses pruned models")
+        return 1.0
+    result = _run(tmp_path, metric=metric, trials=5)
+    failed = [t for t in result.trials if t.state == "failed"]
+    assert failed and all("ValueError: metric refuses pruned models" in t.error for t in failed)
+    assert all("prune" in t.spec for t in failed) and len(result.trials) == 5
+    assert result.best is not None and "prune" not in result.spec
+
+
+def test_a_worker_killed_mid_trial_is_retried(tmp_path):
+    driver, marker = os.getpid(), tmp_path / "killed"
+
+    def metric(model):
+        if os.getpid() != driver and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker dies in the middle of a trial
+        return 1.0
+    result = _run(tmp_path, metric=metric, trials=3)
+    assert marker.exists()
+    assert [t.state for t in result.trials] == ["complete"] * 3, [t.error for t in result.trials]
+
+
+def test_an_interrupted_search_resumes_without_redoing_finished_trials(tmp_path):
+    calls = tmp_path / "calls"
+
+    def metric(model):
+        with open(calls, "a") as f:
+            f.write(f"{len(model.graph.node)}\n")
+        return 1.0
+
+    def interrupt(state):
+        if state["done"] >= 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, metric=metric, trials=6, progress=interrupt)
+    first = len(calls.read_text().split())
+    import optuna
+    study = optuna.load_study(study_name=optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'study.db'}")[0]
+                              .study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    finished = [t for t in study.trials if t.state.name == "COMPLETE"]
+    interrupted = [t for t in study.trials if t.user_attrs.get("error") == "interrupted"]
+    assert len(finished) >= 2
+    result = _run(tmp_path, metric=metric, trials=6, resume=True)
+    assert result.report["requeued"] == len(interrupted)
+    assert len(result.trials) == 6 and all(t.state == "complete" for t in result.trials)
+    # the resumed run measured only what was missing (plus the original's metric once)
+    new_calls = len(calls.read_text().split()) - first
+    assert new_calls <= 1 + (6 - len(finished)), (new_calls, len(finished))
+    with pytest.raises(Exception, match="--resume continues it"):
+        _run(tmp_path, metric=metric, trials=6)
+
+
+def test_the_cli_writes_the_choice_report_and_plot(capsys, tmp_path):
+    model_path, calib = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(_model(), model_path)
+    np.savez(calib, x=_data().arrays["x"])
+    space = tmp_path / "space.yaml"
+    space.write_text("exact: [fold-bn, cleanup]\nprune: {modes: [off, ratio], protect: [0]}\nquantize: {modes: [off]}\n")
+    out, report, plot = tmp_path / "best.onnx", tmp_path / "search.json", tmp_path / "front.png"
+    code, text, err = run_cli(capsys, "search", model_path, "--calib", calib, "--trials", "3", "--workers", "2",
+                              "--storage", f"sqlite:///{tmp_path / 's.db'}", "--space", space, "--max-drop", "0.5",
+                              "--timing-budget", "0.2", "-o", out, "--report", report, "--plot", plot)
+    assert code == 0, err
+    assert "Pareto front" in text and "chosen:" in text and "reproduce with: onnxopt run MODEL --passes" in text
+    doc = json.loads(report.read_text())
+    assert doc["schema"] == "onnxopt.search/1" and len(doc["trials"]) == 3 and doc["best"]["spec"]
+    assert doc["metric"]["kind"] == "agreement" and doc["machine"]["cpu_kind"]
+    assert onnx.load(str(out)).graph.node and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_trial_within_the_budget_names_the_closest(tmp_path):
+    def size(model):
+        return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    full = size(_model())
+
+    def metric(model):  # every pruned model loses a tenth
+        return 1.0 if size(model) == full else 0.9
+    space = Space(exact=(), prune_modes=("ratio",), ratio=(0.25, 0.6), protect=(0.0,), quantize_modes=("off",))
+    result = _run(tmp_path, metric=metric, trials=3, space=space, max_drop=0.01)
+    assert result.best is None and result.spec is None
+    assert result.closest is not None and abs(result.closest.drop - 0.1) < 1e-9
+    assert result.closest.spec.startswith("prune:ratio=")
+
+
+def test_on_the_cli_no_trial_within_the_budget_is_exit_4(capsys, tmp_path, monkeypatch):
+    from onnxopt.search import run as search_run
+    from onnxopt.search.study import TrialRecord
+    closest = TrialRecord(1, "prune:ratio=0.5", "complete", 0.8, 0.2, 0.61, 1000)
+
+    def no_luck(model, calibration, **kwargs):
+        report = {"study": "s", "cluster": {"nodes": 1, "cpus": 1}, "machine": {"cpu": "test"}, "control": {},
+                  "metric": {"kind": "agreement", "original": 1.0, "max_drop": kwargs["max_drop"]}}
+        return search_run.SearchResult(None, None, [closest], [closest], closest, report)
+    monkeypatch.setattr(search_run, "search", no_luck)
+    model_path, calib = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(_model(), model_path)
+    np.savez(calib, x=_data().arrays["x"])
+    got = run_cli(capsys, "search", model_path, "--calib", calib, "--max-drop", "0.01", "-o", tmp_path / "best.onnx")
+    assert_one_line_error(*got, 4, "no trial within --max-drop 0.01", "closest: prune:ratio=0.5 (drop 20.00 points")
+    assert not Path(tmp_path / "best.onnx").exists()

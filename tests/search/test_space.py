@@ -1,0 +1,73 @@
+"""The search space: every choice it can make is a spec `onnxopt run --passes` accepts, space files
+narrow it (and bad ones are refused in one line), the fixed recipes come first."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from onnxopt.errors import BadOption
+from onnxopt.pipeline.spec import parse_spec
+from onnxopt.search.space import Space, load_space, spec_safe, to_spec
+
+
+def test_every_choice_is_a_spec_the_cli_parses():
+    space = Space(protect=(0.0, 0.5))
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    specs = set()
+    for _ in range(60):
+        trial = study.ask()
+        params = space.suggest(trial)
+        spec = to_spec(params, ["fold-bn", "cleanup"], ["stem", "layer1/conv", "fc.1"])
+        passes = parse_spec(spec)
+        assert [p.name for p in passes][:2] == ["fold-bn", "cleanup"]
+        if params["prune"] != "off":
+            prune = next(p for p in passes if p.name == "prune")
+            if params["prune.protect"] == 0.5:
+                assert prune.options.exclude == ("stem", "layer1/conv")  # the most sensitive half stays whole
+        specs.add(spec)
+        study.tell(trial, [1.0, 1.0])
+    assert len(specs) > 20
+    assert any("target-latency=" in s for s in specs) and any("quantize:method=percentile" in s for s in specs)
+
+
+def test_nothing_to_do_is_still_a_spec():
+    assert to_spec({"prune": "off", "quantize": "off"}, [], []) == "cleanup"
+    assert to_spec({"prune": "ratio", "prune.ratio": 0.25, "prune.protect": 0.0, "quantize": "on",
+                    "quantize.method": "minmax", "quantize.max-drop": "0.005"}, ["fold-bn"], []) == \
+        "fold-bn,prune:ratio=0.25,quantize:max-drop=0.005"
+
+
+def test_recipes_follow_the_space():
+    assert len(Space().recipes()) == 4
+    narrow = Space(quantize_modes=("off",), ratio=(0.1, 0.2))
+    assert narrow.recipes() == [{"prune": "off", "quantize": "off"}]  # 0.3 is outside, quantize is off
+
+
+def test_space_files_narrow_the_space(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("exact: [fold-bn]\nprune: {modes: [ratio], ratio: [0.2, 0.4], protect: 0}\n"
+                    "quantize: {modes: [false]}\n")
+    space = load_space(path)
+    assert space.exact == ("fold-bn",) and space.prune_modes == ("ratio",) and space.ratio == (0.2, 0.4)
+    assert space.protect == (0,) and space.quantize_modes == ("off",)
+    assert space.fingerprint != Space().fingerprint
+
+
+@pytest.mark.parametrize("text,words", [
+    ("prune: {modes: [sometimes]}", "prune modes ['sometimes']"),
+    ("prune: {ratio: [0.5, 1.5]}", "must lie in (0, 1)"),
+    ("quantize: {speed: [true]}", "unknown quantize key 'speed'"),
+    ("exact: [prune]", "exact passes ['prune']"),
+    ("tune: {}", "unknown key(s) tune"),
+])
+def test_bad_space_files_are_refused_in_one_line(tmp_path, text, words):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(BadOption) as err:
+        load_space(path)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_only_plain_names_stand_in_a_spec():
+    assert spec_safe("/0/body.0/Conv") and spec_safe("conv_1")
+    assert not spec_safe("a,b") and not spec_safe("x:y") and not spec_safe("a|b") and not spec_safe("")
