@@ -8,8 +8,12 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README, re.S)
+
+
 def test_python_example_runs(tmp_path, monkeypatch, capsys):
-    block = re.search(r"```python\n(.*?)```", README, re.S).group(1)
+    block = next(b for b in _python_blocks() if "Pipeline" in b)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
@@ -28,6 +32,23 @@ def test_python_example_runs(tmp_path, monkeypatch, capsys):
     q = namespace["q"]
     assert q.status in ("applied", "unchanged") and q.details["speed"]["pays"] == (q.status == "applied")
     assert namespace["int8"].report.deployed == (q.status == "applied")
+
+
+def test_the_search_example_calls_the_real_api():
+    """The search example needs the user's files, so it is not run here: it compiles, and every
+    keyword it passes is a parameter of onnxopt.search."""
+    import ast
+    import inspect
+
+    import onnxopt
+    from onnxopt.search.run import search
+    block = next(b for b in _python_blocks() if "onnxopt.search(" in b)
+    tree = ast.parse(block)
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "search")
+    parameters = inspect.signature(search).parameters
+    assert {k.arg for k in call.keywords} <= set(parameters) and len(call.args) == 2
+    result_fields = {"best", "spec", "front", "trials"}
+    assert result_fields <= set(inspect.signature(onnxopt.search.run.SearchResult).parameters)
 
 
 def test_ci_runs_the_readme_test_command():
