@@ -4,13 +4,14 @@ wheels and is not part of the full run) and leaves SUMMARY.md as it is."""
 import sys
 import time
 
-from . import foundation, peers, prune, quantize, quantize_cpu, realworld, reparam, startup
+from . import foundation, peers, prune, quantize, quantize_cpu, realworld, reparam, search, startup
 from .summary import record_run, write_summary
 
 SUITES = [foundation, reparam, peers, prune, quantize, quantize_cpu, startup]
 
 
-ON_REQUEST = {"realworld": realworld}  # fetches third-party wheels: only when named
+ON_REQUEST = {"realworld": realworld,  # fetches third-party wheels: only when named
+              "search": search}  # a quarter of an hour of searches, with Optuna and Ray: only when named
 
 
 def main(argv: list[str]) -> None:
