@@ -20,9 +20,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-import numpy as np
 import onnx
 
 from onnxopt import models

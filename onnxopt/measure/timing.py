@@ -7,6 +7,7 @@ ratio (each model against the first in the same round) is reported next to the r
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import math
@@ -15,6 +16,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import ContextManager
 
 import numpy as np
 import onnx
@@ -118,12 +120,45 @@ def round_orders(count: int, seed: int = 0) -> Iterator[list[int]]:
         yield order[::-1]
 
 
+# What must hold while rounds are timed, so that nothing else runs on the machine. By default
+# nothing; a search worker sets its node's gate (onnxopt.search.cluster) for the length of a trial,
+# so that every timing in it (its own ratio, and that of passes that measure: quantize's speed
+# check, prune's latency target) waits until the other trials' builds on the node pause.
+_quiet: Callable[[], ContextManager] = contextlib.nullcontext
+
+
+@contextlib.contextmanager
+def quiet_machine(provider: Callable[[], ContextManager]) -> Iterator[None]:
+    """Within this block, interleave() times inside `provider()`."""
+    global _quiet
+    previous, _quiet = _quiet, provider
+    try:
+        yield
+    finally:
+        _quiet = previous
+
+
 def interleave(runners: Sequence[tuple[str, Callable[[], object]]], *, warmup: int = 3,
                rounds: int = 50, budget_seconds: float | None = None,
-               progress: Callable[[int, int], None] | None = None, seed: int = 0) -> list[Timing]:
+               progress: Callable[[int, int], None] | None = None, seed: int = 0,
+               settle: float | None = None) -> list[Timing]:
     """Time each runner once per round for `rounds` rounds (or until `budget_seconds`, at least 5
-    rounds), after `warmup` untimed rounds, in the orders of round_orders(). Returns one Timing per
-    runner, in the given order."""
+    rounds), after `warmup` untimed rounds, in the orders of round_orders(). With `settle`, stop
+    as soon as the 95% interval of the second runner's median per-round ratio to the first lies
+    within ±settle of it (checked every 25 rounds from the 50th): a fast model needs far fewer
+    rounds than a time budget gives it. Returns one Timing per runner, in the given order."""
+    with _quiet():
+        return _interleave(runners, warmup, rounds, budget_seconds, progress, seed, settle)
+
+
+def _settled(samples: list[list[float]], settle: float) -> bool:
+    ratios = [a / b for a, b in zip(samples[1], samples[0])]
+    low, high = median_interval(ratios)
+    middle = statistics.median(ratios)
+    return high - middle <= settle * middle and middle - low <= settle * middle
+
+
+def _interleave(runners, warmup, rounds, budget_seconds, progress, seed, settle=None) -> list[Timing]:
     names = [name for name, _ in runners]
     calls = [fn for _, fn in runners]
     for _ in range(warmup):
@@ -145,6 +180,8 @@ def interleave(runners: Sequence[tuple[str, Callable[[], object]]], *, warmup: i
             if progress is not None:
                 progress(r + 1, rounds)
             if budget_seconds is not None and r >= 4 and time.perf_counter() - start > budget_seconds:
+                break
+            if settle is not None and len(calls) > 1 and r >= 49 and (r + 1) % 25 == 0 and _settled(samples, settle):
                 break
     finally:
         if collecting:

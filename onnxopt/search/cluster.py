@@ -2,8 +2,9 @@
 
 Each trial is a Ray task (one CPU; Ray retries it elsewhere when its worker dies). Timing must not
 share a machine with other work: a ratio measured beside a neighbour's build lies. So every node
-has a gate, a small actor living on that node: builds hold it shared, timing holds it alone, and a
-waiting timer keeps new builds out (writer preference). A holder whose process died releases
+has a gate, a small actor living on that node: a trial holds it shared while it works and alone
+while it times (every interleave() of the trial, its passes' included), and a waiting timer keeps
+new trials out (writer preference). A holder whose process died releases
 nothing, so the gate drops holders whose pid is gone before it decides."""
 from __future__ import annotations
 
@@ -97,25 +98,39 @@ class _Gate:
 
 
 class GateHandle:
-    """The gate of the node this process runs on, as context managers."""
+    """The gate of the node this process runs on, as context managers: `shared()` around a trial's
+    work, `quiet()` around each timing in it (it lets go of the shared hold while it waits, so two
+    trials that both want to time cannot wait for each other)."""
 
     def __init__(self, actor: Any) -> None:
-        self.actor, self.pid = actor, os.getpid()
+        self.actor, self.pid, self.held = actor, os.getpid(), 0
+
+    def _call(self, method: str, kind: str) -> None:
+        import ray
+        ray.get(getattr(self.actor, method).remote(kind, self.pid))
 
     @contextlib.contextmanager
-    def _hold(self, kind: str) -> Iterator[None]:
-        import ray
-        ray.get(self.actor.acquire.remote(kind, self.pid))
+    def shared(self) -> Iterator[None]:
+        self._call("acquire", "shared")
+        self.held += 1
         try:
             yield
         finally:
-            ray.get(self.actor.release.remote(kind, self.pid))
+            self.held -= 1
+            self._call("release", "shared")
 
-    def shared(self):
-        return self._hold("shared")
-
-    def exclusive(self):
-        return self._hold("exclusive")
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        held = self.held
+        for _ in range(held):
+            self._call("release", "shared")
+        self._call("acquire", "exclusive")
+        try:
+            yield
+        finally:
+            self._call("release", "exclusive")
+            for _ in range(held):
+                self._call("acquire", "shared")
 
 
 def node_gate() -> GateHandle:
@@ -143,8 +158,9 @@ def _control_on_node(payload: Any) -> dict:
     """The original timed against itself under this node's gate: the A/A noise of a trial ratio."""
     import onnx
 
+    from ..measure.timing import quiet_machine
     from .trial import latency_ratio
-    with node_gate().exclusive():
+    with quiet_machine(node_gate().quiet):
         return latency_ratio(payload, onnx.load_from_string(payload.model), with_control=True)
 
 

@@ -10,7 +10,8 @@ file (YAML or JSON) narrows or widens any of it:
     exact: [fold-bn, reparam, cleanup]
     prune: {modes: [off, ratio, target-latency], ratio: [0.1, 0.6], target-latency: [0.4, 0.95],
             protect: [0, 0.25, 0.5]}
-    quantize: {modes: [off, on], methods: [minmax, percentile], max-drop: [none, 0.005, 0.02]}
+    quantize: {modes: [off, on], methods: [minmax, percentile], max-drop: [none, 0.005, 0.02],
+               speed: [false]}
 """
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ class Space:
     quantize_modes: tuple[str, ...] = QUANTIZE_MODES
     methods: tuple[str, ...] = ("minmax", "percentile")
     max_drop: tuple[str, ...] = ("none", "0.005", "0.02")
+    # quantize's own speed check (int8 only in regions faster than float) times models while it
+    # builds, and a trial that times holds its node alone: off by default, the search measures the
+    # whole model anyway; `speed: [false, true]` in a space file lets it try both
+    quantize_speed: tuple[bool, ...] = (False,)
 
     def __post_init__(self) -> None:
         for name, got, known in (("prune modes", self.prune_modes, PRUNE_MODES),
@@ -60,6 +65,8 @@ class Space:
                 raise BadOption(f"search space: {name} [{low}, {high}] must lie in (0, 1)")
         if any(not 0 <= p < 1 for p in self.protect):
             raise BadOption(f"search space: protect {list(self.protect)}: shares in [0, 1)")
+        if not self.quantize_speed or any(not isinstance(v, bool) for v in self.quantize_speed):
+            raise BadOption(f"search space: quantize speed {list(self.quantize_speed)}: true and/or false")
         for d in self.max_drop:
             if d != "none" and not 0 < float(d) < 1:
                 raise BadOption(f"search space: quantize max-drop {d}: 'none' or a share in (0, 1)")
@@ -82,6 +89,8 @@ class Space:
         if params["quantize"] == "on":
             params["quantize.method"] = trial.suggest_categorical("quantize.method", list(self.methods))
             params["quantize.max-drop"] = trial.suggest_categorical("quantize.max-drop", list(self.max_drop))
+            params["quantize.speed"] = (trial.suggest_categorical("quantize.speed", list(self.quantize_speed))
+                                        if len(self.quantize_speed) > 1 else self.quantize_speed[0])
         return params
 
     def recipes(self) -> list[dict[str, Any]]:
@@ -121,6 +130,8 @@ def to_spec(params: dict[str, Any], exact: list[str], sensitive: list[str]) -> s
             options.append(f"method={params['quantize.method']}")
         if params.get("quantize.max-drop", "none") != "none":
             options.append(f"max-drop={params['quantize.max-drop']}")
+        if not params.get("quantize.speed", True):
+            options.append("speed=false")
         parts.append("quantize" + (":" + ",".join(options) if options else ""))
     return ",".join(parts) or "cleanup"  # nothing to do is still a spec: the original, as cleanup leaves it
 
@@ -160,7 +171,7 @@ def load_space(path: str | Path) -> Space:
     mapping = {("prune", "modes"): "prune_modes", ("prune", "ratio"): "ratio",
                ("prune", "target-latency"): "target_latency", ("prune", "protect"): "protect",
                ("quantize", "modes"): "quantize_modes", ("quantize", "methods"): "methods",
-               ("quantize", "max-drop"): "max_drop"}
+               ("quantize", "max-drop"): "max_drop", ("quantize", "speed"): "quantize_speed"}
     for section, values in (("prune", prune), ("quantize", quantize)):
         if not isinstance(values, dict):
             raise BadInput(f"{p}: '{section}' must be a mapping")
@@ -174,6 +185,8 @@ def load_space(path: str | Path) -> Space:
                 items = ["off" if v is False else "on" if v is True else v for v in items]
             if field == "max_drop":
                 items = ["none" if v in (None, "none") else str(float(v)) for v in items]
+            if field == "quantize_speed" and any(not isinstance(v, bool) for v in items):
+                raise BadOption(f"{p}: quantize speed {items}: true and/or false")
             fields[field] = tuple(items)
     try:
         return Space(**fields)

@@ -17,6 +17,7 @@ from ..data.feeds import FeedSet
 from ..runtime.sessions import Feed
 
 Metric = Callable[[onnx.ModelProto], float]
+SETTLE = 0.01  # a trial's latency ratio is known well enough once its 95% interval is within ±1%
 
 
 @dataclasses.dataclass
@@ -71,13 +72,12 @@ class NoGate:
         yield
 
     @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def quiet(self) -> Iterator[None]:
         yield
 
 
-def timed_build(spec: str) -> bool:
-    """Whether building `spec` itself times models (prune's latency target, quantize's speed check):
-    such a build must not share the machine either."""
+def times_itself(spec: str) -> bool:
+    """Whether building `spec` times models (prune's latency target, quantize's speed check)."""
     return "target-latency" in spec or ("quantize" in spec and "speed=false" not in spec)
 
 
@@ -119,7 +119,9 @@ def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool =
     runners = [("original", session_runner(payload.model, feed)), ("candidate", session_runner(model, feed))]
     if with_control:
         runners.append(("control", session_runner(payload.model, feed)))
-    timings = interleave(runners, warmup=5, rounds=2000, budget_seconds=payload.timing_budget, seed=payload.seed)
+    # at most the time budget; a fast model stops once its ratio is known to within a percent
+    timings = interleave(runners, warmup=5, rounds=20000, budget_seconds=payload.timing_budget, seed=payload.seed,
+                         settle=SETTLE)
     out = {"latency_ratio": timings[1].median_round_ratio, "original_ms": timings[0].median * 1e3,
            "rounds": len(timings[0].seconds)}
     if with_control:
@@ -134,14 +136,19 @@ def run_trial(payload: Payload, spec: str, gate: Any = None) -> dict:
     gate = gate or NoGate()
     started = time.perf_counter()
     result: dict[str, Any] = {"spec": spec}
+    from ..measure.timing import quiet_machine
     try:
-        with gate.exclusive() if timed_build(spec) else gate.shared():
+        # a build that times models itself (prune's latency target, quantize's speed check) has the
+        # node alone from start to end: waiting for quiet at each of its many timings would wait
+        # each time for the other trials' whole builds. Other builds share the node and wait for
+        # quiet only to time the result.
+        with gate.quiet() if times_itself(spec) else gate.shared(), quiet_machine(
+                contextlib.nullcontext if times_itself(spec) else gate.quiet):
             model, built = build(payload, spec)
             result.update(built)
             if built["failed"]:
                 raise RuntimeError("; ".join(built["failed"]))
             result["metric"] = score(payload, model)
-        with gate.exclusive():
             result.update(latency_ratio(payload, model))
         serialized = model.SerializeToString()
         stats = model_stats(model, payload.shapes)

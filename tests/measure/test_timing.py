@@ -220,3 +220,25 @@ def test_the_interval_takes_in_every_session_sets_own_median():
     assert 1.002 <= low <= high <= 1.004
     pooled = Timing("b", [1.0] * 600, ratios, set_ratio_medians=[0.99, 1.003, 1.012])
     assert pooled.round_ratio_interval() == (0.99, 1.012)
+
+
+def test_settle_stops_once_the_ratio_is_known():
+    """Two runners whose per-round ratio is exactly 2: the interval is a point after 50 rounds, so
+    settle stops there; without it the rounds run out."""
+    import onnxopt.measure.timing as timing
+    ticks = [0.0]
+
+    def fake(cost):
+        def run():
+            ticks[0] += cost
+        return run
+
+    real = timing.time.perf_counter
+    try:
+        timing.time.perf_counter = lambda: ticks[0]
+        settled = timing.interleave([("a", fake(1e-3)), ("b", fake(2e-3))], warmup=0, rounds=1000, settle=0.005)
+        full = timing.interleave([("a", fake(1e-3)), ("b", fake(2e-3))], warmup=0, rounds=300)
+    finally:
+        timing.time.perf_counter = real
+    assert len(settled[0].seconds) == 50 and settled[1].median_round_ratio == pytest.approx(2.0)
+    assert len(full[0].seconds) == 300

@@ -56,7 +56,8 @@ def test_space_files_narrow_the_space(tmp_path):
 @pytest.mark.parametrize("text,words", [
     ("prune: {modes: [sometimes]}", "prune modes ['sometimes']"),
     ("prune: {ratio: [0.5, 1.5]}", "must lie in (0, 1)"),
-    ("quantize: {speed: [true]}", "unknown quantize key 'speed'"),
+    ("quantize: {bits: [4]}", "unknown quantize key 'bits'"),
+    ("quantize: {speed: [sometimes]}", "quantize speed"),
     ("exact: [prune]", "exact passes ['prune']"),
     ("tune: {}", "unknown key(s) tune"),
 ])
