@@ -72,20 +72,21 @@ class FeedSet:
     def __len__(self) -> int:
         return self.samples // self.batch
 
-    def _feed(self, i: int) -> Feed:
+    def feed(self, i: int) -> Feed:
+        """The i-th batch."""
         start = i * self.batch
         return {k: np.asarray(a[i]) if k in self.whole else a[start:start + self.batch] for k, a in self.arrays.items()}
 
     def __iter__(self) -> Iterator[Feed]:
         for i in range(len(self)):
-            yield self._feed(i)
+            yield self.feed(i)
 
     def take(self, n: int) -> list[Feed]:
         return [feed for _, feed in zip(range(n), self)]
 
     def tail(self, n: int) -> list[Feed]:
         """The last n batches: verification judges lossy passes on these."""
-        return [self._feed(i) for i in range(max(0, len(self) - n), len(self))]
+        return [self.feed(i) for i in range(max(0, len(self) - n), len(self))]
 
 
 def _static_batch(specs) -> int:

@@ -64,19 +64,18 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     if first is None:
         raise BadData(f"{calibration.source}: no calibration samples")
     shapes = resolve_input_shapes(model, {k: tuple(v.shape) for k, v in first.items()} | (input_shapes or {}))
-    data = calibration
 
     kind = "metric" if metric is not None else "top-1" if evaluation is not None else "agreement"
     if kind == "top-1" and evaluation.labels is None:
         raise BadData(f"{evaluation.source}: --eval needs a `labels` array")
-    holdback = min(HOLDBACK, len(data) // 5) if kind == "agreement" else 0
+    holdback = min(HOLDBACK, len(calibration) // 5) if kind == "agreement" else 0
     if kind == "agreement" and holdback < 4:
-        raise BadData(f"{data.source}: {len(data)} calibration runs; the agreement metric holds back a fifth "
+        raise BadData(f"{calibration.source}: {len(calibration)} calibration runs; the agreement metric holds back a fifth "
                       "and needs at least 20 (or give --eval labelled data)")
     payload = Payload(model.SerializeToString(), shapes,
-                      Samples.of(data, limit=CALIBRATION_RUNS if not holdback else len(data) - holdback),
+                      Samples.of(calibration, limit=CALIBRATION_RUNS if not holdback else len(calibration) - holdback),
                       kind, metric, Samples.of(evaluation) if evaluation is not None else None,
-                      Samples.of(data, skip=len(data) - holdback) if holdback else None, None, timing_budget, seed)
+                      Samples.of(calibration, skip=len(calibration) - holdback) if holdback else None, None, timing_budget, seed)
     if holdback:
         payload.reference = run_model(model, list(payload.holdback.feedset()), optimization="all")
     base_metric = score(payload, model)
@@ -92,9 +91,9 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     info = cluster.connect(ray_address, workers)
     runner = cluster.Runner(payload)
     built: dict[int, bytes] = {}
+    asked: dict[int, Any] = {}
     try:
         control = runner.control()
-        asked: dict[int, Any] = {}
         total = trials
         seen_specs = {t.user_attrs.get("spec"): t for t in study.get_trials(deepcopy=False)
                       if t.state.name == "COMPLETE"}
@@ -132,7 +131,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
             else:
                 study.tell(trial, [result["latency_ratio"], result["metric"]])
                 built[number] = result["model"]
-                seen_specs[result["spec"]] = study.trials[number]
+                seen_specs[result["spec"]] = study._storage.get_trial(trial._trial_id)
             if progress is not None:
                 progress(_progress_state(study, base_metric, max_drop, total))
     except KeyboardInterrupt:

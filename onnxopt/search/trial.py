@@ -33,7 +33,7 @@ class Samples:
     def of(cls, feeds: FeedSet, limit: int | None = None, skip: int = 0) -> Samples:
         """`limit` runs of `feeds` after the first `skip`, read into memory."""
         runs = len(feeds) - skip if limit is None else min(limit, len(feeds) - skip)
-        chosen = [feeds._feed(i) for i in range(skip, skip + max(0, runs))]
+        chosen = [feeds.feed(i) for i in range(skip, skip + max(0, runs))]
         whole = frozenset(getattr(feeds, "whole", frozenset()))
         arrays = {k: (np.stack([np.asarray(f[k]) for f in chosen]) if k in whole else
                       np.concatenate([np.asarray(f[k]) for f in chosen])) for k in (chosen[0] if chosen else {})}
