@@ -90,7 +90,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
 
     info = cluster.connect(ray_address, workers)
     runner = cluster.Runner(payload)
-    built: dict[int, bytes] = {}
+    built: dict[int, tuple[float, bytes]] = {}  # trial number -> (latency ratio, model)
     asked: dict[int, Any] = {}
     try:
         control = runner.control()
@@ -130,7 +130,11 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 study.tell(trial, state=_fail())
             else:
                 study.tell(trial, [result["latency_ratio"], result["metric"]])
-                built[number] = result["model"]
+                # keep the bytes of the fastest model within the budget so far only (a full-size model
+                # per trial would not fit in memory); the choice, if another, is built again below
+                within = result["metric"] >= base_metric - max_drop - 1e-12
+                if within and all(result["latency_ratio"] < r for r, _ in built.values()):
+                    built = {number: (result["latency_ratio"], result["model"])}
                 seen_specs[result["spec"]] = study._storage.get_trial(trial._trial_id)
             if progress is not None:
                 progress(_progress_state(study, base_metric, max_drop, total))
@@ -148,8 +152,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     best, closest = studies.choose(records, max_drop)
     best_model = None
     if best is not None:
-        source = built.get(best.number)
-        if source is None:  # measured in an earlier session of a resumed study: build it again
+        source = built[best.number][1] if best.number in built else None
+        if source is None:  # not kept (an earlier session of a resumed study, a tie): build it again
             source = Pipeline(parse_spec(best.spec), calibration=payload.calibration.feedset(), input_shapes=shapes,
                               seed=seed, threads=1).run(model).model.SerializeToString()
         best_model = onnx.load_from_string(source)
