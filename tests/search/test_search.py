@@ -170,3 +170,12 @@ def test_on_the_cli_no_trial_within_the_budget_is_exit_4(capsys, tmp_path, monke
     got = run_cli(capsys, "search", model_path, "--calib", calib, "--max-drop", "0.01", "-o", tmp_path / "best.onnx")
     assert_one_line_error(*got, 4, "no trial within --max-drop 0.01", "closest: prune:ratio=0.5 (drop 20.00 points")
     assert not Path(tmp_path / "best.onnx").exists()
+
+
+def test_without_the_search_extra_the_error_says_what_to_install(monkeypatch):
+    import sys
+
+    from onnxopt.errors import UsageError
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if `pip install onnxopt` without [search]
+    with pytest.raises(UsageError, match=r"onnxopt search needs optuna: pip install 'onnxopt\[search\]'"):
+        search(_model(), _data())
