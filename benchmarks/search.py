@@ -15,6 +15,10 @@ ResNet-18 with random weights (agreement with the original on held-back random i
 dominate): the wall-time ratio, and the latency ratios of the specs both runs measured against the
 A/A noise of their trial timings.
 
+zoo: full-size MobileNetV2 and ResNet-50 with random weights, searched for output cosine with the
+original; does the front reach 0.5x the original's latency, and is its cosine there above uniform
+pruning's at the same latency?
+
 Run: `python -m benchmarks search [--quick]` (needs `pip install -e ".[search]"`).
 """
 from __future__ import annotations
@@ -115,6 +119,54 @@ def workers_run(name: str, quick: bool) -> dict:
             "common_specs": agree}
 
 
+def zoo_run(name: str, quick: bool) -> dict:
+    """A full-size zoo model (random weights) searched for output cosine with the original on 8
+    held-back random inputs: does the front reach 0.5x the original's latency, and with what cosine
+    against uniform pruning at the same latency (`fold-bn,prune:ratio=r` for r in 0.3..0.7, timed
+    side by side, interpolated)?"""
+    from onnxopt.data.files import random_calibration
+    from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_model
+    model = models.build(name, seed=0)
+    shapes = resolve_input_shapes(model)
+    held = random_feeds(model, shapes, seed=7, count=8)
+    reference = run_model(model, held, optimization="all")
+
+    def cosine(candidate):  # self-contained: Ray ships it to the workers by value
+        from onnxopt.runtime.fidelity import compare as _compare
+        from onnxopt.runtime.sessions import run_model as _run
+        return float(_compare(reference, _run(candidate, held, optimization="all")).cosine)
+    calib = random_calibration(model, samples=48)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = search(model, calib, metric=cosine, max_drop=0.5, trials=6 if quick else 16, workers=2,
+                        storage=f"sqlite:///{tmp}/study.db", timing_budget=2.0)
+    seconds = time.perf_counter() - started
+    subjects = [Subject("original", model, model.SerializeToString())]
+    uniform = {}
+    for r in (0.3, 0.4, 0.5, 0.6, 0.7):
+        built = Pipeline(parse_spec(f"fold-bn,prune:ratio={r}"), calibration=calib, threads=1).run(model).model
+        subjects.append(Subject(f"uniform {r}", built, built.SerializeToString()))
+        uniform[r] = cosine(built)
+    bench = run_bench(subjects, Settings(threads=1, budget_seconds=3.0, session_sets=1, memory=False),
+                      input_shapes=shapes)
+    points = sorted((next(iter(e.as_dict(bench.reference)["latency"].values()))["median_round_ratio"],
+                     uniform[float(e.name.split()[1])]) for e in bench.entries[1:])
+    front = [(t.latency_ratio, t.metric, t.spec) for t in result.front]
+    reach = [f for f in front if f[0] <= 0.5]
+    best = max(reach, key=lambda f: f[1]) if reach else None
+    at = None
+    if best is not None:  # uniform cosine at the same latency, interpolated between neighbours
+        below = [p for p in points if p[0] <= best[0]]
+        above = [p for p in points if p[0] > best[0]]
+        if below and above:
+            (x0, y0), (x1, y1) = below[-1], above[0]
+            at = y0 + (y1 - y0) * (best[0] - x0) / (x1 - x0)
+        elif below:
+            at = below[-1][1]
+    return {"model": name, "search_seconds": seconds, "front": front, "uniform": points,
+            "reaches_half": best is not None, "best_at_half": best, "uniform_cosine_there": at}
+
+
 def markdown(data: dict) -> str:
     m = data["machine"]
     lines = ["# onnxopt search", "", f"Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}. "
@@ -138,6 +190,20 @@ def markdown(data: dict) -> str:
         for spec, r in w["common_specs"].items():
             lines.append(f"| `{spec}` | {r['one_worker']:.3f} | {r['two_workers']:.3f} | {r['difference']:.3f} |")
         lines.append("")
+    for z in data.get("zoo") or []:
+        lines += [f"## Zoo: {z['model']} (random weights; metric: output cosine on 8 held-back inputs)", "",
+                  f"search: {z['search_seconds']:.0f} s. Front (latency, cosine, spec):", ""]
+        lines += [f"- {lat:.3f}, {cos:.4f}, `{spec}`" for lat, cos, spec in z["front"]]
+        lines += ["", "uniform `fold-bn,prune:ratio=r` timed side by side: " + ", ".join(
+            f"{lat:.3f}x cos {cos:.4f}" for lat, cos in z["uniform"])]
+        if z["reaches_half"]:
+            lat, cos, spec = z["best_at_half"]
+            there = z["uniform_cosine_there"]
+            lines.append(f"front reaches 0.5x: yes ({lat:.3f}x, cosine {cos:.4f}; uniform at that latency: "
+                         + (f"{there:.4f})" if there is not None else "no uniform point that fast)"))
+        else:
+            lines.append("front reaches 0.5x: NO")
+        lines.append("")
     lines += ["", f"Took {data['seconds']:.0f} s."]
     return "\n".join(lines)
 
@@ -154,6 +220,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("digits_resnet",) if quick else ("digits_resnet", "resnet18"):
         print(f"[search] workers: {name}", file=sys.stderr, flush=True)
         data["workers"].append(workers_run(name, quick))
+    data["zoo"] = []
+    for name in () if quick else ("mobilenetv2", "resnet50"):
+        print(f"[search] zoo: {name}", file=sys.stderr, flush=True)
+        data["zoo"].append(zoo_run(name, quick))
     data["seconds"] = time.perf_counter() - started
     kind = data["machine"].get("cpu_kind", "cpu")
     write(f"search-{kind}", data, markdown(data), quick)

@@ -190,18 +190,20 @@ def _exact_prefix_and_sensitivity(model: onnx.ModelProto, payload: Payload, spac
     calibration = payload.calibration.feedset()
     exact: list[str] = []
     report: list[dict] = []
+    after_exact = model
     if space.exact:
         run = pipeline_class(parse_spec(",".join(space.exact)), calibration=calibration, input_shapes=payload.shapes,
                              threads=1).run(model)
+        after_exact = run.model
         for p in run.report.passes:
             report.append({"pass": p.name, "status": p.status})
             if p.status == "applied":
                 exact.append(p.name)
     sensitive: list[str] = []
     if any(m != "off" for m in space.prune_modes) and any(p > 0 for p in space.protect):
-        spec = ",".join([*exact, "prune:ratio=0.3"])
-        dry = pipeline_class(parse_spec(spec), calibration=calibration, input_shapes=payload.shapes, threads=1,
-                             dry_run=True).run(model)
+        # the scan runs on the model as the trials' prune will see it: after the exact passes
+        dry = pipeline_class(parse_spec("prune:ratio=0.3"), calibration=calibration, input_shapes=payload.shapes,
+                             threads=1, dry_run=True).run(after_exact)
         details = dry.report.passes[-1].details
         layers = {g["group"]: g.get("layers", []) for g in details.get("groups", [])}
         rows = details.get("sensitivity", {}).get("rows", [])
