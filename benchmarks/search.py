@@ -183,8 +183,9 @@ def markdown(data: dict) -> str:
                   f"recipe within one point ({', '.join(d['recipes_within']) or 'none'}): "
                   f"{'yes' if d['faster_than_every_recipe_within'] else 'NO'}", ""]
     for w in data.get("workers") or []:
+        runs = {int(k): v for k, v in w["runs"].items()}  # JSON keys are strings
         lines += [f"## Workers: {w['model']}", "", f"16-trial search: 2 workers took {w['wall_ratio']:.2f}x the wall "
-                  f"time of 1 ({w['runs'][2]['seconds']:.0f} s vs {w['runs'][1]['seconds']:.0f} s). A/A control of a "
+                  f"time of 1 ({runs[2]['seconds']:.0f} s vs {runs[1]['seconds']:.0f} s). A/A control of a "
                   f"trial ratio: off by {w['a_a_noise']:.3f} (the larger of the two runs').", "",
                   "| spec | 1 worker | 2 workers | difference |", "|---|---|---|---|"]
         for spec, r in w["common_specs"].items():
@@ -193,7 +194,7 @@ def markdown(data: dict) -> str:
     for z in data.get("zoo") or []:
         lines += [f"## Zoo: {z['model']} (random weights; metric: output cosine on 8 held-back inputs)", "",
                   f"search: {z['search_seconds']:.0f} s. Front (latency, cosine, spec):", ""]
-        lines += [f"- {lat:.3f}, {cos:.4f}, `{spec}`" for lat, cos, spec in z["front"]]
+        lines += [f"- {lat:.3f}, {cos:.4f}, `{spec}`" for lat, cos, spec in sorted(z["front"])]
         lines += ["", "uniform `fold-bn,prune:ratio=r` timed side by side: " + ", ".join(
             f"{lat:.3f}x cos {cos:.4f}" for lat, cos in z["uniform"])]
         if z["reaches_half"]:

@@ -157,7 +157,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
             source = Pipeline(parse_spec(best.spec), calibration=payload.calibration.feedset(), input_shapes=shapes,
                               seed=seed, threads=1).run(model).model.SerializeToString()
         best_model = onnx.load_from_string(source)
-    front = [r for r in records if r.on_front]
+    front = sorted((r for r in records if r.on_front), key=lambda r: r.latency_ratio)
     report = {
         "schema": "onnxopt.search/1", "study": name, "storage": storage, "cluster": info,
         "metric": {"kind": kind, "original": base_metric, "max_drop": max_drop},

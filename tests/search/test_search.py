@@ -57,6 +57,7 @@ def test_the_chosen_spec_reproduces_its_model(tmp_path):
     assert result.trials[0].spec == "cleanup" and result.trials[1].spec == "prune:ratio=0.3"
     chosen = next(t for t in result.trials if t.spec == result.spec)
     assert chosen.drop <= 0.5 and chosen.on_front and result.front[0].latency_ratio <= chosen.latency_ratio
+    assert [t.latency_ratio for t in result.front] == sorted(t.latency_ratio for t in result.front)
     assert abs(result.report["control"]["control_ratio"] - 1) < 0.5  # the A/A control was measured
     # `onnxopt run --passes SPEC` with the same calibration data builds the same model
     again = Pipeline(parse_spec(result.spec), calibration=_data().take(32), threads=1).run(_model()).model
