@@ -51,6 +51,7 @@ class _Gate:
         self.shared: dict[int, int] = {}   # pid -> holds
         self.exclusive: int | None = None
         self.waiting_exclusive: set[int] = set()
+        self.changed = None  # an asyncio.Event of the actor's loop: set whenever a hold ends
 
     def _alive(self, pid: int) -> bool:
         try:
@@ -68,11 +69,16 @@ class _Gate:
         self.waiting_exclusive = {p for p in self.waiting_exclusive if self._alive(p)}
 
     async def acquire(self, kind: str, pid: int) -> bool:
+        # waiters sleep until a hold ends (no polling while someone times: that would be the noise
+        # the gate is there to keep out), and look for dead holders once a second
         import asyncio
+        if self.changed is None:
+            self.changed = asyncio.Event()
         if kind == "exclusive":
             self.waiting_exclusive.add(pid)
         try:
             while True:
+                self.changed.clear()
                 self._purge()
                 if kind == "exclusive" and self.exclusive is None and not self.shared:
                     self.exclusive = pid
@@ -80,9 +86,17 @@ class _Gate:
                 if kind == "shared" and self.exclusive is None and not self.waiting_exclusive:
                     self.shared[pid] = self.shared.get(pid, 0) + 1
                     return True
-                await asyncio.sleep(0.02)
+                try:
+                    await asyncio.wait_for(self.changed.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    pass
         finally:
             self.waiting_exclusive.discard(pid)
+            self._notify()
+
+    def _notify(self) -> None:
+        if self.changed is not None:
+            self.changed.set()
 
     def release(self, kind: str, pid: int) -> None:
         if kind == "exclusive" and self.exclusive == pid:
@@ -91,6 +105,7 @@ class _Gate:
             self.shared[pid] -= 1
             if not self.shared[pid]:
                 del self.shared[pid]
+        self._notify()
 
     def state(self) -> dict:
         self._purge()

@@ -8,7 +8,7 @@ returns the most sensitive ops to float; the CPU format is quantize's own per-CP
 file (YAML or JSON) narrows or widens any of it:
 
     exact: [fold-bn, reparam, cleanup]
-    prune: {modes: [off, ratio, target-latency], ratio: [0.1, 0.6], target-latency: [0.4, 0.95],
+    prune: {modes: [off, ratio, target-latency], ratio: [0.1, 0.7], target-latency: [0.4, 0.95],
             protect: [0, 0.25, 0.5]}
     quantize: {modes: [off, on], methods: [minmax, percentile], max-drop: [none, 0.005, 0.02],
                speed: [false]}
@@ -42,7 +42,7 @@ RECIPES = (
 class Space:
     exact: tuple[str, ...] = EXACT
     prune_modes: tuple[str, ...] = PRUNE_MODES
-    ratio: tuple[float, float] = (0.1, 0.6)
+    ratio: tuple[float, float] = (0.1, 0.7)  # up to prune's own max-ratio
     target_latency: tuple[float, float] = (0.4, 0.95)
     protect: tuple[float, ...] = (0.0, 0.25, 0.5)
     quantize_modes: tuple[str, ...] = QUANTIZE_MODES
