@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,10 +105,6 @@ class _Gate:
             if not self.shared[pid]:
                 del self.shared[pid]
         self._notify()
-
-    def state(self) -> dict:
-        self._purge()
-        return {"shared": dict(self.shared), "exclusive": self.exclusive}
 
 
 class GateHandle:
@@ -216,14 +211,3 @@ class Runner:
             self.ray.cancel(ref, force=True)
         self.pending.clear()
         return numbers
-
-
-def wait_for_nodes(count: int, timeout: float = 60.0) -> int:
-    """Block until the cluster has `count` live nodes (tests start a second node beside the head)."""
-    import ray
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
-        if alive >= count or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.5)
