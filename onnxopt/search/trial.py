@@ -76,11 +76,6 @@ class NoGate:
         yield
 
 
-def times_itself(spec: str) -> bool:
-    """Whether building `spec` times models (prune's latency target, quantize's speed check)."""
-    return "target-latency" in spec or ("quantize" in spec and "speed=false" not in spec)
-
-
 def build(payload: Payload, spec: str) -> tuple[onnx.ModelProto, dict]:
     from ..pipeline.run import Pipeline
     from ..pipeline.spec import parse_spec
@@ -138,12 +133,9 @@ def run_trial(payload: Payload, spec: str, gate: Any = None) -> dict:
     result: dict[str, Any] = {"spec": spec}
     from ..measure.timing import quiet_machine
     try:
-        # a build that times models itself (prune's latency target, quantize's speed check) has the
-        # node alone from start to end: waiting for quiet at each of its many timings would wait
-        # each time for the other trials' whole builds. Other builds share the node and wait for
-        # quiet only to time the result.
-        with gate.quiet() if times_itself(spec) else gate.shared(), quiet_machine(
-                contextlib.nullcontext if times_itself(spec) else gate.quiet):
+        # the build shares the node with other trials' builds; every timing in it (its passes' and
+        # the ratio below) has the node alone
+        with gate.shared(), quiet_machine(gate.quiet):
             model, built = build(payload, spec)
             result.update(built)
             if built["failed"]:

@@ -77,7 +77,9 @@ def test_a_failing_metric_fails_only_its_trials(tmp_path):
     failed = [t for t in result.trials if t.state == "failed"]
     assert failed and all("ValueError: metric refuses pruned models" in t.error for t in failed)
     assert all("prune" in t.spec for t in failed) and len(result.trials) == 5
-    assert result.best is not None and "prune" not in result.spec
+    # the chosen model is one the metric accepted: not smaller than the original (a prune spec
+    # may remove nothing when round-to is this CPU's channel block, 16 on AVX-512)
+    assert result.best is not None and size(result.best) == full
 
 
 def test_a_worker_killed_mid_trial_is_retried(tmp_path):
