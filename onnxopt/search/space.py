@@ -2,14 +2,15 @@
 
 A trial is always one spec that `onnxopt run --passes SPEC` reproduces: the exact passes that
 apply to the model first (fold-bn, reparam, cleanup: they never cost accuracy), then structured
-pruning (off, a uniform ratio, or a latency target; optionally leaving the most sensitive groups
-of the dry-run scan whole), then int8 (off or on; the range method; an accuracy budget that
+pruning (off, a ratio, or a latency target; optionally leaving the most sensitive groups of the
+dry-run scan whole, and spreading a ratio over the groups by that scan: less on the sensitive ones,
+more on the robust ones), then int8 (off or on; the range method; an accuracy budget that
 returns the most sensitive ops to float; the CPU format is quantize's own per-CPU choice). A space
 file (YAML or JSON) narrows or widens any of it:
 
     exact: [fold-bn, reparam, cleanup]
     prune: {modes: [off, ratio, target-latency], ratio: [0.1, 0.7], target-latency: [0.4, 0.95],
-            protect: [0, 0.25, 0.5]}
+            protect: [0, 0.25, 0.5], spread: [0, 0.5, 1]}
     quantize: {modes: [off, on], methods: [minmax, percentile], max-drop: [none, 0.005, 0.02],
                speed: [false]}
 """
@@ -31,10 +32,10 @@ METHODS = ("minmax", "mean-minmax", "percentile", "entropy", "mse")
 # the README's fixed recipes: tried first, so the search starts from what a user would do by hand
 RECIPES = (
     {"prune": "off", "quantize": "off"},
-    {"prune": "ratio", "prune.ratio": 0.3, "prune.protect": 0.0, "quantize": "off"},
+    {"prune": "ratio", "prune.ratio": 0.3, "prune.protect": 0.0, "prune.spread": 0.0, "quantize": "off"},
     {"prune": "off", "quantize": "on", "quantize.method": "minmax", "quantize.max-drop": "none"},
-    {"prune": "ratio", "prune.ratio": 0.3, "prune.protect": 0.0, "quantize": "on", "quantize.method": "minmax",
-     "quantize.max-drop": "none"},
+    {"prune": "ratio", "prune.ratio": 0.3, "prune.protect": 0.0, "prune.spread": 0.0, "quantize": "on",
+     "quantize.method": "minmax", "quantize.max-drop": "none"},
 )
 
 
@@ -45,12 +46,15 @@ class Space:
     ratio: tuple[float, float] = (0.1, 0.7)  # up to prune's own max-ratio
     target_latency: tuple[float, float] = (0.4, 0.95)
     protect: tuple[float, ...] = (0.0, 0.25, 0.5)
+    # how far a ratio is spread over the groups by sensitivity rank: 0 = uniform, 1 = from nothing on
+    # the most sensitive group to twice the ratio on the most robust (see spread_ratios)
+    spread: tuple[float, ...] = (0.0, 0.5, 1.0)
     quantize_modes: tuple[str, ...] = QUANTIZE_MODES
     methods: tuple[str, ...] = ("minmax", "percentile")
     max_drop: tuple[str, ...] = ("none", "0.005", "0.02")
     # quantize's own speed check (int8 only in regions faster than float) times models while it
-    # builds, and a trial that times holds its node alone: off by default, the search measures the
-    # whole model anyway; `speed: [false, true]` in a space file lets it try both
+    # builds, and each of its timings stops the other trials on the node: off by default, the search
+    # measures the whole model anyway; `speed: [false, true]` in a space file lets it try both
     quantize_speed: tuple[bool, ...] = (False,)
 
     def __post_init__(self) -> None:
@@ -65,6 +69,8 @@ class Space:
                 raise BadOption(f"search space: {name} [{low}, {high}] must lie in (0, 1)")
         if any(not 0 <= p < 1 for p in self.protect):
             raise BadOption(f"search space: protect {list(self.protect)}: shares in [0, 1)")
+        if not self.spread or any(not 0 <= p <= 1 for p in self.spread):
+            raise BadOption(f"search space: spread {list(self.spread)}: values in [0, 1]")
         if not self.quantize_speed or any(not isinstance(v, bool) for v in self.quantize_speed):
             raise BadOption(f"search space: quantize speed {list(self.quantize_speed)}: true and/or false")
         for d in self.max_drop:
@@ -85,6 +91,8 @@ class Space:
             params["prune.target-latency"] = round(trial.suggest_float("prune.target-latency", *self.target_latency), 3)
         if params["prune"] != "off":
             params["prune.protect"] = trial.suggest_categorical("prune.protect", list(self.protect))
+        if params["prune"] == "ratio":
+            params["prune.spread"] = trial.suggest_categorical("prune.spread", list(self.spread))
         params["quantize"] = trial.suggest_categorical("quantize", list(self.quantize_modes))
         if params["quantize"] == "on":
             params["quantize.method"] = trial.suggest_categorical("quantize.method", list(self.methods))
@@ -107,6 +115,8 @@ class Space:
                 continue
             if "prune.protect" in r and r["prune.protect"] not in self.protect:
                 r = {**r, "prune.protect": self.protect[0]}
+            if "prune.spread" in r and r["prune.spread"] not in self.spread:
+                r = {**r, "prune.spread": self.spread[0]}
             out.append(r)
         return out
 
@@ -123,6 +133,10 @@ def to_spec(params: dict[str, Any], exact: list[str], sensitive: list[str]) -> s
         keep_whole = sensitive[:round(len(sensitive) * params.get("prune.protect", 0.0))]
         if keep_whole:
             options.append("exclude=" + "|".join(keep_whole))
+        if params["prune"] == "ratio" and params.get("prune.spread", 0.0) > 0:
+            spread = spread_ratios(params["prune.ratio"], params["prune.spread"], sensitive[len(keep_whole):])
+            if spread:
+                options.append("ratios=" + "|".join(f"{name}={r:g}" for name, r in spread.items()))
         parts.append("prune:" + ",".join(options))
     if params.get("quantize", "off") == "on":
         options = []
@@ -134,6 +148,23 @@ def to_spec(params: dict[str, Any], exact: list[str], sensitive: list[str]) -> s
             options.append("speed=false")
         parts.append("quantize" + (":" + ",".join(options) if options else ""))
     return ",".join(parts) or "cleanup"  # nothing to do is still a spec: the original, as cleanup leaves it
+
+
+def spread_ratios(ratio: float, spread: float, ranked: list[str], most: float = 0.9) -> dict[str, float]:
+    """Per-group ratios around `ratio`, by rank in the sensitivity scan (`ranked`: layer names, most
+    sensitive first): linear from ratio*(1 - spread) on the most sensitive to ratio*(1 + spread) on
+    the most robust (at most `most`), to two decimals. Only the groups whose ratio differs from
+    `ratio` are named. The budget is spent where the scan says it costs least (as AMC and
+    NetAdapt's per-layer allocation do, with the scan in place of their search)."""
+    if len(ranked) < 2:
+        return {}
+    out = {}
+    for i, name in enumerate(ranked):
+        share = i / (len(ranked) - 1)  # 0 = most sensitive
+        r = round(min(most, max(0.0, ratio * (1 + spread * (2 * share - 1)))), 2)
+        if abs(r - ratio) > 1e-9:
+            out[name] = r
+    return out
 
 
 def spec_safe(name: str) -> bool:
@@ -170,6 +201,7 @@ def load_space(path: str | Path) -> Space:
             raise BadOption(f"{p}: exact passes {bad}: choose from {', '.join(EXACT)}")
     mapping = {("prune", "modes"): "prune_modes", ("prune", "ratio"): "ratio",
                ("prune", "target-latency"): "target_latency", ("prune", "protect"): "protect",
+               ("prune", "spread"): "spread",
                ("quantize", "modes"): "quantize_modes", ("quantize", "methods"): "methods",
                ("quantize", "max-drop"): "max_drop", ("quantize", "speed"): "quantize_speed"}
     for section, values in (("prune", prune), ("quantize", quantize)):

@@ -7,7 +7,7 @@ import pytest
 
 from onnxopt.errors import BadOption
 from onnxopt.pipeline.spec import parse_spec
-from onnxopt.search.space import Space, load_space, spec_safe, to_spec
+from onnxopt.search.space import Space, load_space, spec_safe, spread_ratios, to_spec
 
 
 def test_every_choice_is_a_spec_the_cli_parses():
@@ -30,6 +30,19 @@ def test_every_choice_is_a_spec_the_cli_parses():
     assert any("target-latency=" in s for s in specs) and any("quantize:method=percentile" in s for s in specs)
 
 
+def test_a_spread_ratio_spends_less_on_sensitive_groups():
+    ranked = ["stem", "layer1/conv", "layer2/conv", "layer3/conv", "fc.1"]  # most sensitive first
+    assert spread_ratios(0.4, 1.0, ranked) == {"stem": 0.0, "layer1/conv": 0.2, "layer3/conv": 0.6, "fc.1": 0.8}
+    assert spread_ratios(0.4, 0.5, ranked) == {"stem": 0.2, "layer1/conv": 0.3, "layer3/conv": 0.5, "fc.1": 0.6}
+    assert spread_ratios(0.6, 1.0, ranked)["fc.1"] == 0.9  # never a whole group
+    params = {"prune": "ratio", "prune.ratio": 0.4, "prune.protect": 0.2, "prune.spread": 1.0, "quantize": "off"}
+    prune = parse_spec(to_spec(params, [], ranked))[0]
+    # the protected group stays whole, the other four spread from nothing to twice the ratio
+    assert prune.options.exclude == ("stem",)
+    assert prune.options.ratios == ("layer1/conv=0", "layer2/conv=0.27", "layer3/conv=0.53", "fc.1=0.8")
+    assert "ratios=" not in to_spec({**params, "prune.spread": 0.0}, [], ranked)
+
+
 def test_nothing_to_do_is_still_a_spec():
     assert to_spec({"prune": "off", "quantize": "off"}, [], []) == "cleanup"
     assert to_spec({"prune": "ratio", "prune.ratio": 0.25, "prune.protect": 0.0, "quantize": "on",
@@ -45,17 +58,18 @@ def test_recipes_follow_the_space():
 
 def test_space_files_narrow_the_space(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text("exact: [fold-bn]\nprune: {modes: [ratio], ratio: [0.2, 0.4], protect: 0}\n"
+    path.write_text("exact: [fold-bn]\nprune: {modes: [ratio], ratio: [0.2, 0.4], protect: 0, spread: [0, 1]}\n"
                     "quantize: {modes: [false]}\n")
     space = load_space(path)
     assert space.exact == ("fold-bn",) and space.prune_modes == ("ratio",) and space.ratio == (0.2, 0.4)
-    assert space.protect == (0,) and space.quantize_modes == ("off",)
+    assert space.protect == (0,) and space.spread == (0, 1) and space.quantize_modes == ("off",)
     assert space.fingerprint != Space().fingerprint
 
 
 @pytest.mark.parametrize("text,words", [
     ("prune: {modes: [sometimes]}", "prune modes ['sometimes']"),
     ("prune: {ratio: [0.5, 1.5]}", "must lie in (0, 1)"),
+    ("prune: {spread: [2]}", "spread [2]"),
     ("quantize: {bits: [4]}", "unknown quantize key 'bits'"),
     ("quantize: {speed: [sometimes]}", "quantize speed"),
     ("exact: [prune]", "exact passes ['prune']"),
