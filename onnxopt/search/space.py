@@ -97,8 +97,11 @@ class Space:
         if params["quantize"] == "on":
             params["quantize.method"] = trial.suggest_categorical("quantize.method", list(self.methods))
             params["quantize.max-drop"] = trial.suggest_categorical("quantize.max-drop", list(self.max_drop))
-            params["quantize.speed"] = (trial.suggest_categorical("quantize.speed", list(self.quantize_speed))
-                                        if len(self.quantize_speed) > 1 else self.quantize_speed[0])
+            if trial.user_attrs.get("recipe"):  # the README's recipe as a user runs it: speed check on
+                params["quantize.speed"] = True
+            else:
+                params["quantize.speed"] = (trial.suggest_categorical("quantize.speed", list(self.quantize_speed))
+                                            if len(self.quantize_speed) > 1 else self.quantize_speed[0])
         return params
 
     def recipes(self) -> list[dict[str, Any]]:

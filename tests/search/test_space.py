@@ -56,6 +56,23 @@ def test_recipes_follow_the_space():
     assert narrow.recipes() == [{"prune": "off", "quantize": "off"}]  # 0.3 is outside, quantize is off
 
 
+def test_recipes_are_the_readme_recipes_as_written():
+    # the space times int8 everywhere (speed=false) but the recipes keep quantize's own speed check,
+    # as `onnxopt run --passes fold-bn,quantize` runs it: the search must beat those, not a variant
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    for params in Space().recipes():
+        study.enqueue_trial(params, user_attrs={"recipe": True})
+    specs = []
+    for _ in range(4):
+        trial = study.ask()
+        specs.append(to_spec(Space().suggest(trial), ["fold-bn"], []))
+        study.tell(trial, [1.0, 1.0])
+    assert specs == ["fold-bn", "fold-bn,prune:ratio=0.3", "fold-bn,quantize", "fold-bn,prune:ratio=0.3,quantize"]
+    trial = optuna.create_study().ask()
+    params = Space(quantize_modes=("on",)).suggest(trial)
+    assert "speed=false" in to_spec(params, [], [])  # a sampled trial follows the space
+
+
 def test_space_files_narrow_the_space(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text("exact: [fold-bn]\nprune: {modes: [ratio], ratio: [0.2, 0.4], protect: 0, spread: [0, 1]}\n"
