@@ -8,13 +8,15 @@ the other trials' builds to end: the gate stops their processes (SIGSTOP) for th
 and lets them go on after (SIGCONT), so builds overlap on all cores and every timing has the node
 to itself. Where processes cannot be stopped (no SIGSTOP, another user's process) the timer waits
 for those builds instead, and a waiting timer keeps new builds out (writer preference). A holder
-whose process died holds nothing: the gate drops it before it decides, and a watchdog lets the
-stopped builds go on if the timer that stopped them dies."""
+whose process died holds nothing: the gate drops it before it decides, and no way a timer ends
+leaves builds stopped: a watchdog lets them go on if it dies or holds longer than MAX_HOLD, a timer
+interrupted while it waits is never granted, and one whose gate is gone continues them itself."""
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,16 +50,34 @@ def shutdown() -> None:
         ray.shutdown()
 
 
+MAX_HOLD = 300.0  # seconds: a timer holding the gate longer is let go (its builds go on) whatever it does
+
+
+def _started(pid: int) -> str | None:
+    """When the process `pid` started (clock ticks since boot; None where /proc is absent): a pid
+    the kernel reused for another process is not the holder it was."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 class _Gate:
     """Readers-writer lock of one node that stops its readers while the writer holds it (see the
     module docstring)."""
 
-    def __init__(self, preempt: bool | None = None) -> None:
+    def __init__(self, preempt: bool | None = None, max_hold: float = MAX_HOLD) -> None:
         self.shared: dict[int, int] = {}   # pid -> holds
         self.exclusive: int | None = None
+        self.exclusive_since = 0.0
         self.waiting_exclusive: set[int] = set()
+        self.waiting_shared: set[int] = set()
+        self.withdrawn: set[int] = set()   # waiters whose caller gave up (its release came first)
         self.paused: set[int] = set()      # shared holders stopped while the exclusive holder times
+        self.born: dict[int, str | None] = {}
         self.preempt = hasattr(signal, "SIGSTOP") if preempt is None else preempt
+        self.max_hold = max_hold
         self.changed = None  # an asyncio.Event of the actor's loop: set whenever a hold ends
         self.watchdog = None
 
@@ -67,71 +87,98 @@ class _Gate:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
-        return True
+            pass
+        return pid not in self.born or self.born[pid] == _started(pid)
+
+    def _know(self, pid: int) -> None:
+        if pid not in self.born:
+            self.born[pid] = _started(pid)
 
     def _purge(self) -> None:
         self.shared = {p: n for p, n in self.shared.items() if self._alive(p)}
         # a stopped process stays in `paused` even if it let go of its hold just before it stopped
         # (the message arrived after): it is let go on with the others when the timer is done
         self.paused = {p for p in self.paused if self._alive(p)}
-        if self.exclusive is not None and not self._alive(self.exclusive):
+        if self.exclusive is not None and (not self._alive(self.exclusive)
+                                           or time.monotonic() - self.exclusive_since > self.max_hold):
             self.exclusive = None
             self._resume()
+            self._notify()
         self.waiting_exclusive = {p for p in self.waiting_exclusive if self._alive(p)}
+        self.waiting_shared = {p for p in self.waiting_shared if self._alive(p)}
+        self.withdrawn &= self.waiting_exclusive | self.waiting_shared
+        holders = set(self.shared) | self.paused | self.waiting_exclusive | self.waiting_shared | {self.exclusive}
+        self.born = {p: b for p, b in self.born.items() if p in holders}
 
-    def _pause(self, pid: int) -> bool:
-        if pid in self.paused:
-            return True
-        if not self.preempt:
+    def _stoppable(self, pid: int) -> bool:
+        if not self.preempt or pid == os.getpid():
             return False
         try:
-            os.kill(pid, signal.SIGSTOP)
+            os.kill(pid, 0)
         except OSError:  # another user's process, or gone: wait for it to let go instead
             return False
-        self.paused.add(pid)
         return True
 
-    def _resume(self) -> None:
-        for pid in self.paused:
+    def _pause(self, pids: list[int]) -> bool:
+        """Stop every one of `pids`, or none of them when one cannot be stopped (the timer waits
+        for that one then: stopping the others meanwhile would only churn)."""
+        todo = [p for p in pids if p not in self.paused]
+        if not all(self._stoppable(p) for p in todo):
+            return False
+        for pid in todo:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except OSError:
+                self._resume()
+                return False
+            self.paused.add(pid)
+        return True
+
+    def _resume(self) -> list[int]:
+        resumed = sorted(self.paused)
+        for pid in resumed:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
         self.paused.clear()
+        return resumed
 
-    async def acquire(self, kind: str, pid: int) -> bool:
+    async def acquire(self, kind: str, pid: int) -> list[int] | None:
+        """Hold the gate: the processes it stopped for this hold (the holder lets them go on itself
+        if this actor is gone by then), or None when the caller gave up or died waiting."""
         # waiters sleep until a hold ends (no polling while someone times: that would be the noise
         # the gate is there to keep out), and look for dead holders once a second
         import asyncio
         if self.changed is None:
             self.changed = asyncio.Event()
-        if kind == "exclusive":
-            self.waiting_exclusive.add(pid)
+        self._know(pid)
+        (self.waiting_exclusive if kind == "exclusive" else self.waiting_shared).add(pid)
         try:
             while True:
                 self.changed.clear()
                 self._purge()
+                if pid in self.withdrawn or not self._alive(pid):
+                    self.withdrawn.discard(pid)
+                    return None
                 if kind == "exclusive" and self.exclusive is None:
-                    builds = [p for p in self.shared if p != pid]
-                    stopped = [self._pause(p) for p in builds]  # every one tried: stop all or wait
-                    if all(stopped):
-                        self.exclusive = pid
+                    if self._pause([p for p in self.shared if p != pid]):
+                        self.exclusive, self.exclusive_since = pid, time.monotonic()
                         if self.paused and self.watchdog is None:
                             self.watchdog = asyncio.ensure_future(self._watch())
-                        return True
-                    self._resume()
+                        return sorted(self.paused)
                 if kind == "shared" and self.exclusive is None and not self.waiting_exclusive:
                     self.shared[pid] = self.shared.get(pid, 0) + 1
-                    return True
+                    return []
                 try:
                     await asyncio.wait_for(self.changed.wait(), timeout=1.0)
                 except asyncio.TimeoutError:
                     pass
         finally:
-            self.waiting_exclusive.discard(pid)
+            (self.waiting_exclusive if kind == "exclusive" else self.waiting_shared).discard(pid)
             self._notify()
 
     async def _watch(self) -> None:
-        """While builds are stopped: a timer that died must not leave them stopped for good."""
+        """While builds are stopped: a timer that died (or holds too long) must not leave them
+        stopped for good."""
         import asyncio
         try:
             while self.paused:
@@ -152,7 +199,16 @@ class _Gate:
             self.shared[pid] -= 1
             if not self.shared[pid]:
                 del self.shared[pid]
+        elif pid in (self.waiting_exclusive if kind == "exclusive" else self.waiting_shared):
+            self.withdrawn.add(pid)  # it gave up waiting (interrupted): it must not be granted later
         self._notify()
+
+    def resume_all(self) -> list[int]:
+        """Let every stopped build go on and drop the timer (a search cancelled mid-timing)."""
+        self.exclusive = None
+        resumed = self._resume()
+        self._notify()
+        return resumed
 
 
 class GateHandle:
@@ -163,32 +219,54 @@ class GateHandle:
     def __init__(self, actor: Any) -> None:
         self.actor, self.pid, self.held = actor, os.getpid(), 0
 
-    def _call(self, method: str, kind: str) -> None:
+    def _call(self, method: str, kind: str) -> Any:
         import ray
-        ray.get(getattr(self.actor, method).remote(kind, self.pid))
+        return ray.get(getattr(self.actor, method).remote(kind, self.pid))
+
+    def _hold(self, kind: str) -> list[int]:
+        """Acquire; if this process is interrupted while it waits, the gate is told it gave up (a
+        grant arriving after would otherwise hold the node's builds stopped)."""
+        try:
+            stopped = self._call("acquire", kind)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._call("release", kind)
+            raise
+        if stopped is None:
+            raise RuntimeError("the node's timing gate dropped this trial's request")
+        return stopped
+
+    def _let_go(self, kind: str, stopped: list[int]) -> None:
+        try:
+            self._call("release", kind)
+        except Exception:  # noqa: BLE001 - the gate is gone: let the builds it stopped for us go on
+            for pid in stopped:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)
+            raise
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
-        self._call("acquire", "shared")
+        self._hold("shared")
         self.held += 1
         try:
             yield
         finally:
             self.held -= 1
-            self._call("release", "shared")
+            self._let_go("shared", [])
 
     @contextlib.contextmanager
     def quiet(self) -> Iterator[None]:
         held = self.held
         for _ in range(held):
             self._call("release", "shared")
-        self._call("acquire", "exclusive")
+        stopped = self._hold("exclusive")
         try:
             yield
         finally:
-            self._call("release", "exclusive")
+            self._let_go("exclusive", stopped)
             for _ in range(held):
-                self._call("acquire", "shared")
+                self._hold("shared")
 
 
 def node_gate() -> GateHandle:
@@ -196,7 +274,7 @@ def node_gate() -> GateHandle:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     node = ray.get_runtime_context().get_node_id()
-    actor_class = ray.remote(num_cpus=0, max_concurrency=64)(_Gate)
+    actor_class = ray.remote(num_cpus=0, max_concurrency=1000)(_Gate)
     actor = actor_class.options(name=GATE_PREFIX + node, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
                                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
     return GateHandle(actor)
@@ -248,8 +326,10 @@ class Runner:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         node = self._least_loaded_node()
         task = self.task
-        if node is not None:  # soft: if that node is lost, Ray's retry runs the trial elsewhere
-            task = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True))
+        if node is not None:  # soft: if that node is lost, Ray's retry runs the trial elsewhere,
+            # and if it is busy with others' work, one that is free
+            task = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True,
+                                                                                   _spill_on_unavailable=True))
         ref = task.remote(self.payload, spec, number)
         self.pending[ref] = number
         if node is not None:
@@ -275,9 +355,24 @@ class Runner:
             return number, {"error": f"{type(exc).__name__}: {text[:300]}", "seconds": 0.0}
 
     def cancel(self) -> list[int]:
+        """Stop the pending trials; no build is left stopped by a timer that was cancelled."""
         numbers = list(self.pending.values())
         for ref in self.pending:
             self.ray.cancel(ref, force=True)
         self.pending.clear()
         self.placed.clear()
+        resume_all_gates()
         return numbers
+
+
+def resume_all_gates() -> None:
+    """Every node's gate lets its stopped builds go on (best effort: a gate that is gone stopped
+    nothing that still runs)."""
+    import ray
+    calls = []
+    for node in ray.nodes():
+        if node.get("Alive"):
+            with contextlib.suppress(ValueError):
+                calls.append(ray.get_actor(GATE_PREFIX + node["NodeID"], namespace=NAMESPACE).resume_all.remote())
+    with contextlib.suppress(Exception):
+        ray.get(calls, timeout=10)

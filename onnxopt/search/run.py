@@ -200,7 +200,8 @@ def _exact_prefix_and_sensitivity(model: onnx.ModelProto, payload: Payload, spac
             if p.status == "applied":
                 exact.append(p.name)
     sensitive: list[str] = []
-    if any(m != "off" for m in space.prune_modes) and any(p > 0 for p in space.protect):
+    if any(m != "off" for m in space.prune_modes) and (any(p > 0 for p in space.protect)
+                                                         or any(s > 0 for s in space.spread)):
         # the scan runs on the model as the trials' prune will see it: after the exact passes
         dry = pipeline_class(parse_spec("prune:ratio=0.3"), calibration=calibration, input_shapes=payload.shapes,
                              threads=1, dry_run=True).run(after_exact)

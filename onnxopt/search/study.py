@@ -30,6 +30,11 @@ def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int
         existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
         raise BadInput(f"--storage {storage}: cannot open: {str(exc).splitlines()[0][:200]}") from None
+    _, model, _, kind = name.split("-", 3)  # onnxopt-<model hash>-<space fingerprint>-<metric kind>
+    other_space = [n for n in existing if n != name and n.startswith(f"onnxopt-{model}-") and n.endswith(f"-{kind}")]
+    if resume and name not in existing and other_space:
+        raise UsageError(f"--storage {storage} holds a search of this model with another space ({other_space[0]}): "
+                         "--resume continues only the same space file and onnxopt version; drop --resume to start anew")
     if name in existing and not resume:
         raise UsageError(f"--storage {storage} already holds search '{name}' of this model and space; "
                          "--resume continues it, another --storage starts afresh")
@@ -52,7 +57,10 @@ def recover_unfinished(study: Any) -> int:
         elif not (t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("error") == INTERRUPTED):
             continue
         if t.number not in queued:
-            study.enqueue_trial(t.params, user_attrs={"resumed_from": t.number})
+            attrs = {"resumed_from": t.number}
+            if t.user_attrs.get("recipe"):  # a recipe runs as written (Space.suggest reads this)
+                attrs["recipe"] = True
+            study.enqueue_trial(t.params, user_attrs=attrs)
             count += 1
     return count
 

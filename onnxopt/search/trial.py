@@ -142,8 +142,8 @@ def run_trial(payload: Payload, spec: str, gate: Any = None) -> dict:
                 raise RuntimeError("; ".join(built["failed"]))
             result["metric"] = score(payload, model)
             result.update(latency_ratio(payload, model))
-        serialized = model.SerializeToString()
-        stats = model_stats(model, payload.shapes)
+            serialized = model.SerializeToString()
+            stats = model_stats(model, payload.shapes)
         result.update(size=len(serialized), params=stats.params, macs=stats.macs, model=serialized)
     except Exception as exc:  # noqa: BLE001 - the search records a failed trial and goes on
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,10 +1,12 @@
 """The per-node timing gate, without Ray, on real processes: a timer stops the builds that share the
-node and lets them go on when it is done; where it cannot stop them it waits for them and keeps
-new builds out; a holder whose process died is dropped, and a timer that dies does not leave the
-builds it stopped stopped."""
+node and lets them go on when it is done; where it cannot stop one of them it stops none and waits,
+keeping new builds out; a holder whose process died (or whose pid was reused) is dropped; and no
+way a timer ends (it dies, gives up waiting, holds too long, the search is cancelled) leaves the
+builds stopped."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -34,21 +36,24 @@ def processes():
         p.wait()
 
 
-def _state(pid: int) -> str:
-    """R/S running or sleeping, T stopped (waits a moment for a signal to land)."""
-    deadline = time.monotonic() + 2
-    while True:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "T" or time.monotonic() > deadline:
-            return state
+def _now(pid: int) -> str:
+    """R/S running or sleeping, T stopped."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _state(pid: int, patience: float = 2.0) -> str:
+    """The state once a signal sent has had `patience` seconds to land (returns at once if stopped)."""
+    deadline = time.monotonic() + patience
+    while _now(pid) != "T" and time.monotonic() < deadline:
         time.sleep(0.02)
+    return _now(pid)
 
 
 def _running(pid: int) -> bool:
     deadline = time.monotonic() + 2
-    while _state(pid) == "T" and time.monotonic() < deadline:
+    while _now(pid) == "T" and time.monotonic() < deadline:
         time.sleep(0.02)
-    return _state(pid) != "T"
+    return _now(pid) != "T"
 
 
 @pytest.mark.skipif(not STOPPABLE, reason="reads process states from /proc")
@@ -57,10 +62,10 @@ def test_a_timer_stops_the_builds_and_lets_them_go_on(processes):
 
     async def scenario():
         gate = _Gate(preempt=True)
-        assert await gate.acquire("shared", build)
-        assert await gate.acquire("shared", other_build)
-        assert await asyncio.wait_for(gate.acquire("exclusive", timer), 2)  # no waiting for the builds
-        assert _state(build) == "T" and _state(other_build) == "T" and _state(timer) != "T"
+        assert None is not await gate.acquire("shared", build)
+        assert None is not await gate.acquire("shared", other_build)
+        assert None is not await asyncio.wait_for(gate.acquire("exclusive", timer), 2)  # no waiting for the builds
+        assert _state(build) == "T" and _state(other_build) == "T" and _state(timer, 0.3) != "T"
         gate.release("shared", other_build)  # sent just before it stopped: it must still go on after
         late = asyncio.create_task(gate.acquire("shared", processes()))
         await asyncio.sleep(0.1)
@@ -78,8 +83,8 @@ def test_a_timer_that_dies_does_not_leave_the_builds_stopped(processes):
 
     async def scenario():
         gate = _Gate(preempt=True)
-        assert await gate.acquire("shared", build)
-        assert await gate.acquire("exclusive", timer.pid)
+        assert None is not await gate.acquire("shared", build)
+        assert None is not await gate.acquire("exclusive", timer.pid)
         assert _state(build) == "T"
         timer.wait()
         await asyncio.sleep(2.5)  # the watchdog looks once a second
@@ -92,7 +97,7 @@ def test_without_stopping_a_timer_waits_for_builds_and_keeps_new_builds_out(proc
 
     async def scenario():
         gate = _Gate(preempt=False)
-        assert await gate.acquire("shared", build)
+        assert None is not await gate.acquire("shared", build)
         waiting = asyncio.create_task(gate.acquire("exclusive", timer))
         await asyncio.sleep(0.1)
         assert not waiting.done()  # a build is running
@@ -109,12 +114,80 @@ def test_without_stopping_a_timer_waits_for_builds_and_keeps_new_builds_out(proc
 
 
 def test_a_dead_holder_is_dropped(processes):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
     alive = processes()
 
     async def scenario():
         gate = _Gate()
-        assert await gate.acquire("exclusive", dead.pid)  # its process is gone: it can hold nothing
-        assert await asyncio.wait_for(gate.acquire("exclusive", alive), 2)
+        assert None is not await gate.acquire("exclusive", holder.pid)
+        holder.wait()  # it dies holding the gate, and a process that is gone holds nothing
+        assert None is not await asyncio.wait_for(gate.acquire("exclusive", alive), 2)
+        assert await gate.acquire("shared", holder.pid) is None  # nor can it ask for anything
+    _run(scenario())
+
+
+@pytest.mark.skipif(not STOPPABLE, reason="reads process states from /proc")
+def test_a_timer_that_gives_up_waiting_is_never_granted(processes):
+    build, holder, timer = processes(), processes(), processes()
+
+    async def scenario():
+        gate = _Gate(preempt=True)
+        assert [] == await gate.acquire("shared", build)
+        assert None is not await gate.acquire("exclusive", holder)
+        waiting = asyncio.create_task(gate.acquire("exclusive", timer))
+        await asyncio.sleep(0.1)
+        gate.release("exclusive", timer)  # its caller was interrupted while it waited
+        gate.release("exclusive", holder)
+        assert await asyncio.wait_for(waiting, 2) is None
+        assert gate.exclusive is None and _running(build)
+    _run(scenario())
+
+
+@pytest.mark.skipif(not STOPPABLE, reason="reads process states from /proc")
+def test_a_timer_holding_too_long_is_let_go(processes):
+    build, timer, next_timer = processes(), processes(), processes()
+
+    async def scenario():
+        gate = _Gate(preempt=True, max_hold=0.5)
+        assert [] == await gate.acquire("shared", build)
+        assert [build] == await gate.acquire("exclusive", timer)
+        assert _state(build) == "T"
+        await asyncio.sleep(2.5)  # the watchdog looks once a second
+        assert gate.exclusive is None and _running(build)
+        assert [build] == await asyncio.wait_for(gate.acquire("exclusive", next_timer), 2)
+        gate.release("exclusive", next_timer)
+        assert _running(build)
+    _run(scenario())
+
+
+@pytest.mark.skipif(not STOPPABLE, reason="reads process states from /proc")
+def test_a_build_that_cannot_be_stopped_means_none_is_stopped(processes):
+    build, timer = processes(), processes()
+    unstoppable = os.getpid()  # the gate's own process: never stopped
+
+    async def scenario():
+        gate = _Gate(preempt=True)
+        assert [] == await gate.acquire("shared", build)
+        assert [] == await gate.acquire("shared", unstoppable)
+        waiting = asyncio.create_task(gate.acquire("exclusive", timer))
+        await asyncio.sleep(0.3)
+        assert not waiting.done() and _state(build, 0.3) != "T"  # no stop/continue churn while it waits
+        gate.release("shared", unstoppable)
+        assert [build] == await asyncio.wait_for(waiting, 2)
+        assert _state(build) == "T"
+        assert gate.resume_all() == [build]  # a cancelled search lets every build go on
+        assert gate.exclusive is None and _running(build)
+    _run(scenario())
+
+
+@pytest.mark.skipif(not STOPPABLE, reason="reads process start times from /proc")
+def test_a_reused_pid_is_not_the_holder_it_was(processes):
+    build, timer = processes(), processes()
+
+    async def scenario():
+        gate = _Gate(preempt=True)
+        assert [] == await gate.acquire("shared", build)
+        gate.born[build] = "0"  # as if `build` had died and the kernel gave its pid to a new process
+        assert [] == await asyncio.wait_for(gate.acquire("exclusive", timer), 2)
+        assert _state(build, 0.3) != "T" and build not in gate.shared
     _run(scenario())

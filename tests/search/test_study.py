@@ -1,0 +1,58 @@
+"""The study around the trials: an interrupted recipe is queued again as the recipe it was, the
+sensitivity scan runs whenever the space uses it, and --resume refuses a storage whose search of
+this model had another space instead of silently starting over."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import optuna
+import pytest
+from onnx import helper
+
+from onnxopt.data.feeds import FeedSet
+from onnxopt.errors import UsageError
+from onnxopt.search import study as studies
+from onnxopt.search.run import _exact_prefix_and_sensitivity
+from onnxopt.search.space import Space
+from onnxopt.search.trial import Payload, Samples
+from onnxopt.testing import conv_node, make_model
+
+
+def test_an_interrupted_recipe_is_queued_again_as_a_recipe():
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    params = Space().recipes()[2]  # quantize as the README writes it
+    study.enqueue_trial(params, user_attrs={"recipe": True})
+    trial = study.ask()
+    Space().suggest(trial)  # asked, never told: the search was interrupted while it ran
+    assert studies.recover_unfinished(study) == 1
+    again = study.ask()
+    assert again.user_attrs.get("recipe") is True and again.user_attrs.get("resumed_from") == trial.number
+    assert Space().suggest(again)["quantize.speed"] is True  # what makes a recipe trial the recipe
+
+
+def test_the_sensitivity_scan_runs_when_only_spread_uses_it():
+    from onnxopt.pipeline.run import Pipeline
+    from onnxopt.pipeline.spec import parse_spec
+    c1, i1 = conv_node("x", "a", "c1", 3, 16, seed=0)
+    c2, i2 = conv_node("r", "y", "c2", 16, 16, seed=1)
+    model = make_model([c1, helper.make_node("Relu", ["a"], ["r"]), c2], {**i1, **i2}, [("x", [1, 3, 8, 8])],
+                       [("y", [1, 16, 8, 8])])
+    data = FeedSet({"x": np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)}, 1)
+    payload = Payload(model.SerializeToString(), {"x": (1, 3, 8, 8)}, Samples.of(data), "agreement")
+    ranked = {}
+    for spread in ((0.0,), (0.5,)):
+        space = Space(exact=(), prune_modes=("ratio",), protect=(0.0,), spread=spread, quantize_modes=("off",))
+        ranked[spread] = _exact_prefix_and_sensitivity(model, payload, space, Pipeline, parse_spec)[1]
+    assert ranked[(0.0,)] == [] and ranked[(0.5,)] == ["c1"]  # c2 feeds the output: not prunable
+
+
+def test_resume_refuses_a_search_of_this_model_with_another_space(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    old, new = Space(), dataclasses.replace(Space(), spread=(0.0,))
+    studies.open_study(f"onnxopt-abc123-{old.fingerprint}-top-1", storage, resume=False, seed=0, startup=4)
+    with pytest.raises(UsageError, match="another space"):
+        studies.open_study(f"onnxopt-abc123-{new.fingerprint}-top-1", storage, resume=True, seed=0, startup=4)
+    # without --resume it is a new search; another model's searches are not in the way
+    studies.open_study(f"onnxopt-abc123-{new.fingerprint}-top-1", storage, resume=False, seed=0, startup=4)
+    studies.open_study(f"onnxopt-def456-{new.fingerprint}-top-1", storage, resume=True, seed=0, startup=4)
