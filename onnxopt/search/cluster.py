@@ -17,7 +17,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import UsageError
@@ -218,6 +218,8 @@ class GateHandle:
 
     def __init__(self, actor: Any) -> None:
         self.actor, self.pid, self.held = actor, os.getpid(), 0
+        self.timing = 0.0  # seconds this process held the node alone
+        self.waited = 0.0  # seconds it waited for the gate
 
     def _call(self, method: str, kind: str) -> Any:
         import ray
@@ -226,8 +228,10 @@ class GateHandle:
     def _hold(self, kind: str) -> list[int]:
         """Acquire; if this process is interrupted while it waits, the gate is told it gave up (a
         grant arriving after would otherwise hold the node's builds stopped)."""
+        asked = time.perf_counter()
         try:
             stopped = self._call("acquire", kind)
+            self.waited += time.perf_counter() - asked
         except BaseException:
             with contextlib.suppress(Exception):
                 self._call("release", kind)
@@ -261,9 +265,11 @@ class GateHandle:
         for _ in range(held):
             self._call("release", "shared")
         stopped = self._hold("exclusive")
+        alone = time.perf_counter()
         try:
             yield
         finally:
+            self.timing += time.perf_counter() - alone
             self._let_go("exclusive", stopped)
             for _ in range(held):
                 self._hold("shared")
@@ -284,35 +290,43 @@ def _trial_on_node(payload: Any, spec: str, number: int) -> dict:
     import ray
 
     from .trial import run_trial
-    result = run_trial(payload, spec, node_gate())
-    result["node"] = ray.get_runtime_context().get_node_id()[:12]
-    result["number"] = number
+    gate = node_gate()
+    result = run_trial(payload, spec, gate)
+    result.update(node=ray.get_runtime_context().get_node_id()[:12], number=number, timing_seconds=gate.timing,
+                  gate_wait_seconds=gate.waited)
     return result
 
 
-def _control_on_node(payload: Any) -> dict:
-    """The original timed against itself under this node's gate: the A/A noise of a trial ratio."""
-    import onnx
-
+def _job_on_node(payload: Any, fn: Callable[..., dict], *args: Any) -> dict:
+    """Other work of the search (the sensitivity scan, the A/A control): under the node's gate like
+    a trial, so a timing never overlaps it."""
     from ..measure.timing import quiet_machine
-    from .trial import latency_ratio
-    with quiet_machine(node_gate().quiet):
-        return latency_ratio(payload, onnx.load_from_string(payload.model), with_control=True)
+    gate = node_gate()
+    with gate.shared(), quiet_machine(gate.quiet):
+        return fn(payload, *args)
+
+
+def _one_line(exc: BaseException) -> str:
+    exc = getattr(exc, "cause", None) or exc  # a task's own exception, not Ray's wrapper of it
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 class Runner:
-    """Submits trials as Ray tasks and hands back finished ones."""
+    """Submits trials and the search's other jobs as Ray tasks and hands back finished ones."""
 
     def __init__(self, payload: Any) -> None:
         import ray
         self.ray = ray
         self.payload = ray.put(payload)
         self.task = ray.remote(num_cpus=1, max_retries=2)(_trial_on_node)
-        self.pending: dict[Any, int] = {}
-        self.placed: dict[Any, str] = {}  # pending task -> the node it was sent to
+        self.job = ray.remote(num_cpus=1, max_retries=2)(_job_on_node)
+        self.pending: dict[Any, int] = {}  # trial task -> trial number
+        self.jobs: dict[Any, str] = {}     # job task -> its name
+        self.placed: dict[Any, str] = {}   # pending task -> the node it was sent to
 
     def _least_loaded_node(self) -> str | None:
-        """The alive node with the fewest of our pending trials per CPU. Ray alone would not spread
+        """The alive node with the fewest of our pending tasks per CPU. Ray alone would not spread
         them: a trial waiting on its gate (in ray.get) gives its CPU back, so a second trial fits
         on the same node while another node idles."""
         load: dict[str, float] = {}
@@ -322,44 +336,49 @@ class Runner:
                 load[node["NodeID"]] = sum(1 for n in self.placed.values() if n == node["NodeID"]) / cpus
         return min(load, key=load.get) if load else None
 
-    def submit(self, number: int, spec: str) -> None:
+    def _submit(self, task: Any, *args: Any) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         node = self._least_loaded_node()
-        task = self.task
-        if node is not None:  # soft: if that node is lost, Ray's retry runs the trial elsewhere,
+        if node is not None:  # soft: if that node is lost, Ray's retry runs the task elsewhere,
             # and if it is busy with others' work, one that is free
             task = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True,
                                                                                    _spill_on_unavailable=True))
-        ref = task.remote(self.payload, spec, number)
-        self.pending[ref] = number
+        ref = task.remote(self.payload, *args)
         if node is not None:
             self.placed[ref] = node
+        return ref
 
-    def control(self) -> dict:
-        return self.ray.get(self.ray.remote(num_cpus=1)(_control_on_node).remote(self.payload))
+    def submit(self, number: int, spec: str) -> None:
+        self.pending[self._submit(self.task, spec, number)] = number
 
-    def next(self, timeout: float | None = None) -> tuple[int, dict] | None:
-        """The next finished trial (number, result); a task Ray gave up on is a failed result."""
-        if not self.pending:
+    def start(self, name: str, fn: Callable[..., dict], *args: Any) -> None:
+        """Run `fn(payload, *args)` beside the trials; next() hands back its result as a job's."""
+        self.jobs[self._submit(self.job, fn, *args)] = name
+
+    def next(self, timeout: float | None = None) -> tuple[str, int | str, dict] | None:
+        """The next finished task: ("trial", number, result) or ("job", name, result); a task Ray
+        gave up on is a result with an `error`."""
+        if not self.pending and not self.jobs:
             return None
-        ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        ready, _ = self.ray.wait([*self.pending, *self.jobs], num_returns=1, timeout=timeout)
         if not ready:
             return None
         ref = ready[0]
-        number = self.pending.pop(ref)
         self.placed.pop(ref, None)
+        kind, key = ("trial", self.pending.pop(ref)) if ref in self.pending else ("job", self.jobs.pop(ref))
         try:
-            return number, self.ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - a worker lost for good: the trial failed
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return number, {"error": f"{type(exc).__name__}: {text[:300]}", "seconds": 0.0}
+            return kind, key, self.ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - a worker lost for good: the task failed
+            return kind, key, {"error": _one_line(exc), "seconds": 0.0}
 
     def cancel(self) -> list[int]:
-        """Stop the pending trials; no build is left stopped by a timer that was cancelled."""
+        """Stop the pending tasks; no build is left stopped by a timer that was cancelled. Returns
+        the numbers of the trials cut off."""
         numbers = list(self.pending.values())
-        for ref in self.pending:
+        for ref in [*self.pending, *self.jobs]:
             self.ray.cancel(ref, force=True)
         self.pending.clear()
+        self.jobs.clear()
         self.placed.clear()
         resume_all_gates()
         return numbers

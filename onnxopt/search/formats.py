@@ -25,10 +25,17 @@ def format_front(result: SearchResult) -> str:
             for t in result.front]
     lines.append("Pareto front (latency ratio vs metric; * = chosen):")
     lines.append(table(rows, ["#", "latency", "metric", "drop", "size", "MACs", "", "spec"], align="rrrrrrll"))
+    if r.get("scan_error"):
+        lines += ["", f"sensitivity scan failed ({r['scan_error']}): no layer was protected or spared"]
     failed = [t for t in result.trials if t.state == "failed"]
     if failed:
         lines += ["", f"{len(failed)} failed trial(s):"]
         lines += [f"  #{t.number} {t.spec}: {t.error}" for t in failed[:8]]
+    measured = {t.spec: t for t in result.trials}.values()  # a spec asked again was not measured again
+    busy = sum(t.seconds or 0 for t in measured)
+    alone = sum(t.timing_seconds or 0 for t in measured)
+    if busy:  # timing has its node alone: the share of trial time that workers cannot overlap
+        lines += ["", f"trials: {busy:.0f} s of work, {alone:.0f} s of it timing with the node to itself"]
     lines.append("")
     if result.best is not None:
         best = next(t for t in result.trials if t.spec == result.spec and t.state == "complete")

@@ -18,7 +18,7 @@ from ..data.feeds import FeedSet
 from ..errors import BadData, UsageError
 from . import study as studies
 from .space import Space, load_space, spec_safe, to_spec
-from .trial import Metric, Payload, Samples
+from .trial import Metric, Payload, Samples, control_ratio
 
 DEFAULT_STORAGE = "sqlite:///onnxopt-search.db"
 HOLDBACK = 64          # calibration runs held back for the agreement metric (at most a fifth)
@@ -80,7 +80,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         payload.reference = run_model(model, list(payload.holdback.feedset()), optimization="all")
     base_metric = score(payload, model)
 
-    exact, sensitive, exact_report = _exact_prefix_and_sensitivity(model, payload, space, Pipeline, parse_spec)
+    exact, exact_report, after_exact = _exact_prefix(model, payload, space, Pipeline, parse_spec)
     name = f"onnxopt-{hashlib.sha256(payload.model).hexdigest()[:12]}-{space.fingerprint}-{kind}"
     study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)))
     requeued = studies.recover_unfinished(study) if resume else 0
@@ -92,39 +92,62 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     runner = cluster.Runner(payload)
     built: dict[int, tuple[float, bytes]] = {}  # trial number -> (latency ratio, model)
     asked: dict[int, Any] = {}
+    # the A/A control and the sensitivity scan run beside the first trials (the recipes need no
+    # scan); a trial that needs the scan waits for it
+    runner.start("control", control_ratio)
+    jobs: dict[str, dict] = {}
+    sensitive: list[str] | None = None
+    if _space_uses_scan(space):
+        runner.start("scan", ranked_layers, after_exact.SerializeToString())
+    else:
+        sensitive = []
+    waiting: list[tuple[Any, dict]] = []  # asked trials that need the scan, until it is done
+    seen_specs = {t.user_attrs.get("spec"): t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
+
+    def dispatch(trial: Any, params: dict) -> bool:
+        """Submit the trial; True if it was told at once (a spec already measured)."""
+        spec = to_spec(params, exact, sensitive or [])  # only trials that use the scan need its ranking
+        trial.set_user_attr("spec", spec)
+        again = seen_specs.get(spec)
+        if again is not None:  # the sampler asked for a spec already measured: its result stands
+            for k, v in again.user_attrs.items():
+                if k not in ("spec", "recipe"):
+                    trial.set_user_attr(k, v)
+            trial.set_user_attr("same_as", again.number)
+            study.tell(trial, list(again.values))
+            return True
+        asked[trial.number] = trial
+        runner.submit(trial.number, spec)
+        return False
+
     try:
-        control = runner.control()
         total = trials
-        seen_specs = {t.user_attrs.get("spec"): t for t in study.get_trials(deepcopy=False)
-                      if t.state.name == "COMPLETE"}
         while True:
             finished = studies.done_count(study)
-            while len(runner.pending) < workers and finished + len(runner.pending) < total:
+            while not waiting and len(runner.pending) < workers and finished + len(runner.pending) < total:
                 trial = study.ask()
                 params = space.suggest(trial)
-                spec = to_spec(params, exact, sensitive)
-                trial.set_user_attr("spec", spec)
-                again = seen_specs.get(spec)
-                if again is not None:  # the sampler asked for a spec already measured: its result stands
-                    for k, v in again.user_attrs.items():
-                        if k not in ("spec", "recipe"):
-                            trial.set_user_attr(k, v)
-                    trial.set_user_attr("same_as", again.number)
-                    study.tell(trial, list(again.values))
+                if sensitive is None and _trial_uses_scan(params):
+                    waiting.append((trial, params))
+                elif dispatch(trial, params):
                     finished += 1
-                    continue
-                asked[trial.number] = trial
-                runner.submit(trial.number, spec)
-            if not runner.pending:
-                break
             got = runner.next()
             if got is None:
+                break
+            what, key, result = got
+            if what == "job":
+                jobs[key] = result
+                if key == "scan":
+                    sensitive = result.get("layers", [])  # a failed scan: trials protect nothing
+                    for trial, params in waiting:
+                        dispatch(trial, params)
+                    waiting.clear()
                 continue
-            number, result = got
-            trial = asked.pop(number)
-            for key in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds"):
-                if result.get(key) is not None:
-                    trial.set_user_attr(key, result[key])
+            trial = asked.pop(key)
+            for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
+                      "gate_wait_seconds", "model_sha256"):
+                if result.get(k) is not None:
+                    trial.set_user_attr(k, result[k])
             if "error" in result:
                 trial.set_user_attr("error", result["error"])
                 study.tell(trial, state=_fail())
@@ -134,19 +157,22 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 # per trial would not fit in memory); the choice, if another, is built again below
                 within = result["metric"] >= base_metric - max_drop - 1e-12
                 if within and all(result["latency_ratio"] < r for r, _ in built.values()):
-                    built = {number: (result["latency_ratio"], result["model"])}
+                    built = {key: (result["latency_ratio"], result["model"])}
                 seen_specs[result["spec"]] = study._storage.get_trial(trial._trial_id)
             if progress is not None:
                 progress(_progress_state(study, base_metric, max_drop, total))
     except KeyboardInterrupt:
-        for number in runner.cancel():
-            t = asked.get(number)
+        cut = [asked.get(n) for n in runner.cancel()] + [t for t, _ in waiting]
+        for t in cut:
             if t is not None:
                 t.set_user_attr("error", studies.INTERRUPTED)
                 study.tell(t, state=_fail())
         raise
     finally:
         cluster.shutdown()
+    control = jobs.get("control", {})
+    if sensitive is None:
+        sensitive = []
 
     records = studies.records(study, base_metric)
     best, closest = studies.choose(records, max_drop)
@@ -162,7 +188,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         "schema": "onnxopt.search/1", "study": name, "storage": storage, "cluster": info,
         "metric": {"kind": kind, "original": base_metric, "max_drop": max_drop},
         "space": dataclasses.asdict(space), "exact": exact, "exact_passes": exact_report,
-        "sensitive_layers": sensitive, "control": control, "requeued": requeued, "trials_asked": trials,
+        "sensitive_layers": sensitive, "scan_error": jobs.get("scan", {}).get("error"), "control": control, "requeued": requeued, "trials_asked": trials,
         "best": best.as_dict() if best else None, "closest": closest.as_dict() if closest else None,
         "front": [r.as_dict() for r in front], "trials": [r.as_dict() for r in records],
     }
@@ -183,36 +209,49 @@ def _progress_state(study: Any, base_metric: float, max_drop: float, total: int)
             "best": best.as_dict() if best else None}
 
 
-def _exact_prefix_and_sensitivity(model: onnx.ModelProto, payload: Payload, space: Space, pipeline_class,
-                                  parse_spec) -> tuple[list[str], list[str], list[dict]]:
-    """The exact passes that change this model (in the space's order), and its prunable layers,
-    most sensitive first (the dry-run scan: output cosine with only that group pruned by half)."""
-    calibration = payload.calibration.feedset()
+def _space_uses_scan(space: Space) -> bool:
+    return any(m != "off" for m in space.prune_modes) and (any(p > 0 for p in space.protect)
+                                                         or any(s > 0 for s in space.spread))
+
+
+def _trial_uses_scan(params: dict) -> bool:
+    return params.get("prune", "off") != "off" and (params.get("prune.protect", 0) > 0
+                                                    or params.get("prune.spread", 0) > 0)
+
+
+def _exact_prefix(model: onnx.ModelProto, payload: Payload, space: Space, pipeline_class,
+                  parse_spec) -> tuple[list[str], list[dict], onnx.ModelProto]:
+    """The exact passes that change this model (in the space's order), their report, and the model
+    after them."""
     exact: list[str] = []
     report: list[dict] = []
-    after_exact = model
-    if space.exact:
-        run = pipeline_class(parse_spec(",".join(space.exact)), calibration=calibration, input_shapes=payload.shapes,
-                             threads=1).run(model)
-        after_exact = run.model
-        for p in run.report.passes:
-            report.append({"pass": p.name, "status": p.status})
-            if p.status == "applied":
-                exact.append(p.name)
-    sensitive: list[str] = []
-    if any(m != "off" for m in space.prune_modes) and (any(p > 0 for p in space.protect)
-                                                         or any(s > 0 for s in space.spread)):
-        # the scan runs on the model as the trials' prune will see it: after the exact passes
-        dry = pipeline_class(parse_spec("prune:ratio=0.3"), calibration=calibration, input_shapes=payload.shapes,
-                             threads=1, dry_run=True).run(after_exact)
-        details = dry.report.passes[-1].details
-        layers = {g["group"]: g.get("layers", []) for g in details.get("groups", [])}
-        rows = details.get("sensitivity", {}).get("rows", [])
-        ratios = details.get("sensitivity", {}).get("ratios", [])
-        half = ratios.index(0.5) if 0.5 in ratios else -1
-        ranked = sorted(rows, key=lambda r: r["cosine"][half] if r["cosine"][half] is not None else 1.0)
-        for row in ranked:
-            names = [label.split("'", 2)[1] for label in layers.get(row["group"], []) if "'" in label]
-            if names and spec_safe(names[0]):
-                sensitive.append(names[0])
-    return exact, sensitive, report
+    if not space.exact:
+        return exact, report, model
+    run = pipeline_class(parse_spec(",".join(space.exact)), calibration=payload.calibration.feedset(),
+                         input_shapes=payload.shapes, threads=1).run(model)
+    for p in run.report.passes:
+        report.append({"pass": p.name, "status": p.status})
+        if p.status == "applied":
+            exact.append(p.name)
+    return exact, report, run.model
+
+
+def ranked_layers(payload: Payload, after_exact: bytes) -> dict:
+    """The prunable layers of the model as the trials' prune will see it (after the exact passes),
+    most sensitive first: the dry-run scan's output cosine with only that group pruned by half."""
+    from ..pipeline.run import Pipeline
+    from ..pipeline.spec import parse_spec
+    dry = Pipeline(parse_spec("prune:ratio=0.3"), calibration=payload.calibration.feedset(), input_shapes=payload.shapes,
+                   threads=1, dry_run=True).run(onnx.load_from_string(after_exact))
+    details = dry.report.passes[-1].details
+    layers = {g["group"]: g.get("layers", []) for g in details.get("groups", [])}
+    rows = details.get("sensitivity", {}).get("rows", [])
+    ratios = details.get("sensitivity", {}).get("ratios", [])
+    half = ratios.index(0.5) if 0.5 in ratios else -1
+    ranked = sorted(rows, key=lambda r: r["cosine"][half] if r["cosine"][half] is not None else 1.0)
+    out: list[str] = []
+    for row in ranked:
+        names = [label.split("'", 2)[1] for label in layers.get(row["group"], []) if "'" in label]
+        if names and spec_safe(names[0]):
+            out.append(names[0])
+    return {"layers": out}

@@ -88,6 +88,8 @@ class TrialRecord:
     seconds: float | None = None
     error: str | None = None
     on_front: bool = False
+    timing_seconds: float | None = None  # of `seconds`, those it held its node alone to time
+    model_sha256: str | None = None      # of the model it built (passes that time may build another next time)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,7 +103,8 @@ def records(study: Any, base_metric: float) -> list[TrialRecord]:
         if t.state == optuna.trial.TrialState.COMPLETE:
             latency, metric = t.values
             out.append(TrialRecord(t.number, a.get("spec", ""), "complete", metric, base_metric - metric, latency,
-                                   a.get("size"), a.get("params"), a.get("macs"), a.get("node"), a.get("seconds")))
+                                   a.get("size"), a.get("params"), a.get("macs"), a.get("node"), a.get("seconds"),
+                                   timing_seconds=a.get("timing_seconds"), model_sha256=a.get("model_sha256")))
         elif t.state == optuna.trial.TrialState.FAIL and a.get("error") != INTERRUPTED:
             out.append(TrialRecord(t.number, a.get("spec", ""), "failed", error=a.get("error"),
                                    seconds=a.get("seconds")))

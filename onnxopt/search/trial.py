@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -124,6 +125,11 @@ def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool =
     return out
 
 
+def control_ratio(payload: Payload) -> dict:
+    """The original timed against itself: the A/A noise of a trial's latency ratio."""
+    return latency_ratio(payload, onnx.load_from_string(payload.model), with_control=True)
+
+
 def run_trial(payload: Payload, spec: str, gate: Any = None) -> dict:
     """Build, score and time one spec. Never raises for what the spec or the metric does wrong: a
     failed trial is a result with its one-line reason."""
@@ -144,7 +150,8 @@ def run_trial(payload: Payload, spec: str, gate: Any = None) -> dict:
             result.update(latency_ratio(payload, model))
             serialized = model.SerializeToString()
             stats = model_stats(model, payload.shapes)
-        result.update(size=len(serialized), params=stats.params, macs=stats.macs, model=serialized)
+        result.update(size=len(serialized), params=stats.params, macs=stats.macs, model=serialized,
+                      model_sha256=hashlib.sha256(serialized).hexdigest())
     except Exception as exc:  # noqa: BLE001 - the search records a failed trial and goes on
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = traceback.extract_tb(exc.__traceback__)[-1]

@@ -60,6 +60,9 @@ def test_the_chosen_spec_reproduces_its_model(tmp_path):
     assert chosen.drop <= 0.5 and chosen.on_front and result.front[0].latency_ratio <= chosen.latency_ratio
     assert [t.latency_ratio for t in result.front] == sorted(t.latency_ratio for t in result.front)
     assert abs(result.report["control"]["control_ratio"] - 1) < 0.5  # the A/A control was measured
+    # the scan ran beside the recipes (the space spreads ratios by it), and every trial timed alone
+    assert sorted(result.report["sensitive_layers"]) == ["c1", "c2"] and result.report["scan_error"] is None
+    assert all(0 < t.timing_seconds < t.seconds for t in result.trials)
     # `onnxopt run --passes SPEC` with the same calibration data builds the same model
     again = Pipeline(parse_spec(result.spec), calibration=_data().take(32), threads=1).run(_model()).model
     assert again.SerializeToString() == result.best.SerializeToString()
