@@ -9,7 +9,8 @@ thread, interleaved rounds, two session sets, an A/A control) with their top-1 o
 The question: is the chosen model within one point on the test split, and faster than every recipe
 that is?
 
-workers: one 16-trial search with 1 worker, then with 2, on this 2-core machine, of the digits
+workers: one 16-trial search with 1 worker, then the same 16 specs with 2 (queued in the first
+run's order: left to itself, Optuna asks other specs when two trials run at once), on this 2-core machine, of the digits
 ResNet (cheap builds: timing, which has the node alone, is most of a trial) and of a full-size
 ResNet-18 with random weights (agreement with the original on held-back random inputs; builds
 dominate): the wall-time ratio, and the latency ratios of the specs both runs measured against the
@@ -155,17 +156,29 @@ def workers_run(name: str, quick: bool) -> dict:
     # prune's latency target keeps a per-CPU table of layer timings across runs: fill it for this
     # model first, so that neither run pays for it (the first would otherwise, the second not)
     Pipeline(parse_spec("fold-bn,prune:target-latency=0.7"), calibration=calib, threads=1).run(model)
+    import optuna
     runs = {}
-    for workers in (1, 2):
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, 2):
+            storage = f"sqlite:///{tmp}/study-{workers}.db"
+            if workers == 2:
+                # the same work: the 2-worker search tries the 1-worker search's specs in its order
+                # (left to itself, Optuna asks other specs when two trials run at once, and how long
+                # a spec takes to build varies by minutes: the wall times would compare other work)
+                first = optuna.load_study(study_name=result.report["study"], storage=f"sqlite:///{tmp}/study-1.db")
+                again = optuna.create_study(study_name=result.report["study"], storage=storage,
+                                            directions=["minimize", "maximize"])
+                for t in sorted(first.trials, key=lambda t: t.number):
+                    again.enqueue_trial(t.params, user_attrs={"recipe": True} if t.user_attrs.get("recipe") else {})
             started = time.perf_counter()
             result = search(model, calib, evaluation=evaluation, max_drop=0.01, trials=6 if quick else 16,
-                            workers=workers, storage=f"sqlite:///{tmp}/study.db", timing_budget=1.0 if quick else 2.0)
+                            workers=workers, storage=storage, timing_budget=1.0 if quick else 2.0, resume=workers == 2)
             runs[workers] = {"seconds": time.perf_counter() - started, "control": result.report["control"],
                              "ratios": {t.spec: t.latency_ratio for t in result.trials if t.state == "complete"},
                              "models": {t.spec: t.model_sha256 for t in result.trials if t.state == "complete"},
                              "trial_seconds": sum(t.seconds or 0 for t in result.trials),
-                             "timing_seconds": sum(t.timing_seconds or 0 for t in result.trials)}
+                             "timing_seconds": sum(t.timing_seconds or 0 for t in result.trials),
+                             "specs": [t.spec for t in result.trials]}
     # the same spec may build another model in each run where a pass decides by timing (quantize's
     # speed check, prune's latency target): only the same model's two ratios say how well they agree
     both = sorted(set(runs[1]["ratios"]) & set(runs[2]["ratios"]))
@@ -176,7 +189,7 @@ def workers_run(name: str, quick: bool) -> dict:
     built_apart = {s: {"one_worker": runs[1]["ratios"][s], "two_workers": runs[2]["ratios"][s]}
                    for s in both if s not in common}
     return {"model": name, "wall_ratio": runs[2]["seconds"] / runs[1]["seconds"], "runs": runs, "a_a_noise": noise,
-            "common_specs": agree, "built_apart": built_apart}
+            "same_specs": runs[1]["specs"] == runs[2]["specs"], "common_specs": agree, "built_apart": built_apart}
 
 
 def zoo_run(name: str, quick: bool) -> dict:
@@ -247,7 +260,8 @@ def markdown(data: dict) -> str:
                   f"{'yes' if d['faster_than_every_recipe_within'] else 'NO'}", ""]
     for w in data.get("workers") or []:
         runs = {int(k): v for k, v in w["runs"].items()}  # JSON keys are strings
-        lines += [f"## Workers: {w['model']}", "", f"16-trial search: 2 workers took {w['wall_ratio']:.2f}x the wall "
+        same = " (the same 16 specs in the same order)" if w.get("same_specs") else ""
+        lines += [f"## Workers: {w['model']}", "", f"16-trial search{same}: 2 workers took {w['wall_ratio']:.2f}x the wall "
                   f"time of 1 ({runs[2]['seconds']:.0f} s vs {runs[1]['seconds']:.0f} s; the trials' own seconds add up to "
                   f"{runs[2]['trial_seconds']:.0f} vs {runs[1]['trial_seconds']:.0f}, a trial's including the seconds it was "
                   f"stopped while another timed; of them timing with the node alone: {runs[2].get('timing_seconds', 0):.0f} vs "

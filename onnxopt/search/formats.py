@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..text import human, human_bytes, table
 from .run import SearchResult
+from .space import decided_by_timing
 
 
 def _pct(x: float | None) -> str:
@@ -41,6 +42,9 @@ def format_front(result: SearchResult) -> str:
         best = next(t for t in result.trials if t.spec == result.spec and t.state == "complete")
         lines.append(f"chosen: {result.spec} (latency x{best.latency_ratio:.3f}, drop {best.drop * 100:.2f} points); "
                      f"reproduce with: onnxopt run MODEL --passes {shlex.quote(result.spec)} --calib CALIB")
+        if decided_by_timing(result.spec):
+            lines.append("  (a pass of it chooses by timing on this CPU: run again, it may build another model; the "
+                         "model measured here is the one -o writes)")
     elif result.closest is not None:
         c = result.closest
         lines.append(f"no trial within the budget; closest: #{c.number} {c.spec} (drop {c.drop * 100:.2f} points, "

@@ -17,7 +17,7 @@ import onnx
 from ..data.feeds import FeedSet
 from ..errors import BadData, UsageError
 from . import study as studies
-from .space import Space, load_space, spec_safe, to_spec
+from .space import Space, decided_by_timing, load_space, spec_safe, to_spec
 from .trial import Metric, Payload, Samples, control_ratio
 
 DEFAULT_STORAGE = "sqlite:///onnxopt-search.db"
@@ -145,7 +145,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 continue
             trial = asked.pop(key)
             for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
-                      "gate_wait_seconds", "model_sha256"):
+                      "gate_wait_seconds", "model_sha256", "started_at"):
                 if result.get(k) is not None:
                     trial.set_user_attr(k, result[k])
             if "error" in result:
@@ -190,6 +190,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         "space": dataclasses.asdict(space), "exact": exact, "exact_passes": exact_report,
         "sensitive_layers": sensitive, "scan_error": jobs.get("scan", {}).get("error"), "control": control, "requeued": requeued, "trials_asked": trials,
         "best": best.as_dict() if best else None, "closest": closest.as_dict() if closest else None,
+        "best_decided_by_timing": decided_by_timing(best.spec) if best else None,
         "front": [r.as_dict() for r in front], "trials": [r.as_dict() for r in records],
     }
     from ..measure.timing import machine

@@ -153,6 +153,14 @@ def to_spec(params: dict[str, Any], exact: list[str], sensitive: list[str]) -> s
     return ",".join(parts) or "cleanup"  # nothing to do is still a spec: the original, as cleanup leaves it
 
 
+def decided_by_timing(spec: str) -> bool:
+    """Whether a pass of `spec` chooses what to build by timing on this CPU (prune's latency target,
+    quantize's speed check): run again, it may choose another model."""
+    from ..pipeline.spec import parse_spec
+    return any((p.name == "prune" and p.options.target_latency is not None)
+               or (p.name == "quantize" and p.options.speed) for p in parse_spec(spec))
+
+
 def spread_ratios(ratio: float, spread: float, ranked: list[str], most: float = 0.9) -> dict[str, float]:
     """Per-group ratios around `ratio`, by rank in the sensitivity scan (`ranked`: layer names, most
     sensitive first): linear from ratio*(1 - spread) on the most sensitive to ratio*(1 + spread) on

@@ -136,7 +136,7 @@ def run_trial(payload: Payload, spec: str, gate: Any = None) -> dict:
     from ..analysis.cost import model_stats
     gate = gate or NoGate()
     started = time.perf_counter()
-    result: dict[str, Any] = {"spec": spec}
+    result: dict[str, Any] = {"spec": spec, "started_at": time.time()}
     from ..measure.timing import quiet_machine
     try:
         # the build shares the node with other trials' builds; every timing in it (its passes' and

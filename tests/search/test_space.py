@@ -7,7 +7,7 @@ import pytest
 
 from onnxopt.errors import BadOption
 from onnxopt.pipeline.spec import parse_spec
-from onnxopt.search.space import Space, load_space, spec_safe, spread_ratios, to_spec
+from onnxopt.search.space import Space, decided_by_timing, load_space, spec_safe, spread_ratios, to_spec
 
 
 def test_every_choice_is_a_spec_the_cli_parses():
@@ -103,3 +103,9 @@ def test_bad_space_files_are_refused_in_one_line(tmp_path, text, words):
 def test_only_plain_names_stand_in_a_spec():
     assert spec_safe("/0/body.0/Conv") and spec_safe("conv_1")
     assert not spec_safe("a,b") and not spec_safe("x:y") and not spec_safe("a|b") and not spec_safe("")
+
+
+def test_specs_whose_passes_choose_by_timing_are_known():
+    assert decided_by_timing("fold-bn,quantize") and decided_by_timing("prune:target-latency=0.6")
+    assert not decided_by_timing("fold-bn,prune:ratio=0.3,quantize:speed=false")
+    assert not decided_by_timing("cleanup")
