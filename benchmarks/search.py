@@ -183,7 +183,7 @@ def workers_run(name: str, quick: bool) -> dict:
     # speed check, prune's latency target): only the same model's two ratios say how well they agree
     both = sorted(set(runs[1]["ratios"]) & set(runs[2]["ratios"]))
     common = [s for s in both if runs[1]["models"][s] == runs[2]["models"][s]]
-    noise = max(abs(runs[w]["control"]["control_ratio"] - 1) for w in (1, 2))
+    noise = max(abs(runs[w]["control"].get("control_ratio", float("nan")) - 1) for w in (1, 2))
     agree = {s: {"one_worker": runs[1]["ratios"][s], "two_workers": runs[2]["ratios"][s],
                  "difference": abs(runs[1]["ratios"][s] - runs[2]["ratios"][s])} for s in common}
     built_apart = {s: {"one_worker": runs[1]["ratios"][s], "two_workers": runs[2]["ratios"][s]}
@@ -260,7 +260,7 @@ def markdown(data: dict) -> str:
                   f"{'yes' if d['faster_than_every_recipe_within'] else 'NO'}", ""]
     for w in data.get("workers") or []:
         runs = {int(k): v for k, v in w["runs"].items()}  # JSON keys are strings
-        same = " (the same 16 specs in the same order)" if w.get("same_specs") else ""
+        same = " (the same specs in the same order)" if w.get("same_specs") else ""
         lines += [f"## Workers: {w['model']}", "", f"16-trial search{same}: 2 workers took {w['wall_ratio']:.2f}x the wall "
                   f"time of 1 ({runs[2]['seconds']:.0f} s vs {runs[1]['seconds']:.0f} s; the trials' own seconds add up to "
                   f"{runs[2]['trial_seconds']:.0f} vs {runs[1]['trial_seconds']:.0f}, a trial's including the seconds it was "

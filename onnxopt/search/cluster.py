@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import UsageError
 
-GATE_PREFIX = "onnxopt-timing-gate-"
+GATE_PREFIX = "onnxopt-timing-gate-v2-"  # v2: acquire() answers with the stopped pids
 NAMESPACE = "onnxopt"
 
 
@@ -76,6 +76,7 @@ class _Gate:
         self.withdrawn: set[int] = set()   # waiters whose caller gave up (its release came first)
         self.paused: set[int] = set()      # shared holders stopped while the exclusive holder times
         self.born: dict[int, str | None] = {}
+        self.job_of: dict[int, str | None] = {}  # pid -> the Ray job (search) it works for
         self.preempt = hasattr(signal, "SIGSTOP") if preempt is None else preempt
         self.max_hold = max_hold
         self.changed = None  # an asyncio.Event of the actor's loop: set whenever a hold ends
@@ -109,6 +110,7 @@ class _Gate:
         self.withdrawn &= self.waiting_exclusive | self.waiting_shared
         holders = set(self.shared) | self.paused | self.waiting_exclusive | self.waiting_shared | {self.exclusive}
         self.born = {p: b for p, b in self.born.items() if p in holders}
+        self.job_of = {p: j for p, j in self.job_of.items() if p in holders}
 
     def _stoppable(self, pid: int) -> bool:
         if not self.preempt or pid == os.getpid():
@@ -142,7 +144,7 @@ class _Gate:
         self.paused.clear()
         return resumed
 
-    async def acquire(self, kind: str, pid: int) -> list[int] | None:
+    async def acquire(self, kind: str, pid: int, job: str | None = None) -> list[int] | None:
         """Hold the gate: the processes it stopped for this hold (the holder lets them go on itself
         if this actor is gone by then), or None when the caller gave up or died waiting."""
         # waiters sleep until a hold ends (no polling while someone times: that would be the noise
@@ -151,6 +153,7 @@ class _Gate:
         if self.changed is None:
             self.changed = asyncio.Event()
         self._know(pid)
+        self.job_of[pid] = job
         (self.waiting_exclusive if kind == "exclusive" else self.waiting_shared).add(pid)
         try:
             while True:
@@ -203,8 +206,11 @@ class _Gate:
             self.withdrawn.add(pid)  # it gave up waiting (interrupted): it must not be granted later
         self._notify()
 
-    def resume_all(self) -> list[int]:
-        """Let every stopped build go on and drop the timer (a search cancelled mid-timing)."""
+    def resume_all(self, job: str | None = None) -> list[int]:
+        """A search was cancelled: if its timer holds the gate, drop it and let the builds go on
+        (another search's timer keeps its hold: searches may share a cluster's gates)."""
+        if self.exclusive is None or (job is not None and self.job_of.get(self.exclusive) != job):
+            return []
         self.exclusive = None
         resumed = self._resume()
         self._notify()
@@ -223,6 +229,8 @@ class GateHandle:
 
     def _call(self, method: str, kind: str) -> Any:
         import ray
+        if method == "acquire":
+            return ray.get(self.actor.acquire.remote(kind, self.pid, ray.get_runtime_context().get_job_id()))
         return ray.get(getattr(self.actor, method).remote(kind, self.pid))
 
     def _hold(self, kind: str) -> list[int]:
@@ -385,13 +393,15 @@ class Runner:
 
 
 def resume_all_gates() -> None:
-    """Every node's gate lets its stopped builds go on (best effort: a gate that is gone stopped
-    nothing that still runs)."""
+    """Every node's gate drops this search's timer, if it holds the gate, and lets the builds it
+    stopped go on (best effort: the watchdog does the same within a second of the timer's death)."""
     import ray
+    job = ray.get_runtime_context().get_job_id()
     calls = []
     for node in ray.nodes():
         if node.get("Alive"):
-            with contextlib.suppress(ValueError):
-                calls.append(ray.get_actor(GATE_PREFIX + node["NodeID"], namespace=NAMESPACE).resume_all.remote())
+            with contextlib.suppress(Exception):
+                gate = ray.get_actor(GATE_PREFIX + node["NodeID"], namespace=NAMESPACE)
+                calls.append(gate.resume_all.remote(job))
     with contextlib.suppress(Exception):
         ray.get(calls, timeout=10)

@@ -42,7 +42,10 @@ def format_front(result: SearchResult) -> str:
         best = next(t for t in result.trials if t.spec == result.spec and t.state == "complete")
         lines.append(f"chosen: {result.spec} (latency x{best.latency_ratio:.3f}, drop {best.drop * 100:.2f} points); "
                      f"reproduce with: onnxopt run MODEL --passes {shlex.quote(result.spec)} --calib CALIB")
-        if decided_by_timing(result.spec):
+        if r.get("best_is_measured_model") is False:
+            lines.append("  warning: built again for -o, this spec gave another model than the one measured (a pass of "
+                         "it chooses by timing); its latency was not measured")
+        elif decided_by_timing(result.spec):
             lines.append("  (a pass of it chooses by timing on this CPU: run again, it may build another model; the "
                          "model measured here is the one -o writes)")
     elif result.closest is not None:

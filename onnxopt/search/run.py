@@ -93,7 +93,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     built: dict[int, tuple[float, bytes]] = {}  # trial number -> (latency ratio, model)
     asked: dict[int, Any] = {}
     # the A/A control and the sensitivity scan run beside the first trials (the recipes need no
-    # scan); a trial that needs the scan waits for it
+    # scan unless the space leaves no 0 for protect or spread); a trial that needs it waits for it
     runner.start("control", control_ratio)
     jobs: dict[str, dict] = {}
     sensitive: list[str] | None = None
@@ -124,7 +124,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         total = trials
         while True:
             finished = studies.done_count(study)
-            while not waiting and len(runner.pending) < workers and finished + len(runner.pending) < total:
+            # a trial waiting for the scan leaves its worker to the next one that does not
+            while len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) < total:
                 trial = study.ask()
                 params = space.suggest(trial)
                 if sensitive is None and _trial_uses_scan(params):
@@ -139,9 +140,10 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 jobs[key] = result
                 if key == "scan":
                     sensitive = result.get("layers", [])  # a failed scan: trials protect nothing
-                    for trial, params in waiting:
+                    while waiting:  # one at a time: an interrupt leaves each trial in one place
+                        trial, params = waiting[0]
                         dispatch(trial, params)
-                    waiting.clear()
+                        waiting.pop(0)
                 continue
             trial = asked.pop(key)
             for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
@@ -161,12 +163,14 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 seen_specs[result["spec"]] = study._storage.get_trial(trial._trial_id)
             if progress is not None:
                 progress(_progress_state(study, base_metric, max_drop, total))
-    except KeyboardInterrupt:
-        cut = [asked.get(n) for n in runner.cancel()] + [t for t, _ in waiting]
-        for t in cut:
-            if t is not None:
-                t.set_user_attr("error", studies.INTERRUPTED)
-                study.tell(t, state=_fail())
+    except BaseException as exc:
+        cut = {t.number: t for t in [asked.get(n) for n in runner.cancel()] + [t for t, _ in waiting] if t is not None}
+        if isinstance(exc, KeyboardInterrupt):  # queued again on --resume
+            finished_numbers = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+            for number, t in cut.items():
+                if number not in finished_numbers:
+                    t.set_user_attr("error", studies.INTERRUPTED)
+                    study.tell(t, state=_fail())
         raise
     finally:
         cluster.shutdown()
@@ -176,21 +180,25 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
 
     records = studies.records(study, base_metric)
     best, closest = studies.choose(records, max_drop)
-    best_model = None
+    best_model, measured = None, None
     if best is not None:
         source = built[best.number][1] if best.number in built else None
         if source is None:  # not kept (an earlier session of a resumed study, a tie): build it again
             source = Pipeline(parse_spec(best.spec), calibration=payload.calibration.feedset(), input_shapes=shapes,
                               seed=seed, threads=1).run(model).model.SerializeToString()
         best_model = onnx.load_from_string(source)
+        # the model written is the one measured, unless a rebuild (by a pass that chooses by
+        # timing, here on the driver) came out another
+        measured = best.model_sha256 is None or hashlib.sha256(source).hexdigest() == best.model_sha256
     front = sorted((r for r in records if r.on_front), key=lambda r: r.latency_ratio)
     report = {
         "schema": "onnxopt.search/1", "study": name, "storage": storage, "cluster": info,
         "metric": {"kind": kind, "original": base_metric, "max_drop": max_drop},
         "space": dataclasses.asdict(space), "exact": exact, "exact_passes": exact_report,
-        "sensitive_layers": sensitive, "scan_error": jobs.get("scan", {}).get("error"), "control": control, "requeued": requeued, "trials_asked": trials,
+        "sensitive_layers": sensitive, "scan_error": jobs.get("scan", {}).get("error"), "control": control,
+        "requeued": requeued, "trials_asked": trials,
         "best": best.as_dict() if best else None, "closest": closest.as_dict() if closest else None,
-        "best_decided_by_timing": decided_by_timing(best.spec) if best else None,
+        "best_decided_by_timing": decided_by_timing(best.spec) if best else None, "best_is_measured_model": measured,
         "front": [r.as_dict() for r in front], "trials": [r.as_dict() for r in records],
     }
     from ..measure.timing import machine
@@ -212,7 +220,7 @@ def _progress_state(study: Any, base_metric: float, max_drop: float, total: int)
 
 def _space_uses_scan(space: Space) -> bool:
     return any(m != "off" for m in space.prune_modes) and (any(p > 0 for p in space.protect)
-                                                         or any(s > 0 for s in space.spread))
+                                                         or ("ratio" in space.prune_modes and any(s > 0 for s in space.spread)))
 
 
 def _trial_uses_scan(params: dict) -> bool:

@@ -34,7 +34,7 @@ def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int
     other_space = [n for n in existing if n != name and n.startswith(f"onnxopt-{model}-") and n.endswith(f"-{kind}")]
     if resume and name not in existing and other_space:
         raise UsageError(f"--storage {storage} holds a search of this model with another space ({other_space[0]}): "
-                         "--resume continues only the same space file and onnxopt version; drop --resume to start anew")
+                         "--resume continues only the same space (file, or defaults of this onnxopt); drop --resume to start anew")
     if name in existing and not resume:
         raise UsageError(f"--storage {storage} already holds search '{name}' of this model and space; "
                          "--resume continues it, another --storage starts afresh")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -161,21 +162,30 @@ def test_a_timer_holding_too_long_is_let_go(processes):
 
 
 @pytest.mark.skipif(not STOPPABLE, reason="reads process states from /proc")
-def test_a_build_that_cannot_be_stopped_means_none_is_stopped(processes):
+def test_a_build_that_cannot_be_stopped_means_none_is_stopped(processes, monkeypatch):
+    import onnxopt.search.cluster as cluster
     build, timer = processes(), processes()
     unstoppable = os.getpid()  # the gate's own process: never stopped
+    sent = []
+    real_kill = os.kill
+
+    def kill(pid, sig):
+        sent.append((pid, sig))
+        real_kill(pid, sig)
+    monkeypatch.setattr(cluster.os, "kill", kill)
 
     async def scenario():
         gate = _Gate(preempt=True)
         assert [] == await gate.acquire("shared", build)
         assert [] == await gate.acquire("shared", unstoppable)
-        waiting = asyncio.create_task(gate.acquire("exclusive", timer))
-        await asyncio.sleep(0.3)
-        assert not waiting.done() and _state(build, 0.3) != "T"  # no stop/continue churn while it waits
+        waiting = asyncio.create_task(gate.acquire("exclusive", timer, "search-a"))
+        await asyncio.sleep(1.5)  # it looks again once a second
+        assert not waiting.done() and (build, signal.SIGSTOP) not in sent  # no stop/continue churn meanwhile
         gate.release("shared", unstoppable)
         assert [build] == await asyncio.wait_for(waiting, 2)
         assert _state(build) == "T"
-        assert gate.resume_all() == [build]  # a cancelled search lets every build go on
+        assert gate.resume_all("search-b") == [] and _state(build) == "T"  # another search's timer keeps it
+        assert gate.resume_all("search-a") == [build]  # its own search, cancelled, lets the build go on
         assert gate.exclusive is None and _running(build)
     _run(scenario())
 
