@@ -201,3 +201,46 @@ def test_a_reused_pid_is_not_the_holder_it_was(processes):
         assert [] == await asyncio.wait_for(gate.acquire("exclusive", timer), 2)
         assert _state(build, 0.3) != "T" and build not in gate.shared
     _run(scenario())
+
+
+class _FakeGateCalls:
+    """GateHandle's calls to its actor, scripted: what acquire answers or raises, whether release fails."""
+
+    def __init__(self, acquire, release_fails=False):
+        self.acquire, self.release_fails, self.calls = acquire, release_fails, []
+
+    def __call__(self, method, kind):
+        self.calls.append((method, kind))
+        if method == "acquire":
+            if isinstance(self.acquire, BaseException):
+                raise self.acquire
+            return self.acquire
+        if self.release_fails:
+            raise RuntimeError("the gate actor died")
+
+
+def _handle(calls):
+    from onnxopt.search.cluster import GateHandle
+    handle = GateHandle(actor=None)
+    handle._call = calls
+    return handle
+
+
+def test_a_holder_interrupted_while_it_waits_tells_the_gate_it_gave_up():
+    calls = _FakeGateCalls(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        with _handle(calls).quiet():
+            pass
+    assert calls.calls == [("acquire", "exclusive"), ("release", "exclusive")]
+
+
+@pytest.mark.skipif(not STOPPABLE, reason="reads process states from /proc")
+def test_a_timer_whose_gate_is_gone_lets_the_builds_it_stopped_go_on(processes):
+    build = processes()
+    os.kill(build, signal.SIGSTOP)  # as the gate stopped it for this timer
+    assert _state(build) == "T"
+    calls = _FakeGateCalls([build], release_fails=True)
+    with pytest.raises(RuntimeError, match="actor died"):
+        with _handle(calls).quiet():
+            pass
+    assert _running(build)
