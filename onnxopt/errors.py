@@ -67,3 +67,10 @@ class NoCandidate(OnnxoptError):
 
 class CannotWrite(OnnxoptError):
     exit_code = 5
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """`Type: first line of its message` (at most `limit` characters of it): an exception as a
+    report or a table can show it."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {(text.splitlines()[0] if text else type(exc).__name__)[:limit]}"

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, one_line
 
 GATE_PREFIX = "onnxopt-timing-gate-v2-"  # v2: acquire() answers with the stopped pids
 NAMESPACE = "onnxopt"
@@ -314,12 +314,6 @@ def _job_on_node(payload: Any, fn: Callable[..., dict], *args: Any) -> dict:
         return fn(payload, *args)
 
 
-def _one_line(exc: BaseException) -> str:
-    exc = getattr(exc, "cause", None) or exc  # a task's own exception, not Ray's wrapper of it
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{type(exc).__name__}: {text[:300]}"
-
-
 class Runner:
     """Submits trials and the search's other jobs as Ray tasks and hands back finished ones."""
 
@@ -377,7 +371,8 @@ class Runner:
         try:
             return kind, key, self.ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - a worker lost for good: the task failed
-            return kind, key, {"error": _one_line(exc), "seconds": 0.0}
+            cause = getattr(exc, "cause", None) or exc  # a task's own exception, not Ray's wrapper of it
+            return kind, key, {"error": one_line(cause), "seconds": 0.0}
 
     def cancel(self) -> list[int]:
         """Stop the pending tasks; no build is left stopped by a timer that was cancelled. Returns

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from ..data.feeds import FeedSet
+from ..errors import one_line
 from ..runtime.sessions import Feed
 
 Metric = Callable[[onnx.ModelProto], float]
@@ -153,8 +154,7 @@ def run_trial(payload: Payload, spec: str, gate: Any = None) -> dict:
         result.update(size=len(serialized), params=stats.params, macs=stats.macs, model=serialized,
                       model_sha256=hashlib.sha256(serialized).hexdigest())
     except Exception as exc:  # noqa: BLE001 - the search records a failed trial and goes on
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        result["error"] = f"{type(exc).__name__}: {text[:300]} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+        result["error"] = f"{one_line(exc)} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
     result["seconds"] = time.perf_counter() - started
     return result
