@@ -17,7 +17,7 @@ import onnx
 from ..data.feeds import FeedSet
 from ..errors import BadData, UsageError
 from . import study as studies
-from .space import Space, decided_by_timing, load_space, spec_safe, to_spec
+from .space import Space, decided_by_timing, load_space, spec_safe, to_spec, uses_ranking
 from .trial import Metric, Payload, Samples, control_ratio
 
 DEFAULT_STORAGE = "sqlite:///onnxopt-search.db"
@@ -80,7 +80,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         payload.reference = run_model(model, list(payload.holdback.feedset()), optimization="all")
     base_metric = score(payload, model)
 
-    exact, exact_report, after_exact = _exact_prefix(model, payload, space, Pipeline, parse_spec)
+    exact, exact_report, after_exact = _exact_prefix(model, payload, space)
     name = f"onnxopt-{hashlib.sha256(payload.model).hexdigest()[:12]}-{space.fingerprint}-{kind}"
     study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)))
     requeued = studies.recover_unfinished(study) if resume else 0
@@ -97,7 +97,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     runner.start("control", control_ratio)
     jobs: dict[str, dict] = {}
     sensitive: list[str] | None = None
-    if _space_uses_scan(space):
+    if space.uses_ranking:
         runner.start("scan", ranked_layers, after_exact.SerializeToString())
     else:
         sensitive = []
@@ -128,7 +128,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
             while len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) < total:
                 trial = study.ask()
                 params = space.suggest(trial)
-                if sensitive is None and _trial_uses_scan(params):
+                if sensitive is None and uses_ranking(params):
                     waiting.append((trial, params))
                 elif dispatch(trial, params):
                     finished += 1
@@ -218,25 +218,16 @@ def _progress_state(study: Any, base_metric: float, max_drop: float, total: int)
             "best": best.as_dict() if best else None}
 
 
-def _space_uses_scan(space: Space) -> bool:
-    return any(m != "off" for m in space.prune_modes) and (any(p > 0 for p in space.protect)
-                                                         or ("ratio" in space.prune_modes and any(s > 0 for s in space.spread)))
-
-
-def _trial_uses_scan(params: dict) -> bool:
-    return params.get("prune", "off") != "off" and (params.get("prune.protect", 0) > 0
-                                                    or params.get("prune.spread", 0) > 0)
-
-
-def _exact_prefix(model: onnx.ModelProto, payload: Payload, space: Space, pipeline_class,
-                  parse_spec) -> tuple[list[str], list[dict], onnx.ModelProto]:
+def _exact_prefix(model: onnx.ModelProto, payload: Payload, space: Space) -> tuple[list[str], list[dict], onnx.ModelProto]:
     """The exact passes that change this model (in the space's order), their report, and the model
     after them."""
+    from ..pipeline.run import Pipeline
+    from ..pipeline.spec import parse_spec
     exact: list[str] = []
     report: list[dict] = []
     if not space.exact:
         return exact, report, model
-    run = pipeline_class(parse_spec(",".join(space.exact)), calibration=payload.calibration.feedset(),
+    run = Pipeline(parse_spec(",".join(space.exact)), calibration=payload.calibration.feedset(),
                          input_shapes=payload.shapes, threads=1).run(model)
     for p in run.report.passes:
         report.append({"pass": p.name, "status": p.status})

@@ -81,6 +81,12 @@ class Space:
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
+    @property
+    def uses_ranking(self) -> bool:
+        """Whether any choice of this space needs the sensitivity ranking (see uses_ranking())."""
+        return any(m != "off" for m in self.prune_modes) and (
+            any(p > 0 for p in self.protect) or ("ratio" in self.prune_modes and any(s > 0 for s in self.spread)))
+
     def suggest(self, trial: Any) -> dict[str, Any]:
         """The trial's choices (Optuna's define-by-run API: the same names and ranges every time, so a
         resumed study keeps its history)."""
@@ -122,6 +128,13 @@ class Space:
                 r = {**r, "prune.spread": self.spread[0]}
             out.append(r)
         return out
+
+
+def uses_ranking(params: dict[str, Any]) -> bool:
+    """Whether to_spec() needs the sensitivity ranking for these choices: prune protecting some
+    groups, or spreading a ratio over them."""
+    return params.get("prune", "off") != "off" and (
+        params.get("prune.protect", 0.0) > 0 or (params["prune"] == "ratio" and params.get("prune.spread", 0.0) > 0))
 
 
 def to_spec(params: dict[str, Any], exact: list[str], sensitive: list[str]) -> str:

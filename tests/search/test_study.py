@@ -13,8 +13,8 @@ from onnx import helper
 from onnxopt.data.feeds import FeedSet
 from onnxopt.errors import UsageError
 from onnxopt.search import study as studies
-from onnxopt.search.run import _space_uses_scan, ranked_layers
-from onnxopt.search.space import Space
+from onnxopt.search.run import ranked_layers
+from onnxopt.search.space import Space, uses_ranking
 from onnxopt.search.trial import Payload, Samples
 from onnxopt.testing import conv_node, make_model
 
@@ -32,9 +32,13 @@ def test_an_interrupted_recipe_is_queued_again_as_a_recipe():
 
 
 def test_the_sensitivity_scan_runs_when_only_spread_uses_it():
-    assert not _space_uses_scan(Space(protect=(0.0,), spread=(0.0,)))
-    assert _space_uses_scan(Space(protect=(0.0,), spread=(0.0, 0.5)))
-    assert not _space_uses_scan(Space(prune_modes=("off",), spread=(0.5,)))
+    assert not Space(protect=(0.0,), spread=(0.0,)).uses_ranking
+    assert Space(protect=(0.0,), spread=(0.0, 0.5)).uses_ranking
+    assert not Space(prune_modes=("off",), spread=(0.5,)).uses_ranking
+    assert uses_ranking({"prune": "ratio", "prune.ratio": 0.3, "prune.protect": 0.0, "prune.spread": 0.5})
+    assert uses_ranking({"prune": "target-latency", "prune.target-latency": 0.6, "prune.protect": 0.25})
+    assert not uses_ranking({"prune": "ratio", "prune.ratio": 0.3, "prune.protect": 0.0, "prune.spread": 0.0})
+    assert not uses_ranking({"prune": "off", "quantize": "on"})
     c1, i1 = conv_node("x", "a", "c1", 3, 16, seed=0)
     c2, i2 = conv_node("r", "y", "c2", 16, 16, seed=1)
     model = make_model([c1, helper.make_node("Relu", ["a"], ["r"]), c2], {**i1, **i2}, [("x", [1, 3, 8, 8])],
