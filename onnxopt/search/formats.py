@@ -37,6 +37,12 @@ def format_front(result: SearchResult) -> str:
     alone = sum(t.timing_seconds or 0 for t in measured)
     if busy:  # timing has its node alone: the share of trial time that workers cannot overlap
         lines += ["", f"trials: {busy:.0f} s of work, {alone:.0f} s of it timing with the node to itself"]
+    cut = [t for t in measured if t.timings_cut]
+    if cut:
+        from .cluster import MAX_HOLD
+        lines += [f"warning: {len(cut)} trial(s) timed for longer than {MAX_HOLD:.0f} s at once, and the node's other "
+                  f"builds went on before the timing ended; their ratios may be off: "
+                  + ", ".join(f"#{t.number}" for t in cut[:8])]
     lines.append("")
     if result.best is not None:
         best = next(t for t in result.trials if t.spec == result.spec and t.state == "complete")

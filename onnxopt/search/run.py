@@ -103,6 +103,19 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         sensitive = []
     waiting: list[tuple[Any, dict]] = []  # asked trials that need the scan, until it is done
     seen_specs = {t.user_attrs.get("spec"): t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
+    building: dict[str, int] = {}         # spec -> the trial building it now
+    twins: dict[int, list[Any]] = {}      # that trial -> trials asked for the same spec meanwhile
+
+    def tell_same(trial: Any, source: Any) -> None:
+        """`trial` asked for the spec `source` measured (or failed): that result stands for it."""
+        for k, v in source.user_attrs.items():
+            if k not in ("spec", "recipe", "resumed_from"):
+                trial.set_user_attr(k, v)
+        trial.set_user_attr("same_as", source.number)
+        if source.state.name == "COMPLETE":
+            study.tell(trial, list(source.values))
+        else:
+            study.tell(trial, state=_fail())
 
     def dispatch(trial: Any, params: dict) -> bool:
         """Submit the trial; True if it was told at once (a spec already measured)."""
@@ -110,13 +123,13 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         trial.set_user_attr("spec", spec)
         again = seen_specs.get(spec)
         if again is not None:  # the sampler asked for a spec already measured: its result stands
-            for k, v in again.user_attrs.items():
-                if k not in ("spec", "recipe"):
-                    trial.set_user_attr(k, v)
-            trial.set_user_attr("same_as", again.number)
-            study.tell(trial, list(again.values))
+            tell_same(trial, again)
             return True
+        if spec in building:  # being built now: a second build would only take a worker from another spec
+            twins.setdefault(building[spec], []).append(trial)
+            return False
         asked[trial.number] = trial
+        building[spec] = trial.number
         runner.submit(trial.number, spec)
         return False
 
@@ -125,7 +138,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         while True:
             finished = studies.done_count(study)
             # a trial waiting for the scan leaves its worker to the next one that does not
-            while len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) < total:
+            while len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) + sum(
+                    map(len, twins.values())) < total:
                 trial = study.ask()
                 params = space.suggest(trial)
                 if sensitive is None and uses_ranking(params):
@@ -147,7 +161,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 continue
             trial = asked.pop(key)
             for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
-                      "gate_wait_seconds", "model_sha256", "started_at"):
+                      "gate_wait_seconds", "timings_cut", "model_sha256", "started_at"):
                 if result.get(k) is not None:
                     trial.set_user_attr(k, result[k])
             if "error" in result:
@@ -161,10 +175,16 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 if within and all(result["latency_ratio"] < r for r, _ in built.values()):
                     built = {key: (result["latency_ratio"], result["model"])}
                 seen_specs[result["spec"]] = study._storage.get_trial(trial._trial_id)
+            for spec in [s for s, n in building.items() if n == key]:
+                del building[spec]
+            told = study._storage.get_trial(trial._trial_id)
+            for twin in twins.pop(key, []):
+                tell_same(twin, told)
             if progress is not None:
                 progress(_progress_state(study, base_metric, max_drop, total))
     except BaseException as exc:
-        cut = {t.number: t for t in [asked.get(n) for n in runner.cancel()] + [t for t, _ in waiting] if t is not None}
+        cut = {t.number: t for t in [asked.get(n) for n in runner.cancel()] + [t for t, _ in waiting]
+               + [t for ts in twins.values() for t in ts] if t is not None}
         if isinstance(exc, KeyboardInterrupt):  # queued again on --resume
             finished_numbers = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
             for number, t in cut.items():

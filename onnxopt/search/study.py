@@ -90,6 +90,7 @@ class TrialRecord:
     on_front: bool = False
     timing_seconds: float | None = None  # of `seconds`, those it held its node alone to time
     model_sha256: str | None = None      # of the model it built (passes that time may build another next time)
+    timings_cut: int = 0                 # timings longer than the gate's MAX_HOLD: builds ran beside their end
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,7 +105,8 @@ def records(study: Any, base_metric: float) -> list[TrialRecord]:
             latency, metric = t.values
             out.append(TrialRecord(t.number, a.get("spec", ""), "complete", metric, base_metric - metric, latency,
                                    a.get("size"), a.get("params"), a.get("macs"), a.get("node"), a.get("seconds"),
-                                   timing_seconds=a.get("timing_seconds"), model_sha256=a.get("model_sha256")))
+                                   timing_seconds=a.get("timing_seconds"), model_sha256=a.get("model_sha256"),
+                                   timings_cut=a.get("timings_cut") or 0))
         elif t.state == optuna.trial.TrialState.FAIL and a.get("error") != INTERRUPTED:
             out.append(TrialRecord(t.number, a.get("spec", ""), "failed", error=a.get("error"),
                                    seconds=a.get("seconds")))

@@ -244,3 +244,14 @@ def test_a_timer_whose_gate_is_gone_lets_the_builds_it_stopped_go_on(processes):
         with _handle(calls).quiet():
             pass
     assert _running(build)
+
+
+def test_a_timing_longer_than_the_gate_holds_is_counted_as_cut():
+    handle = _handle(_FakeGateCalls([]))
+    handle.max_hold = 0.05
+    with handle.quiet():
+        pass
+    assert handle.cut == 0
+    with handle.quiet():
+        time.sleep(0.1)  # the gate's watchdog would have let the stopped builds go on by now
+    assert handle.cut == 1 and handle.timing >= 0.1

@@ -68,6 +68,19 @@ def test_the_chosen_spec_reproduces_its_model(tmp_path):
     assert again.SerializeToString() == result.best.SerializeToString()
 
 
+def test_a_spec_asked_again_while_it_builds_is_built_once(tmp_path):
+    import optuna
+    # a space of one spec: with 2 workers the sampler asks it again while its first copy builds
+    space = Space(exact=(), prune_modes=("off",), quantize_modes=("off",))
+    result = _run(tmp_path, space=space, trials=4)
+    assert [t.spec for t in result.trials] == ["cleanup"] * 4
+    assert all(t.state == "complete" for t in result.trials)
+    assert len({t.latency_ratio for t in result.trials}) == 1
+    study = optuna.load_study(study_name=result.report["study"], storage=f"sqlite:///{tmp_path / 'study.db'}")
+    built = [t.number for t in study.trials if "same_as" not in t.user_attrs]
+    assert built == [0] and all(t.user_attrs["same_as"] == 0 for t in study.trials[1:])
+
+
 def test_a_failing_metric_fails_only_its_trials(tmp_path):
     from onnxopt.analysis.cost import model_stats
 

@@ -1,0 +1,31 @@
+"""The search's table for people: what it warns about."""
+from __future__ import annotations
+
+from onnxopt.search.formats import format_front
+from onnxopt.search.run import SearchResult
+from onnxopt.search.study import TrialRecord
+
+
+def _result(trials: list[TrialRecord]) -> SearchResult:
+    report = {"study": "onnxopt-x", "cluster": {"nodes": 1, "cpus": 2}, "machine": {"cpu": "test CPU"},
+              "metric": {"kind": "top-1", "original": 0.9, "max_drop": 0.01}, "control": {"control_ratio": 1.0},
+              "best_is_measured_model": True}
+    best = trials[0]
+    return SearchResult(object(), best.spec, [best], trials, None, report)  # best: any model
+
+
+def _trial(number: int, spec: str, cut: int) -> TrialRecord:
+    return TrialRecord(number, spec, "complete", 0.9, 0.0, 0.5, 100, 10, 1000, "n", 10.0, timing_seconds=4.0,
+                       timings_cut=cut)
+
+
+def test_a_trial_whose_timing_outlasted_the_gate_is_named():
+    text = format_front(_result([_trial(0, "fold-bn", 0), _trial(1, "fold-bn,quantize", 1)]))
+    warning = next(line for line in text.splitlines() if line.startswith("warning:"))
+    assert "#1" in warning and "#0" not in warning
+    assert "trials: 20 s of work, 8 s of it timing" in text
+
+
+def test_without_a_cut_timing_there_is_no_warning():
+    text = format_front(_result([_trial(0, "fold-bn", 0), _trial(1, "fold-bn,quantize", 0)]))
+    assert "warning" not in text and "chosen: fold-bn (latency x0.500" in text
