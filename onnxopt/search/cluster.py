@@ -10,19 +10,22 @@ to itself. Where processes cannot be stopped (no SIGSTOP, another user's process
 for those builds instead, and a waiting timer keeps new builds out (writer preference). A holder
 whose process died holds nothing: the gate drops it before it decides, and no way a timer ends
 leaves builds stopped: a watchdog lets them go on if it dies or holds longer than MAX_HOLD, a timer
-interrupted while it waits is never granted, and one whose gate is gone continues them itself."""
+interrupted while it waits is never granted (nor one interrupted before its request even reached the
+gate: Ray keeps no order between calls to an async actor, so each request carries a token its
+withdrawal names), and one whose gate is gone continues them itself."""
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import UsageError, one_line
 
-GATE_PREFIX = "onnxopt-timing-gate-v2-"  # v2: acquire() answers with the stopped pids
+GATE_PREFIX = "onnxopt-timing-gate-v3-"  # v3: requests carry tokens, withdraw(); v2: acquire() answers with the stopped pids
 NAMESPACE = "onnxopt"
 
 
@@ -77,6 +80,11 @@ class _Gate:
         self.paused: set[int] = set()      # shared holders stopped while the exclusive holder times
         self.born: dict[int, str | None] = {}
         self.job_of: dict[int, str | None] = {}  # pid -> the Ray job (search) it works for
+        # requests by token (see withdraw): acquire running, hold granted and not let go, withdrawn
+        # before their acquire arrived
+        self.arrived: dict[str, int] = {}
+        self.granted: dict[str, tuple[str, int]] = {}
+        self.early: dict[str, int] = {}
         self.preempt = hasattr(signal, "SIGSTOP") if preempt is None else preempt
         self.max_hold = max_hold
         self.changed = None  # an asyncio.Event of the actor's loop: set whenever a hold ends
@@ -108,6 +116,8 @@ class _Gate:
         self.waiting_exclusive = {p for p in self.waiting_exclusive if self._alive(p)}
         self.waiting_shared = {p for p in self.waiting_shared if self._alive(p)}
         self.withdrawn &= self.waiting_exclusive | self.waiting_shared
+        self.early = {t: p for t, p in self.early.items() if self._alive(p)}
+        self.granted = {t: h for t, h in self.granted.items() if self._alive(h[1])}
         holders = set(self.shared) | self.paused | self.waiting_exclusive | self.waiting_shared | {self.exclusive}
         self.born = {p: b for p, b in self.born.items() if p in holders}
         self.job_of = {p: j for p, j in self.job_of.items() if p in holders}
@@ -144,7 +154,7 @@ class _Gate:
         self.paused.clear()
         return resumed
 
-    async def acquire(self, kind: str, pid: int, job: str | None = None) -> list[int] | None:
+    async def acquire(self, kind: str, pid: int, job: str | None = None, token: str | None = None) -> list[int] | None:
         """Hold the gate: the processes it stopped for this hold (the holder lets them go on itself
         if this actor is gone by then), or None when the caller gave up or died waiting."""
         # waiters sleep until a hold ends (no polling while someone times: that would be the noise
@@ -152,6 +162,10 @@ class _Gate:
         import asyncio
         if self.changed is None:
             self.changed = asyncio.Event()
+        if token is not None:
+            if self.early.pop(token, None) is not None:  # withdrawn before it arrived
+                return None
+            self.arrived[token] = pid
         self._know(pid)
         self.job_of[pid] = job
         (self.waiting_exclusive if kind == "exclusive" else self.waiting_shared).add(pid)
@@ -167,9 +181,11 @@ class _Gate:
                         self.exclusive, self.exclusive_since = pid, time.monotonic()
                         if self.paused and self.watchdog is None:
                             self.watchdog = asyncio.ensure_future(self._watch())
+                        self._granted(token, kind, pid)
                         return sorted(self.paused)
                 if kind == "shared" and self.exclusive is None and not self.waiting_exclusive:
                     self.shared[pid] = self.shared.get(pid, 0) + 1
+                    self._granted(token, kind, pid)
                     return []
                 try:
                     await asyncio.wait_for(self.changed.wait(), timeout=1.0)
@@ -177,7 +193,13 @@ class _Gate:
                     pass
         finally:
             (self.waiting_exclusive if kind == "exclusive" else self.waiting_shared).discard(pid)
+            if token is not None:
+                self.arrived.pop(token, None)
             self._notify()
+
+    def _granted(self, token: str | None, kind: str, pid: int) -> None:
+        if token is not None:
+            self.granted[token] = (kind, pid)
 
     async def _watch(self) -> None:
         """While builds are stopped: a timer that died (or holds too long) must not leave them
@@ -195,6 +217,10 @@ class _Gate:
             self.changed.set()
 
     def release(self, kind: str, pid: int) -> None:
+        for token, hold in self.granted.items():  # one hold of this kind ends: its token is spent
+            if hold == (kind, pid):
+                del self.granted[token]
+                break
         if kind == "exclusive" and self.exclusive == pid:
             self.exclusive = None
             self._resume()
@@ -205,6 +231,18 @@ class _Gate:
         elif pid in (self.waiting_exclusive if kind == "exclusive" else self.waiting_shared):
             self.withdrawn.add(pid)  # it gave up waiting (interrupted): it must not be granted later
         self._notify()
+
+    def withdraw(self, kind: str, pid: int, token: str) -> None:
+        """The caller gave up on request `token` (interrupted waiting, or before the answer reached
+        it): whatever point the request had reached, it ends holding nothing. Ray may run this
+        before the acquire it names: that acquire then answers None at once."""
+        if token in self.granted:
+            self.release(*self.granted[token])
+        elif token in self.arrived:
+            self.withdrawn.add(pid)
+            self._notify()
+        else:
+            self.early[token] = pid
 
     def resume_all(self, job: str | None = None) -> list[int]:
         """A search was cancelled: if its timer holds the gate, drop it and let the builds go on
@@ -230,22 +268,25 @@ class GateHandle:
         # they ended, so their ends were measured beside that work
         self.max_hold, self.cut = max_hold, 0
 
-    def _call(self, method: str, kind: str) -> Any:
+    def _call(self, method: str, kind: str, token: str | None = None) -> Any:
         import ray
         if method == "acquire":
-            return ray.get(self.actor.acquire.remote(kind, self.pid, ray.get_runtime_context().get_job_id()))
+            return ray.get(self.actor.acquire.remote(kind, self.pid, ray.get_runtime_context().get_job_id(), token))
+        if method == "withdraw":
+            return ray.get(self.actor.withdraw.remote(kind, self.pid, token))
         return ray.get(getattr(self.actor, method).remote(kind, self.pid))
 
     def _hold(self, kind: str) -> list[int]:
-        """Acquire; if this process is interrupted while it waits, the gate is told it gave up (a
-        grant arriving after would otherwise hold the node's builds stopped)."""
+        """Acquire; if this process is interrupted before the answer, the gate is told it gave up
+        on that request (a grant arriving after would otherwise hold the node's builds stopped)."""
         asked = time.perf_counter()
+        token = uuid.uuid4().hex
         try:
-            stopped = self._call("acquire", kind)
+            stopped = self._call("acquire", kind, token)
             self.waited += time.perf_counter() - asked
         except BaseException:
             with contextlib.suppress(Exception):
-                self._call("release", kind)
+                self._call("withdraw", kind, token)
             raise
         if stopped is None:
             raise RuntimeError("the node's timing gate dropped this trial's request")

@@ -145,6 +145,37 @@ def test_a_timer_that_gives_up_waiting_is_never_granted(processes):
 
 
 @pytest.mark.skipif(not STOPPABLE, reason="reads process states from /proc")
+def test_a_request_withdrawn_before_it_reaches_the_gate_is_never_granted(processes):
+    build, timer = processes(), processes()
+
+    async def scenario():
+        gate = _Gate(preempt=True)
+        assert [] == await gate.acquire("shared", build, token="b1")
+        gate.withdraw("exclusive", timer, "t1")  # Ray ran the withdrawal before the acquire it names
+        assert await asyncio.wait_for(gate.acquire("exclusive", timer, token="t1"), 2) is None
+        assert gate.exclusive is None and _now(build) != "T" and not gate.early
+        # a later request of the same process is granted as usual
+        assert [build] == await asyncio.wait_for(gate.acquire("exclusive", timer, token="t2"), 2)
+        gate.release("exclusive", timer)
+        assert _running(build) and not gate.granted.get("t2")
+    _run(scenario())
+
+
+@pytest.mark.skipif(not STOPPABLE, reason="reads process states from /proc")
+def test_a_request_withdrawn_after_its_grant_lets_the_builds_go_on(processes):
+    build, timer = processes(), processes()
+
+    async def scenario():
+        gate = _Gate(preempt=True)
+        assert [] == await gate.acquire("shared", build)
+        assert [build] == await gate.acquire("exclusive", timer, token="t1")
+        assert _state(build) == "T"
+        gate.withdraw("exclusive", timer, "t1")  # the answer never reached the interrupted caller
+        assert gate.exclusive is None and _running(build) and not gate.granted
+    _run(scenario())
+
+
+@pytest.mark.skipif(not STOPPABLE, reason="reads process states from /proc")
 def test_a_timer_holding_too_long_is_let_go(processes):
     build, timer, next_timer = processes(), processes(), processes()
 
@@ -207,10 +238,12 @@ class _FakeGateCalls:
     """GateHandle's calls to its actor, scripted: what acquire answers or raises, whether release fails."""
 
     def __init__(self, acquire, release_fails=False):
-        self.acquire, self.release_fails, self.calls = acquire, release_fails, []
+        self.acquire, self.release_fails, self.calls, self.tokens = acquire, release_fails, [], []
 
-    def __call__(self, method, kind):
+    def __call__(self, method, kind, token=None):
         self.calls.append((method, kind))
+        if method in ("acquire", "withdraw"):
+            self.tokens.append(token)
         if method == "acquire":
             if isinstance(self.acquire, BaseException):
                 raise self.acquire
@@ -231,7 +264,9 @@ def test_a_holder_interrupted_while_it_waits_tells_the_gate_it_gave_up():
     with pytest.raises(KeyboardInterrupt):
         with _handle(calls).quiet():
             pass
-    assert calls.calls == [("acquire", "exclusive"), ("release", "exclusive")]
+    # it withdraws the very request it made (the gate may see the withdrawal first)
+    assert calls.calls == [("acquire", "exclusive"), ("withdraw", "exclusive")]
+    assert calls.tokens[0] is not None and calls.tokens[0] == calls.tokens[1]
 
 
 @pytest.mark.skipif(not STOPPABLE, reason="reads process states from /proc")
