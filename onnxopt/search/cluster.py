@@ -85,6 +85,7 @@ class _Gate:
         self.arrived: dict[str, int] = {}
         self.granted: dict[str, tuple[str, int]] = {}
         self.early: dict[str, int] = {}
+        self.unstoppable: set[int] = set()  # holders that asked not to be stopped (the search's driver)
         self.preempt = hasattr(signal, "SIGSTOP") if preempt is None else preempt
         self.max_hold = max_hold
         self.changed = None  # an asyncio.Event of the actor's loop: set whenever a hold ends
@@ -118,12 +119,14 @@ class _Gate:
         self.withdrawn &= self.waiting_exclusive | self.waiting_shared
         self.early = {t: p for t, p in self.early.items() if self._alive(p)}
         self.granted = {t: h for t, h in self.granted.items() if self._alive(h[1])}
-        holders = set(self.shared) | self.paused | self.waiting_exclusive | self.waiting_shared | {self.exclusive}
+        self.unstoppable = {p for p in self.unstoppable if self._alive(p)}
+        holders = (set(self.shared) | self.paused | self.waiting_exclusive | self.waiting_shared | {self.exclusive}
+                   | self.unstoppable)
         self.born = {p: b for p, b in self.born.items() if p in holders}
         self.job_of = {p: j for p, j in self.job_of.items() if p in holders}
 
     def _stoppable(self, pid: int) -> bool:
-        if not self.preempt or pid == os.getpid():
+        if not self.preempt or pid == os.getpid() or pid in self.unstoppable:
             return False
         try:
             os.kill(pid, 0)
@@ -154,9 +157,11 @@ class _Gate:
         self.paused.clear()
         return resumed
 
-    async def acquire(self, kind: str, pid: int, job: str | None = None, token: str | None = None) -> list[int] | None:
+    async def acquire(self, kind: str, pid: int, job: str | None = None, token: str | None = None,
+                      stoppable: bool = True) -> list[int] | None:
         """Hold the gate: the processes it stopped for this hold (the holder lets them go on itself
-        if this actor is gone by then), or None when the caller gave up or died waiting."""
+        if this actor is gone by then), or None when the caller gave up or died waiting. A holder
+        that is not `stoppable` is waited for by a timer, as one that cannot be stopped."""
         # waiters sleep until a hold ends (no polling while someone times: that would be the noise
         # the gate is there to keep out), and look for dead holders once a second
         import asyncio
@@ -168,6 +173,8 @@ class _Gate:
             self.arrived[token] = pid
         self._know(pid)
         self.job_of[pid] = job
+        if not stoppable:
+            self.unstoppable.add(pid)
         (self.waiting_exclusive if kind == "exclusive" else self.waiting_shared).add(pid)
         try:
             while True:
@@ -268,21 +275,22 @@ class GateHandle:
         # they ended, so their ends were measured beside that work
         self.max_hold, self.cut = max_hold, 0
 
-    def _call(self, method: str, kind: str, token: str | None = None) -> Any:
+    def _call(self, method: str, kind: str, token: str | None = None, stoppable: bool = True) -> Any:
         import ray
         if method == "acquire":
-            return ray.get(self.actor.acquire.remote(kind, self.pid, ray.get_runtime_context().get_job_id(), token))
+            return ray.get(self.actor.acquire.remote(kind, self.pid, ray.get_runtime_context().get_job_id(), token,
+                                                     stoppable))
         if method == "withdraw":
             return ray.get(self.actor.withdraw.remote(kind, self.pid, token))
         return ray.get(getattr(self.actor, method).remote(kind, self.pid))
 
-    def _hold(self, kind: str) -> list[int]:
+    def _hold(self, kind: str, stoppable: bool = True) -> list[int]:
         """Acquire; if this process is interrupted before the answer, the gate is told it gave up
         on that request (a grant arriving after would otherwise hold the node's builds stopped)."""
         asked = time.perf_counter()
         token = uuid.uuid4().hex
         try:
-            stopped = self._call("acquire", kind, token)
+            stopped = self._call("acquire", kind, token, stoppable)
             self.waited += time.perf_counter() - asked
         except BaseException:
             with contextlib.suppress(Exception):
@@ -338,6 +346,36 @@ def node_gate() -> GateHandle:
     actor = actor_class.options(name=GATE_PREFIX + node, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
                                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
     return GateHandle(actor)
+
+
+@contextlib.contextmanager
+def driver_work(gate: GateHandle | None) -> Iterator[None]:
+    """The search loop's own work (sampling, the study's database, the progress line) under its
+    node's gate like a build, so no trial on that node times beside it; but never stopped (it may
+    be a terminal's foreground job, and a stopped one hands the terminal back to the shell): a
+    timer waits for it to let go, and it waits for a timer. Best effort: without a gate it works
+    unheld."""
+    held = False
+    if gate is not None:
+        try:
+            gate._hold("shared", stoppable=False)
+            held = True
+        except Exception:  # noqa: BLE001 - the gate is gone or dropped the request: work unheld
+            pass
+    try:
+        yield
+    finally:
+        if held:
+            with contextlib.suppress(Exception):  # never hide the loop's own exception
+                gate._call("release", "shared")
+
+
+def driver_gate() -> GateHandle | None:
+    """The gate of the node the search's driver runs on (None where it cannot be had)."""
+    try:
+        return node_gate()
+    except Exception:  # noqa: BLE001 - e.g. a Ray client connection: no local node
+        return None
 
 
 def _trial_on_node(payload: Any, spec: str, number: int) -> dict:

@@ -90,6 +90,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
 
     info = cluster.connect(ray_address, workers)
     runner = cluster.Runner(payload)
+    driver = cluster.driver_gate()
     built: dict[int, tuple[float, bytes]] = {}  # trial number -> (latency ratio, model)
     asked: dict[int, Any] = {}
     # the A/A control and the sensitivity scan run beside the first trials (the recipes need no
@@ -136,52 +137,55 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     try:
         total = trials
         while True:
-            finished = studies.done_count(study)
-            # a trial waiting for the scan leaves its worker to the next one that does not
-            while len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) + sum(
-                    map(len, twins.values())) < total:
-                trial = study.ask()
-                params = space.suggest(trial)
-                if sensitive is None and uses_ranking(params):
-                    waiting.append((trial, params))
-                elif dispatch(trial, params):
-                    finished += 1
+            # the loop's own work never overlaps a timing on its node (see cluster.driver_work)
+            with cluster.driver_work(driver):
+                finished = studies.done_count(study)
+                # a trial waiting for the scan leaves its worker to the next one that does not
+                while len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) + sum(
+                        map(len, twins.values())) < total:
+                    trial = study.ask()
+                    params = space.suggest(trial)
+                    if sensitive is None and uses_ranking(params):
+                        waiting.append((trial, params))
+                    elif dispatch(trial, params):
+                        finished += 1
             got = runner.next()
             if got is None:
                 break
-            what, key, result = got
-            if what == "job":
-                jobs[key] = result
-                if key == "scan":
-                    sensitive = result.get("layers", [])  # a failed scan: trials protect nothing
-                    while waiting:  # one at a time: an interrupt leaves each trial in one place
-                        trial, params = waiting[0]
-                        dispatch(trial, params)
-                        waiting.pop(0)
-                continue
-            trial = asked.pop(key)
-            for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
-                      "gate_wait_seconds", "timings_cut", "model_sha256", "started_at"):
-                if result.get(k) is not None:
-                    trial.set_user_attr(k, result[k])
-            if "error" in result:
-                trial.set_user_attr("error", result["error"])
-                study.tell(trial, state=_fail())
-            else:
-                study.tell(trial, [result["latency_ratio"], result["metric"]])
-                # keep the bytes of the fastest model within the budget so far only (a full-size model
-                # per trial would not fit in memory); the choice, if another, is built again below
-                within = result["metric"] >= base_metric - max_drop - 1e-12
-                if within and all(result["latency_ratio"] < r for r, _ in built.values()):
-                    built = {key: (result["latency_ratio"], result["model"])}
-                seen_specs[result["spec"]] = study._storage.get_trial(trial._trial_id)
-            for spec in [s for s, n in building.items() if n == key]:
-                del building[spec]
-            told = study._storage.get_trial(trial._trial_id)
-            for twin in twins.pop(key, []):
-                tell_same(twin, told)
-            if progress is not None:
-                progress(_progress_state(study, base_metric, max_drop, total))
+            with cluster.driver_work(driver):
+                what, key, result = got
+                if what == "job":
+                    jobs[key] = result
+                    if key == "scan":
+                        sensitive = result.get("layers", [])  # a failed scan: trials protect nothing
+                        while waiting:  # one at a time: an interrupt leaves each trial in one place
+                            trial, params = waiting[0]
+                            dispatch(trial, params)
+                            waiting.pop(0)
+                    continue
+                trial = asked.pop(key)
+                for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
+                          "gate_wait_seconds", "timings_cut", "model_sha256", "started_at"):
+                    if result.get(k) is not None:
+                        trial.set_user_attr(k, result[k])
+                if "error" in result:
+                    trial.set_user_attr("error", result["error"])
+                    study.tell(trial, state=_fail())
+                else:
+                    study.tell(trial, [result["latency_ratio"], result["metric"]])
+                    # keep the bytes of the fastest model within the budget so far only (a full-size model
+                    # per trial would not fit in memory); the choice, if another, is built again below
+                    within = result["metric"] >= base_metric - max_drop - 1e-12
+                    if within and all(result["latency_ratio"] < r for r, _ in built.values()):
+                        built = {key: (result["latency_ratio"], result["model"])}
+                    seen_specs[result["spec"]] = study._storage.get_trial(trial._trial_id)
+                for spec in [s for s, n in building.items() if n == key]:
+                    del building[spec]
+                told = study._storage.get_trial(trial._trial_id)
+                for twin in twins.pop(key, []):
+                    tell_same(twin, told)
+                if progress is not None:
+                    progress(_progress_state(study, base_metric, max_drop, total))
     except BaseException as exc:
         cut = {t.number: t for t in [asked.get(n) for n in runner.cancel()] + [t for t, _ in waiting]
                + [t for ts in twins.values() for t in ts] if t is not None}

@@ -114,6 +114,43 @@ def test_without_stopping_a_timer_waits_for_builds_and_keeps_new_builds_out(proc
     _run(scenario())
 
 
+@pytest.mark.skipif(not STOPPABLE, reason="reads process states from /proc")
+def test_the_search_driver_is_waited_for_never_stopped(processes):
+    build, driver, timer = processes(), processes(), processes()
+
+    async def scenario():
+        gate = _Gate(preempt=True)
+        assert [] == await gate.acquire("shared", build)
+        assert [] == await gate.acquire("shared", driver, stoppable=False)  # sampling the next trial
+        waiting = asyncio.create_task(gate.acquire("exclusive", timer))
+        await asyncio.sleep(0.3)
+        # nobody is stopped while the driver works (all or none), and the timer waits for it
+        assert not waiting.done() and _now(build) != "T" and _now(driver) != "T"
+        again = asyncio.create_task(gate.acquire("shared", driver, stoppable=False))
+        gate.release("shared", driver)
+        assert [build] == await asyncio.wait_for(waiting, 2)  # then it stops the builds alone
+        await asyncio.sleep(0.1)
+        assert not again.done() and _now(driver) != "T"  # the driver's next work waits for the timing
+        gate.release("exclusive", timer)
+        assert [] == await asyncio.wait_for(again, 2) and _running(build)
+    _run(scenario())
+
+
+def test_the_driver_works_unheld_when_its_gate_cannot_be_had():
+    from onnxopt.search.cluster import driver_work
+    with driver_work(None):
+        pass
+    calls = _FakeGateCalls(RuntimeError("the gate actor died"))
+    with driver_work(_handle(calls)):
+        pass
+    assert calls.calls == [("acquire", "shared"), ("withdraw", "shared")]  # and no release of a hold it never had
+    calls = _FakeGateCalls([], release_fails=True)
+    with pytest.raises(KeyboardInterrupt):  # a failing release never hides the loop's own exception
+        with driver_work(_handle(calls)):
+            raise KeyboardInterrupt
+    assert calls.calls == [("acquire", "shared"), ("release", "shared")]
+
+
 def test_a_dead_holder_is_dropped(processes):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
     alive = processes()
@@ -240,7 +277,7 @@ class _FakeGateCalls:
     def __init__(self, acquire, release_fails=False):
         self.acquire, self.release_fails, self.calls, self.tokens = acquire, release_fails, [], []
 
-    def __call__(self, method, kind, token=None):
+    def __call__(self, method, kind, token=None, stoppable=True):
         self.calls.append((method, kind))
         if method in ("acquire", "withdraw"):
             self.tokens.append(token)
