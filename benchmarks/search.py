@@ -240,6 +240,15 @@ def zoo_run(name: str, quick: bool) -> dict:
             "reaches_half": best is not None, "best_at_half": best, "uniform_cosine_there": at}
 
 
+def _bias(common: dict) -> tuple[float, float, float] | None:
+    """(mean, standard error, largest absolute) of the 2-worker minus 1-worker ratios of the same
+    models: a mean several standard errors from 0 says one run measured under load."""
+    diffs = [r["two_workers"] - r["one_worker"] for r in common.values()]
+    if len(diffs) < 2:
+        return None
+    return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))), float(np.max(np.abs(diffs)))
+
+
 def markdown(data: dict) -> str:
     m = data["machine"]
     lines = ["# onnxopt search", "", f"Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}. "
@@ -270,6 +279,12 @@ def markdown(data: dict) -> str:
                   "| spec | 1 worker | 2 workers | difference |", "|---|---|---|---|"]
         for spec, r in w["common_specs"].items():
             lines.append(f"| `{spec}` | {r['one_worker']:.3f} | {r['two_workers']:.3f} | {r['difference']:.3f} |")
+        bias = _bias(w["common_specs"])
+        if bias is not None:
+            mean, se, largest = bias
+            lines += ["", f"2 workers minus 1, over these {len(w['common_specs'])} specs: mean {mean:+.4f} (standard error "
+                      f"{se:.4f}; a load the gate let through would push it one way), largest {largest:.3f} against the "
+                      f"A/A control's {w['a_a_noise']:.3f} (one A/A pair; a difference of two runs carries the noise of two)"]
         apart = w.get("built_apart") or {}
         if apart:
             lines += ["", "Specs that built a different model in each run (a pass chose by timing), not compared: "
