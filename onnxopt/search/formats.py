@@ -5,6 +5,7 @@ import shlex
 from pathlib import Path
 
 from ..text import human, human_bytes, table
+from .cluster import MAX_HOLD
 from .run import SearchResult
 from .space import decided_by_timing
 
@@ -39,7 +40,6 @@ def format_front(result: SearchResult) -> str:
         lines += ["", f"trials: {busy:.0f} s of work, {alone:.0f} s of it timing with the node to itself"]
     cut = [t for t in measured if t.timings_cut]
     if cut:
-        from .cluster import MAX_HOLD
         lines += [f"warning: {len(cut)} trial(s) timed for longer than {MAX_HOLD:.0f} s at once, and the node's other "
                   f"builds went on before the timing ended; their ratios may be off: "
                   + ", ".join(f"#{t.number}" for t in cut[:8])]

@@ -178,10 +178,11 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                     within = result["metric"] >= base_metric - max_drop - 1e-12
                     if within and all(result["latency_ratio"] < r for r, _ in built.values()):
                         built = {key: (result["latency_ratio"], result["model"])}
-                    seen_specs[result["spec"]] = study._storage.get_trial(trial._trial_id)
+                told = study._storage.get_trial(trial._trial_id)
+                if told.state.name == "COMPLETE":
+                    seen_specs[result["spec"]] = told
                 for spec in [s for s, n in building.items() if n == key]:
                     del building[spec]
-                told = study._storage.get_trial(trial._trial_id)
                 for twin in twins.pop(key, []):
                     tell_same(twin, told)
                 if progress is not None:
