@@ -72,9 +72,10 @@ class Prune(Pass):
     @dataclasses.dataclass(frozen=True)
     class Options:
         ratio: float = option(0.3, "fraction of each group's channels to remove (of all channels with global)")
-        criterion: Literal["auto", "l1", "l2", "bn", "data"] = option(
+        criterion: Literal["auto", "l1", "l2", "bn", "data", "recon"] = option(
             "auto", "importance: filter norm l1/l2 (Li et al.), BN |gamma| (read before fold-bn), data (output "
-                    "energy on --calib samples); auto = data with --calib, else l1")
+                    "energy on --calib samples), recon (what the next layers lose after their least-squares refit, "
+                    "on --calib samples: slower, more accurate); auto = data with --calib, else l1")
         global_ranking: bool = option(
             False, "rank channels of all groups together, scores normalized per group (also: global=true)",
             aliases=("global",))
@@ -104,7 +105,7 @@ class Prune(Pass):
             check_patterns("exclude", self.exclude)
 
     def needs_calibration(self) -> bool:
-        return self.options.criterion == "data"
+        return self.options.criterion in ("data", "recon")
 
     @property
     def _inert(self) -> bool:

@@ -132,7 +132,11 @@ def score_groups(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], c
     """Scores per group id, and notes on fallbacks."""
     notes: list[str] = []
     energy = {}
-    if criterion == "data":
+    recon = {}
+    if criterion == "recon":
+        from .reconstruction import reconstruction_scores
+        recon = reconstruction_scores(graph, analysis, groups, list(calibration or ()), threads=threads)
+    if criterion in ("data", "recon"):
         energy = channel_energy(graph, reader_inputs(groups), calibration or (), threads=threads, limit=limit,
                                 progress=progress)
     scores: dict[int, np.ndarray] = {}
@@ -141,9 +145,11 @@ def score_groups(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], c
         s = None
         if criterion == "bn":
             s = bn_gammas(graph, grp)
-        elif criterion == "data":
+        elif criterion == "recon" and grp.id in recon:
+            s = recon[grp.id]
+        elif criterion in ("data", "recon"):
             s = data_scores(graph, analysis, grp, energy)
-        if s is None and criterion in ("bn", "data"):
+        if s is None and criterion in ("bn", "data", "recon"):
             fell_back.append(grp.label)
         scores[grp.id] = s if s is not None else filter_norms(graph, grp, 2 if criterion == "l2" else 1)
     if fell_back:

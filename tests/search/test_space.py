@@ -24,6 +24,7 @@ def test_every_choice_is_a_spec_the_cli_parses():
             prune = next(p for p in passes if p.name == "prune")
             if params["prune.protect"] == 0.5:
                 assert prune.options.exclude == ("stem", "layer1/conv")  # the most sensitive half stays whole
+            assert prune.options.criterion == "recon"  # the space's default; recipes alone prune as `prune` does
         specs.add(spec)
         study.tell(trial, [1.0, 1.0])
     assert len(specs) > 20
@@ -83,10 +84,24 @@ def test_space_files_narrow_the_space(tmp_path):
     assert space.fingerprint != Space().fingerprint
 
 
+def test_a_space_file_lets_the_search_choose_the_criterion(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("prune: {modes: [ratio], criteria: [data, recon]}\nquantize: {modes: [off]}\n")
+    space = load_space(path)
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    chosen = set()
+    for _ in range(12):
+        trial = study.ask()
+        chosen.add(parse_spec(to_spec(space.suggest(trial), [], []))[0].options.criterion)
+        study.tell(trial, [1.0, 1.0])
+    assert chosen == {"data", "recon"}
+
+
 @pytest.mark.parametrize("text,words", [
     ("prune: {modes: [sometimes]}", "prune modes ['sometimes']"),
     ("prune: {ratio: [0.5, 1.5]}", "must lie in (0, 1)"),
     ("prune: {spread: [2]}", "spread [2]"),
+    ("prune: {criteria: [bn]}", "prune criteria ['bn']"),
     ("quantize: {bits: [4]}", "unknown quantize key 'bits'"),
     ("quantize: {speed: [sometimes]}", "quantize speed"),
     ("exact: [prune]", "exact passes ['prune']"),

@@ -377,6 +377,48 @@ def test_criterion_data_without_calibration_on_the_cli(capsys, tmp_path):
     assert not out.exists()
 
 
+def redundant_net():
+    """conv (8) -> relu -> conv (6): filters 6 and 7 are filters 0 and 1 times 3, the loudest of
+    all, so after the Relu channels 6 and 7 are 3x channels 0 and 1: either of each pair can go
+    with nothing lost once the next conv is refit. Norms and output energy rank them highest."""
+    rng = np.random.default_rng(11)
+    w = (0.3 * rng.standard_normal((8, 3, 3, 3))).astype(F32)
+    b = rng.uniform(0.0, 0.2, 8).astype(F32)
+    w[6:], b[6:] = 3 * w[:2], 3 * b[:2]
+    inits = {"c1.w": w, "c1.b": b, "c2.w": (0.3 * rng.standard_normal((6, 8, 3, 3))).astype(F32),
+             "c2.b": np.zeros(6, F32)}
+    nodes = [helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["c1"], name="c1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r"]),
+             helper.make_node("Conv", ["r", "c2.w", "c2.b"], ["y"], name="c2", pads=[1] * 4)]
+    model = make(nodes, inits, [("x", [1, 3, 8, 8])], [("y", [1, 6, 8, 8])])
+    data = np.random.default_rng(12).standard_normal((40, 3, 8, 8)).astype(F32)
+    return model, w, FeedSet({"x": data}, batch=1)
+
+
+def _kept_filters(model, w) -> list[int]:
+    kept = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "c1.w"))
+    return [int(np.flatnonzero((w == k).all(axis=(1, 2, 3)))[0]) for k in kept]
+
+
+def test_criterion_recon_removes_what_the_next_layer_can_rebuild():
+    model, w, calib = redundant_net()
+    runs = {c: Pipeline([Prune(round_to=1, ratio=0.25, criterion=c)], calibration=calib).run(model)
+            for c in ("recon", "data")}
+    kept = _kept_filters(runs["recon"].model, w)
+    # one of each copied pair went: the refit next conv reads the other at its scale
+    assert len(kept) == 6 and sum(i in kept for i in (0, 6)) == 1 and sum(i in kept for i in (1, 7)) == 1, kept
+    recon, data = runs["recon"].report.fidelity, runs["data"].report.fidelity
+    assert recon.max_abs < 1e-3 * data.max_abs and recon.cosine > 0.999999, (recon, data)
+    # output energy kept a loud pair whole and lost a channel nothing else carries
+    kept_by_data = set(_kept_filters(runs["data"].model, w))
+    assert ({0, 6} <= kept_by_data or {1, 7} <= kept_by_data) and data.cosine < 0.999, (kept_by_data, data)
+
+
+def test_criterion_recon_without_calibration_is_bad_data():
+    with pytest.raises(BadData, match="calibration"):
+        Pipeline([Prune(round_to=1, criterion="recon")]).run(net())
+
+
 # ---------------------------------------------------------------------------------------------
 # recovery on the digits fixtures
 

@@ -1,0 +1,192 @@
+"""Importance by reconstruction: which channels the next layers can best do without, after refit.
+
+The layers that read a group's channels see inputs X (im2col rows for a Conv) and compute X W.
+Removing a set of input channels and refitting W by least squares to the old outputs costs
+
+    E(S) = min_W' ||X W - X_{-S} W'||^2,
+
+a quadratic form in the Gram matrix H = X'X. Removing channels one at a time, each time the one
+whose loss after the optimal refit of the rest is smallest, is Optimal Brain Surgeon's step
+(Hassibi & Stork 1993) applied to whole input channels, as in Frantar & Alistarh 2022 ("Optimal
+Brain Compression"): the loss of a channel with rows B is tr(W_B' [H^-1]_BB^-1 W_B), and H^-1 and
+W are updated in closed form after each removal. It chooses channels for the same least-squares
+refit `recover` then does (ThiNet, Luo et al. 2017, chose them greedily too, without the refit
+in the choice); a group's readers vote together, each by its share of output energy.
+
+A channel's score is the cumulative loss when the greedy order removed it, so the `keep` highest
+scores are the greedy choice at every width and scores of different groups compare as losses.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from onnxopt.analysis.channels import ChannelAnalysis, Group
+from onnxopt.graph.core import Graph, Node
+from onnxopt.runtime.sessions import Feed, make_session, run_feeds
+
+from .recover import FLUSH_ROWS, ROWS_PER_LAYER, _conv_geometry, _Layer, _rows, _weights
+
+MAX_ROWS = 4608           # a reader with a wider im2col row (e.g. 512 channels x 3x3) is too costly to invert
+STEPS = 64               # joint updates per group at most
+DAMP = 1e-3               # ridge on H, relative to its mean diagonal: a dead channel must not make H singular
+
+
+def _dense_reader(graph: Graph, node: Node) -> _Layer | None:
+    if node.op == "Conv":
+        if int(node.attr("group", 1)) != 1 or graph.constant(node.input(1)) is None:
+            return None
+        geometry = _conv_geometry(graph, node)
+        return None if isinstance(geometry, str) else _Layer(node, None, None, True, geometry)
+    if node.op in ("Gemm", "MatMul") and graph.constant(node.input(1)) is not None:
+        if node.op == "Gemm" and (float(node.attr("alpha", 1.0)) != 1.0 or float(node.attr("beta", 1.0)) != 1.0):
+            return None
+        return _Layer(node, None, None, node.op == "Gemm", None)
+    return None
+
+
+def _row_width(graph: Graph, layer: _Layer) -> int:
+    w = graph.constant(layer.node.input(1))
+    return int(np.prod(w.shape[1:])) if layer.geometry is not None else int(w.shape[0 if layer.node.op == "MatMul"
+                                                                                   or not int(layer.node.attr("transB", 0))
+                                                                                   else 1])
+
+
+def _rows_of(analysis: ChannelAnalysis, layer: _Layer, group: Group, graph: Graph) -> list[np.ndarray] | None:
+    """For each channel index of `group`, the rows of `layer`'s regressor that carry it."""
+    per_position = 1
+    if layer.geometry is not None:
+        per_position = math.prod(layer.geometry[0])
+    rows: list[list[int]] = [[] for _ in range(group.size)]
+    for pos, idx in analysis.positions_of(layer.node.input(0), group):
+        rows[idx].extend(range(pos * per_position, (pos + 1) * per_position))
+    if any(not r for r in rows) or len({len(r) for r in rows}) != 1:
+        return None
+    return [np.array(r) for r in rows]
+
+
+def _greedy(states: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]], size: int) -> np.ndarray:
+    """Scores from the greedy removal order; `states` holds (H^-1, W, rows [size, b], energy) per reader.
+    A wide group loses its channels in at most STEPS chunks of the cheapest ones, each chunk one
+    joint update: one channel at a time would be size rank-b updates of a [D, D] matrix."""
+    alive = np.ones(size, bool)
+    scores = np.zeros(size)
+    floor = 0.0
+    chunk = max(1, math.ceil(size / STEPS))
+    while alive.sum() > 1:
+        idx = np.flatnonzero(alive)
+        cost = np.zeros(len(idx))
+        for hinv, w, rows, energy in states:
+            b = rows[idx]                                            # [k, b]
+            blocks = hinv[b[:, :, None], b[:, None, :]]              # [k, b, b]
+            wb = w[b]                                                # [k, b, M]
+            cost += np.einsum("kbm,kbm->k", wb, np.linalg.solve(blocks, wb)) / energy
+        order = np.argsort(cost, kind="stable")[:min(chunk, len(idx) - 1)]
+        for j in order:
+            # a later removal never scores below an earlier one: the order stays the greedy order, and
+            # the scores of the channels removed add up to (at least) their loss together
+            floor = max(float(np.nextafter(floor, np.inf)), float(cost[j]))
+            scores[idx[j]] = floor
+        gone = idx[order]
+        alive[gone] = False
+        for hinv, w, rows, _ in states:
+            b = rows[gone].ravel()
+            col = hinv[:, b] @ np.linalg.inv(hinv[np.ix_(b, b)])    # [D, |b|]
+            w -= col @ w[b]
+            hinv -= col @ hinv[b, :]
+            hinv[b, :] = 0.0
+            hinv[:, b] = 0.0
+    scores[np.flatnonzero(alive)] = 2 * floor + 1.0  # the last channel: removing it loses everything
+    return scores
+
+
+def reconstruction_scores(graph: Graph, analysis: ChannelAnalysis, groups: list[Group],
+                          calibration: Iterable[Feed], *, threads: int = 1, seed: int = 0,
+                          progress: Callable[[int], None] | None = None) -> dict[int, np.ndarray]:
+    """Scores per group id for the groups whose readers are all dense layers of modest width; the
+    others are left out (the caller scores them another way)."""
+    readers: dict[str, _Layer] = {}
+    plans: dict[int, list[tuple[_Layer, list[np.ndarray]]]] = {}
+    for g in groups:
+        dense = [r for r in g.readers if r.op in ("Conv", "Gemm", "MatMul")]
+        parts = []
+        for node in dense:
+            layer = readers.get(node.id) or _dense_reader(graph, node)
+            if layer is None or _row_width(graph, layer) > MAX_ROWS:
+                continue
+            rows = _rows_of(analysis, layer, g, graph)
+            if rows is not None:
+                readers[node.id] = layer
+                parts.append((layer, rows))
+        if parts:
+            plans[g.id] = parts
+    if not plans:
+        return {}
+    feeds = list(calibration)
+    used = {layer.node.id: layer for parts in plans.values() for layer, _ in parts}
+    tensors = list(dict.fromkeys(layer.node.input(0) for layer in used.values()))
+    session = make_session(graph.to_model(extra_outputs=tensors), threads=threads)
+    rng = np.random.default_rng(seed)
+    per_feed = max(1, math.ceil(ROWS_PER_LAYER / max(len(feeds), 1)))
+    gram: dict[str, np.ndarray] = {}
+    pending: dict[str, list[np.ndarray]] = {}
+    for i, feed in enumerate(feeds):
+        (out,) = run_feeds(session, [feed])
+        for key, layer in used.items():
+            x = out[layer.node.input(0)]
+            if layer.geometry is None:
+                x = x.reshape(-1, x.shape[-1]) if layer.node.op == "MatMul" else x.reshape(x.shape[0], -1)
+                total = x.shape[0]
+            else:
+                total = x.shape[0] * _out_positions(x.shape, layer.geometry)
+            pos = np.arange(total) if total <= per_feed else np.sort(rng.choice(total, per_feed, replace=False))
+            rows = _rows(x, layer, pos)
+            if layer.bias:
+                rows = np.hstack([rows, np.ones((len(rows), 1))])
+            pending.setdefault(key, []).append(rows)
+            if sum(len(r) for r in pending[key]) >= FLUSH_ROWS:
+                _flush(gram, pending, key)
+        if progress:
+            progress(i + 1)
+    del session
+    for key in list(pending):
+        _flush(gram, pending, key)
+    inverse: dict[str, np.ndarray] = {}
+    scores: dict[int, np.ndarray] = {}
+    for g in groups:
+        if g.id not in plans:
+            continue
+        states = []
+        for layer, rows in plans[g.id]:
+            key = layer.node.id
+            h = gram[key]
+            if key not in inverse:
+                damp = DAMP * float(np.mean(np.diag(h)) or 1.0)
+                inverse[key] = np.linalg.inv(h + damp * np.eye(len(h)))
+            w = _weights(graph, layer)
+            energy = float((w * (h @ w)).sum()) or 1.0
+            states.append((inverse[key].copy(), w.copy(), np.stack(rows), energy))
+        scores[g.id] = _greedy(states, g.size)
+    return scores
+
+
+def _flush(gram: dict[str, np.ndarray], pending: dict[str, list[np.ndarray]], key: str) -> None:
+    """Add the waiting rows to X'X in one product (one per row block would be BLAS-2 speed)."""
+    rows = pending.pop(key, [])
+    if rows:
+        x = np.concatenate(rows)
+        if key in gram:
+            gram[key] += x.T @ x
+        else:
+            gram[key] = x.T @ x
+
+
+def _out_positions(shape: tuple[int, ...], geometry: tuple) -> int:
+    kernel, strides, begin, end, dil = geometry
+    h, w = shape[2:]
+    oh = (h + begin[0] + end[0] - (kernel[0] - 1) * dil[0] - 1) // strides[0] + 1
+    ow = (w + begin[1] + end[1] - (kernel[1] - 1) * dil[1] - 1) // strides[1] + 1
+    return oh * ow
+
