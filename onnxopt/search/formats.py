@@ -17,7 +17,8 @@ def _pct(x: float | None) -> str:
 def format_front(result: SearchResult) -> str:
     r = result.report
     metric = r["metric"]
-    lines = [f"search {r['study']}: {len(result.trials)} trials on {r['cluster']['nodes']} node(s) "
+    again = f" (+{r['repeats']} asked again, not rebuilt)" if r.get("repeats") else ""
+    lines = [f"search {r['study']}: {len(result.trials)} trials{again} on {r['cluster']['nodes']} node(s) "
              f"({r['cluster']['cpus']} CPUs); {r['machine']['cpu']}",
              f"metric: {metric['kind']} {metric['original'] * 100:.2f} for the original; budget: drop <= "
              f"{metric['max_drop'] * 100:.2f} points; A/A control of a trial ratio: "

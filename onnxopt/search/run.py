@@ -107,6 +107,12 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     building: dict[str, int] = {}         # spec -> the trial building it now
     twins: dict[int, list[Any]] = {}      # that trial -> trials asked for the same spec meanwhile
 
+    def over_budget(trial: Any, metric: float) -> None:
+        """How far the trial's drop exceeds --max-drop, as an Optuna constraint (feasible at 0 or
+        less): Optuna's TPE then draws its good region from the trials within the budget, where the
+        answer lies, not from fast trials that lost too much (Watanabe & Hutter 2023, c-TPE)."""
+        trial.set_constraint("drop", base_metric - metric - max_drop)
+
     def tell_same(trial: Any, source: Any) -> None:
         """`trial` asked for the spec `source` measured (or failed): that result stands for it."""
         for k, v in source.user_attrs.items():
@@ -114,6 +120,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 trial.set_user_attr(k, v)
         trial.set_user_attr("same_as", source.number)
         if source.state.name == "COMPLETE":
+            over_budget(trial, source.values[1])
             study.tell(trial, list(source.values))
         else:
             study.tell(trial, state=_fail())
@@ -139,16 +146,18 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         while True:
             # the loop's own work never overlaps a timing on its node (see cluster.driver_work)
             with cluster.driver_work(driver):
-                finished = studies.done_count(study)
-                # a trial waiting for the scan leaves its worker to the next one that does not
-                while len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) + sum(
-                        map(len, twins.values())) < total:
+                finished, repeats = studies.done_count(study)
+                # a trial waiting for the scan leaves its worker to the next one that does not; a
+                # repeated spec costs no build and does not count toward --trials, but a sampler that
+                # keeps repeating (a space with few specs) is not asked forever
+                while (len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) < total
+                       and repeats + sum(map(len, twins.values())) < total):
                     trial = study.ask()
                     params = space.suggest(trial)
                     if sensitive is None and uses_ranking(params):
                         waiting.append((trial, params))
                     elif dispatch(trial, params):
-                        finished += 1
+                        repeats += 1
             got = runner.next()
             if got is None:
                 break
@@ -172,6 +181,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                     trial.set_user_attr("error", result["error"])
                     study.tell(trial, state=_fail())
                 else:
+                    over_budget(trial, result["metric"])
                     study.tell(trial, [result["latency_ratio"], result["metric"]])
                     # keep the bytes of the fastest model within the budget so far only (a full-size model
                     # per trial would not fit in memory); the choice, if another, is built again below
@@ -221,7 +231,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         "metric": {"kind": kind, "original": base_metric, "max_drop": max_drop},
         "space": dataclasses.asdict(space), "exact": exact, "exact_passes": exact_report,
         "sensitive_layers": sensitive, "scan_error": jobs.get("scan", {}).get("error"), "control": control,
-        "requeued": requeued, "trials_asked": trials,
+        "requeued": requeued, "trials_asked": trials, "repeats": studies.done_count(study)[1],
         "best": best.as_dict() if best else None, "closest": closest.as_dict() if closest else None,
         "best_decided_by_timing": decided_by_timing(best.spec) if best else None, "best_is_measured_model": measured,
         "front": [r.as_dict() for r in front], "trials": [r.as_dict() for r in records],

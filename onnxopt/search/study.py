@@ -65,12 +65,19 @@ def recover_unfinished(study: Any) -> int:
     return count
 
 
-def done_count(study: Any) -> int:
-    """Trials that count toward --trials: finished, or failed for a reason of their own."""
+def done_count(study: Any) -> tuple[int, int]:
+    """(trials that count toward --trials: built and finished, or failed for a reason of their own;
+    repeats: trials the sampler asked for a spec already built, told that spec's result)."""
     import optuna
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state == optuna.trial.TrialState.COMPLETE
-               or (t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("error") != INTERRUPTED))
+    counted = repeats = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state == optuna.trial.TrialState.COMPLETE or (
+                t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("error") != INTERRUPTED):
+            if "same_as" in t.user_attrs:
+                repeats += 1
+            else:
+                counted += 1
+    return counted, repeats
 
 
 @dataclasses.dataclass
@@ -101,6 +108,8 @@ def records(study: Any, base_metric: float) -> list[TrialRecord]:
     out = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
+        if "same_as" in a:  # a repeat: the trial it repeats stands for it
+            continue
         if t.state == optuna.trial.TrialState.COMPLETE:
             latency, metric = t.values
             out.append(TrialRecord(t.number, a.get("spec", ""), "complete", metric, base_metric - metric, latency,

@@ -63,6 +63,12 @@ def test_the_chosen_spec_reproduces_its_model(tmp_path):
     # the scan ran beside the recipes (the space spreads ratios by it), and every trial timed alone
     assert sorted(result.report["sensitive_layers"]) == ["c1", "c2"] and result.report["scan_error"] is None
     assert all(0 < t.timing_seconds < t.seconds for t in result.trials)
+    # the sampler knows each trial's overrun of the budget (feasible at <= 0), from its drop
+    import optuna
+    study = optuna.load_study(study_name=result.report["study"], storage=f"sqlite:///{tmp_path / 'study.db'}")
+    drops = {t.number: t.drop for t in result.trials}
+    assert {t.number: round(t.constraints["drop"], 9) for t in study.trials} == \
+        {n: round(d - 0.5, 9) for n, d in drops.items()}
     # `onnxopt run --passes SPEC` with the same calibration data builds the same model
     again = Pipeline(parse_spec(result.spec), calibration=_data().take(32), threads=1).run(_model()).model
     assert again.SerializeToString() == result.best.SerializeToString()
@@ -73,12 +79,14 @@ def test_a_spec_asked_again_while_it_builds_is_built_once(tmp_path):
     # a space of one spec: with 2 workers the sampler asks it again while its first copy builds
     space = Space(exact=(), prune_modes=("off",), quantize_modes=("off",))
     result = _run(tmp_path, space=space, trials=4)
-    assert [t.spec for t in result.trials] == ["cleanup"] * 4
-    assert all(t.state == "complete" for t in result.trials)
-    assert len({t.latency_ratio for t in result.trials}) == 1
+    # repeats do not count toward --trials: the one spec is the one trial, and the sampler, asking
+    # only it, is asked no more than --trials times again
+    assert [(t.spec, t.state) for t in result.trials] == [("cleanup", "complete")]
     study = optuna.load_study(study_name=result.report["study"], storage=f"sqlite:///{tmp_path / 'study.db'}")
     built = [t.number for t in study.trials if "same_as" not in t.user_attrs]
     assert built == [0] and all(t.user_attrs["same_as"] == 0 for t in study.trials[1:])
+    assert len(study.trials) == 5 and result.report["repeats"] == 4
+    assert all(t.values == study.trials[0].values for t in study.trials)
 
 
 def test_a_failing_metric_fails_only_its_trials(tmp_path):
