@@ -23,6 +23,7 @@ from .trial import Metric, Payload, Samples, control_ratio
 DEFAULT_STORAGE = "sqlite:///onnxopt-search.db"
 HOLDBACK = 64          # calibration runs held back for the agreement metric (at most a fifth)
 CALIBRATION_RUNS = 256
+REPEATS_PER_TRIAL = 3  # specs asked again (cheap: no build) before a search that finds no new spec stops
 
 
 @dataclasses.dataclass
@@ -87,6 +88,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     if not study.get_trials(deepcopy=False):
         for params in space.recipes():
             study.enqueue_trial(params, user_attrs={"recipe": True})
+        for params in space.ladder():
+            study.enqueue_trial(params)
 
     info = cluster.connect(ray_address, workers)
     runner = cluster.Runner(payload)
@@ -151,7 +154,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 # repeated spec costs no build and does not count toward --trials, but a sampler that
                 # keeps repeating (a space with few specs) is not asked forever
                 while (len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) < total
-                       and repeats + sum(map(len, twins.values())) < total):
+                       and repeats + sum(map(len, twins.values())) < REPEATS_PER_TRIAL * total):
                     trial = study.ask()
                     params = space.suggest(trial)
                     if sensitive is None and uses_ranking(params):

@@ -24,7 +24,7 @@ def test_every_choice_is_a_spec_the_cli_parses():
             prune = next(p for p in passes if p.name == "prune")
             if params["prune.protect"] == 0.5:
                 assert prune.options.exclude == ("stem", "layer1/conv")  # the most sensitive half stays whole
-            assert prune.options.criterion == "recon"  # the space's default; recipes alone prune as `prune` does
+            assert prune.options.criterion in ("data", "recon")  # always named: recipes alone prune as `prune` does
         specs.add(spec)
         study.tell(trial, [1.0, 1.0])
     assert len(specs) > 20
@@ -57,6 +57,16 @@ def test_recipes_follow_the_space():
     assert narrow.recipes() == [{"prune": "off", "quantize": "off"}]  # 0.3 is outside, quantize is off
 
 
+def test_a_latency_ladder_follows_the_recipes():
+    assert [to_spec(p, ["fold-bn"], []) for p in Space().ladder()] == [
+        f"fold-bn,prune:target-latency={t},criterion=recon" for t in (0.5, 0.65, 0.8)]
+    # the ladder keeps to the space: its range, its criteria, its protect shares
+    narrow = Space(target_latency=(0.6, 0.9), criteria=("data",), protect=(0.25,), quantize_modes=("on",))
+    assert [(p["prune.target-latency"], p["prune.criterion"], p["prune.protect"], "quantize" in p)
+            for p in narrow.ladder()] == [(0.65, "data", 0.25, False), (0.8, "data", 0.25, False)]
+    assert Space(prune_modes=("off", "ratio")).ladder() == []
+
+
 def test_recipes_are_the_readme_recipes_as_written():
     # the space times int8 everywhere (speed=false) but the recipes keep quantize's own speed check,
     # as `onnxopt run --passes fold-bn,quantize` runs it: the search must beat those, not a variant
@@ -84,10 +94,12 @@ def test_space_files_narrow_the_space(tmp_path):
     assert space.fingerprint != Space().fingerprint
 
 
-def test_a_space_file_lets_the_search_choose_the_criterion(tmp_path):
+def test_a_space_file_narrows_the_criteria(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text("prune: {modes: [ratio], criteria: [data, recon]}\nquantize: {modes: [off]}\n")
-    space = load_space(path)
+    path.write_text("prune: {modes: [ratio], criteria: [recon]}\nquantize: {modes: [off]}\n")
+    trial = optuna.create_study().ask()
+    assert parse_spec(to_spec(load_space(path).suggest(trial), [], []))[0].options.criterion == "recon"
+    space = Space(prune_modes=("ratio",), quantize_modes=("off",))  # the default: both
     study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=1))
     chosen = set()
     for _ in range(12):
