@@ -7,6 +7,8 @@
   Slimming"); read before fold-bn removes the BN. Groups without a BN fall back to `l1`.
 - `data`: the output energy each channel feeds into the layers that read it, measured on the
   calibration samples: sqrt(E[x_c^2] * ||W[:, c]||^2) summed over readers.
+- `recon`: what the readers lose once refit without the channel, chosen greedily (see
+  `reconstruction`); groups it cannot score fall back to `data`.
 
 Scores of the layers in one group are each divided by their mean before they are averaged, so no
 layer dominates by scale alone.
@@ -22,6 +24,7 @@ from onnxopt.graph.core import Graph, Node
 from onnxopt.runtime.sessions import Feed, make_session, run_feeds
 
 from ..fold_bn import _bn_affine
+from .reconstruction import reconstruction_scores
 
 
 def _normalized_mean(rows: list[np.ndarray]) -> np.ndarray:
@@ -134,8 +137,8 @@ def score_groups(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], c
     energy = {}
     recon = {}
     if criterion == "recon":
-        from .reconstruction import reconstruction_scores
-        recon = reconstruction_scores(graph, analysis, groups, list(calibration or ()), threads=threads)
+        recon = reconstruction_scores(graph, analysis, groups, list(calibration or ()), threads=threads,
+                                      progress=progress)
     if criterion in ("data", "recon"):
         energy = channel_energy(graph, reader_inputs(groups), calibration or (), threads=threads, limit=limit,
                                 progress=progress)

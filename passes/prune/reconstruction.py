@@ -48,13 +48,15 @@ def _dense_reader(graph: Graph, node: Node) -> _Layer | None:
 
 
 def _row_width(graph: Graph, layer: _Layer) -> int:
+    """Width of the layer's regressor row: C*kh*kw for a Conv, the input features of a Gemm/MatMul."""
     w = graph.constant(layer.node.input(1))
-    return int(np.prod(w.shape[1:])) if layer.geometry is not None else int(w.shape[0 if layer.node.op == "MatMul"
-                                                                                   or not int(layer.node.attr("transB", 0))
-                                                                                   else 1])
+    if layer.geometry is not None:
+        return int(np.prod(w.shape[1:]))
+    transposed = layer.node.op == "Gemm" and int(layer.node.attr("transB", 0))
+    return int(w.shape[1] if transposed else w.shape[0])
 
 
-def _rows_of(analysis: ChannelAnalysis, layer: _Layer, group: Group, graph: Graph) -> list[np.ndarray] | None:
+def _rows_of(analysis: ChannelAnalysis, layer: _Layer, group: Group) -> list[np.ndarray] | None:
     """For each channel index of `group`, the rows of `layer`'s regressor that carry it."""
     per_position = 1
     if layer.geometry is not None:
@@ -105,8 +107,9 @@ def _greedy(states: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]], size
 def reconstruction_scores(graph: Graph, analysis: ChannelAnalysis, groups: list[Group],
                           calibration: Iterable[Feed], *, threads: int = 1, seed: int = 0,
                           progress: Callable[[int], None] | None = None) -> dict[int, np.ndarray]:
-    """Scores per group id for the groups whose readers are all dense layers of modest width; the
-    others are left out (the caller scores them another way)."""
+    """Scores per group id, voted by the group's dense readers (Conv with group 1, Gemm, MatMul)
+    whose regressor rows are at most MAX_ROWS wide; a group with no such reader is left out (the
+    caller scores it another way)."""
     readers: dict[str, _Layer] = {}
     plans: dict[int, list[tuple[_Layer, list[np.ndarray]]]] = {}
     for g in groups:
@@ -116,7 +119,7 @@ def reconstruction_scores(graph: Graph, analysis: ChannelAnalysis, groups: list[
             layer = readers.get(node.id) or _dense_reader(graph, node)
             if layer is None or _row_width(graph, layer) > MAX_ROWS:
                 continue
-            rows = _rows_of(analysis, layer, g, graph)
+            rows = _rows_of(analysis, layer, g)
             if rows is not None:
                 readers[node.id] = layer
                 parts.append((layer, rows))
