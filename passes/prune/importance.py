@@ -139,8 +139,10 @@ def score_groups(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], c
     if criterion == "recon":
         recon = reconstruction_scores(graph, analysis, groups, list(calibration or ()), threads=threads,
                                       progress=progress)
-    if criterion in ("data", "recon"):
-        energy = channel_energy(graph, reader_inputs(groups), calibration or (), threads=threads, limit=limit,
+    # output energy scores `data`, and the groups `recon` could not score: only their readers are run for it
+    unscored = [g for g in groups if g.id not in recon]
+    if criterion in ("data", "recon") and unscored:
+        energy = channel_energy(graph, reader_inputs(unscored), calibration or (), threads=threads, limit=limit,
                                 progress=progress)
     scores: dict[int, np.ndarray] = {}
     fell_back = []

@@ -13,8 +13,9 @@ W are updated in closed form after each removal. It chooses channels for the sam
 refit `recover` then does (ThiNet, Luo et al. 2017, chose them greedily too, without the refit
 in the choice); a group's readers vote together, each by its share of output energy.
 
-A channel's score is the cumulative loss when the greedy order removed it, so the `keep` highest
-scores are the greedy choice at every width and scores of different groups compare as losses.
+A channel's score is its loss when the greedy order removed it, raised where needed to the
+largest loss removed before it: the `keep` highest scores are the greedy choice at every width,
+and the scores of the channels removed add up to (at least) what they lose together.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from onnxopt.analysis.channels import ChannelAnalysis, Group
 from onnxopt.graph.core import Graph, Node
 from onnxopt.runtime.sessions import Feed, make_session, run_feeds
 
-from .recover import FLUSH_ROWS, ROWS_PER_LAYER, _conv_geometry, _Layer, _rows, _weights
+from .recover import FLUSH_ROWS, ROWS_PER_LAYER, _conv_geometry, _Layer, _rows, _weights, output_size, sample
 
 MAX_ROWS = 4608           # a reader with a wider im2col row (e.g. 512 channels x 3x3) is too costly to invert
 STEPS = 64               # joint updates per group at most
@@ -143,9 +144,8 @@ def reconstruction_scores(graph: Graph, analysis: ChannelAnalysis, groups: list[
                 x = x.reshape(-1, x.shape[-1]) if layer.node.op == "MatMul" else x.reshape(x.shape[0], -1)
                 total = x.shape[0]
             else:
-                total = x.shape[0] * _out_positions(x.shape, layer.geometry)
-            pos = np.arange(total) if total <= per_feed else np.sort(rng.choice(total, per_feed, replace=False))
-            rows = _rows(x, layer, pos)
+                total = x.shape[0] * math.prod(output_size(x.shape[2:], layer.geometry))
+            rows = _rows(x, layer, sample(total, per_feed, rng))
             if layer.bias:
                 rows = np.hstack([rows, np.ones((len(rows), 1))])
             pending.setdefault(key, []).append(rows)
@@ -184,12 +184,4 @@ def _flush(gram: dict[str, np.ndarray], pending: dict[str, list[np.ndarray]], ke
             gram[key] += x.T @ x
         else:
             gram[key] = x.T @ x
-
-
-def _out_positions(shape: tuple[int, ...], geometry: tuple) -> int:
-    kernel, strides, begin, end, dil = geometry
-    h, w = shape[2:]
-    oh = (h + begin[0] + end[0] - (kernel[0] - 1) * dil[0] - 1) // strides[0] + 1
-    ow = (w + begin[1] + end[1] - (kernel[1] - 1) * dil[1] - 1) // strides[1] + 1
-    return oh * ow
 

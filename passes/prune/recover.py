@@ -98,8 +98,7 @@ def _rows(x: np.ndarray, layer: _Layer, positions: np.ndarray) -> np.ndarray:
     kernel, strides, begin, end, dil = layer.geometry
     n, c, h, w = x.shape
     xp = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])))
-    oh_n = (h + begin[0] + end[0] - (kernel[0] - 1) * dil[0] - 1) // strides[0] + 1
-    ow_n = (w + begin[1] + end[1] - (kernel[1] - 1) * dil[1] - 1) // strides[1] + 1
+    oh_n, ow_n = output_size((h, w), layer.geometry)
     b, rest = np.divmod(positions, oh_n * ow_n)
     oh, ow = np.divmod(rest, ow_n)
     hi = oh[:, None] * strides[0] + np.arange(kernel[0]) * dil[0]
@@ -117,11 +116,22 @@ def _targets(y: np.ndarray, layer: _Layer, positions: np.ndarray) -> np.ndarray:
     return (rows if layer.outs is None else rows[:, layer.outs]).astype(np.float64)
 
 
-def _sample_positions(y: np.ndarray, layer: _Layer, per_feed: int, rng: np.random.Generator) -> np.ndarray:
-    total = y.shape[0] if layer.geometry is None else y.shape[0] * math.prod(y.shape[2:])
+def output_size(hw: tuple[int, int], geometry: tuple) -> tuple[int, int]:
+    """A Conv's output height and width for input height and width `hw`."""
+    kernel, strides, begin, end, dil = geometry
+    return tuple((hw[i] + begin[i] + end[i] - (kernel[i] - 1) * dil[i] - 1) // strides[i] + 1 for i in (0, 1))
+
+
+def sample(total: int, per_feed: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of at most `per_feed` of `total` rows (all of them when there are no more)."""
     if total <= per_feed:
         return np.arange(total)
     return np.sort(rng.choice(total, per_feed, replace=False))
+
+
+def _sample_positions(y: np.ndarray, layer: _Layer, per_feed: int, rng: np.random.Generator) -> np.ndarray:
+    total = y.shape[0] if layer.geometry is None else y.shape[0] * math.prod(y.shape[2:])
+    return sample(total, per_feed, rng)
 
 
 def _weights(graph: Graph, layer: _Layer) -> np.ndarray:
