@@ -13,16 +13,18 @@ workers: one 16-trial search with 1 worker, then the same 16 specs with 2 (queue
 run's order: left to itself, Optuna asks other specs when two trials run at once), on this 2-core machine, of the digits
 ResNet (cheap builds: timing, which has the node alone, is most of a trial) and of a full-size
 ResNet-18 with random weights (agreement with the original on held-back random inputs; builds
-dominate): the wall-time ratio, and the latency ratios of the specs both runs measured against the
-A/A noise of their trial timings (where both built the same model: a pass that decides by timing,
-quantize's speed check or prune's latency target, may build another one each time).
+dominate): the wall-time ratio, and the latency ratios of the specs both runs measured (where both
+built the same model: a pass that decides by timing, quantize's speed check or prune's latency
+target, may build another one each time) against the A/A noise: a dozen ratios of the original
+against itself, timed after the searches as a trial times a candidate.
 
 zoo: full-size MobileNetV2 and ResNet-50 with random weights, searched for output cosine with the
 original; does the front reach 0.5x the original's latency, and is its cosine there above uniform
 pruning's at the same latency?
 
-Run: `python -m benchmarks search [--quick] [--only=digits,workers,zoo] [--zoo=resnet50]` (needs `pip install -e ".[search]"`);
-`--only` reruns those sections and keeps the others' last results, `--zoo` those zoo models.
+Run: `python -m benchmarks search [--quick] [--only=digits,workers,zoo] [--workers=digits_resnet] [--zoo=resnet50]`
+(needs `pip install -e ".[search]"`); `--only` reruns those sections and keeps the others' last results,
+`--workers` and `--zoo` those models of their section.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from .common import machine, results_dir, write
 DIGITS = ("digits_resnet", "digits_mobilenetv2", "digits_mobilenet", "digits_repvgg")
 RECIPES = ("fold-bn,reparam", "fold-bn,prune:ratio=0.3", "fold-bn,quantize", "fold-bn,prune:ratio=0.3,quantize")
 ZOO = ("mobilenetv2", "resnet50")
+WORKERS = ("digits_resnet", "resnet18")
 TEST = models.FIXTURES / "digits_test.npz"
 CALIB = models.FIXTURES / "digits_calib.npz"
 
@@ -179,6 +182,10 @@ def workers_run(name: str, quick: bool) -> dict:
                              "trial_seconds": sum(t.seconds or 0 for t in result.trials),
                              "timing_seconds": sum(t.timing_seconds or 0 for t in result.trials),
                              "specs": [t.spec for t in result.trials]}
+    # the A/A noise of one trial's ratio as a trial measures it (fresh sessions, the trials' budget
+    # and settling), with nothing else running: one A/A pair per search cannot say how far two
+    # runs' ratios of one model may differ, a dozen can
+    aa = _aa_ratios(model, calib, 4 if quick else AA_REPEATS, 1.0 if quick else 2.0)
     # the same spec may build another model in each run where a pass decides by timing (quantize's
     # speed check, prune's latency target): only the same model's two ratios say how well they agree
     both = sorted(set(runs[1]["ratios"]) & set(runs[2]["ratios"]))
@@ -189,7 +196,40 @@ def workers_run(name: str, quick: bool) -> dict:
     built_apart = {s: {"one_worker": runs[1]["ratios"][s], "two_workers": runs[2]["ratios"][s]}
                    for s in both if s not in common}
     return {"model": name, "wall_ratio": runs[2]["seconds"] / runs[1]["seconds"], "runs": runs, "a_a_noise": noise,
-            "same_specs": runs[1]["specs"] == runs[2]["specs"], "common_specs": agree, "built_apart": built_apart}
+            "same_specs": runs[1]["specs"] == runs[2]["specs"], "common_specs": agree, "built_apart": built_apart,
+            "a_a_ratios": aa, "agreement": _agreement(agree, aa)}
+
+
+AA_REPEATS = 12   # A/A ratios timed after the searches: the spread of one trial's ratio
+AGREE_SIGMAS = 3  # a same-model difference within 3 standard deviations of a two-run difference agrees
+
+
+def _aa_ratios(model: onnx.ModelProto, calib: FeedSet, repeats: int, budget: float) -> list[float]:
+    """The original against itself, `repeats` times, each timed as a search's trial times a candidate."""
+    from onnxopt.runtime.sessions import resolve_input_shapes
+    from onnxopt.search.trial import Payload, Samples, latency_ratio
+    first = next(iter(calib))
+    shapes = resolve_input_shapes(model, {k: tuple(v.shape) for k, v in first.items()})
+    payload = Payload(model.SerializeToString(), shapes, Samples.of(calib, limit=1), "agreement", timing_budget=budget)
+    return [latency_ratio(payload, model)["latency_ratio"] for _ in range(repeats)]
+
+
+def _agreement(common: dict, aa: list[float]) -> dict | None:
+    """Do the two runs' ratios of each same model agree within the A/A noise? A ratio's relative
+    A/A spread is sigma (the A/A ratios' standard deviation: a bias common to every timing, such as
+    the order of the rounds, cancels in a difference); the relative difference of two runs' ratios
+    carries it twice (sqrt 2 sigma); each must be within AGREE_SIGMAS of that (with 16 specs, a 4%
+    chance that one fails by noise alone)."""
+    if not common or len(aa) < 2:
+        return None
+    sigma = float(np.std(aa, ddof=1))
+    rel = {s: (r["two_workers"] - r["one_worker"]) / ((r["two_workers"] + r["one_worker"]) / 2)
+           for s, r in common.items()}
+    worst = max(rel, key=lambda s: abs(rel[s]))
+    limit = AGREE_SIGMAS * np.sqrt(2) * sigma
+    return {"a_a_sigma": sigma, "limit": float(limit), "largest_relative_difference": abs(rel[worst]),
+            "largest_in_sigmas": abs(rel[worst]) / (np.sqrt(2) * sigma) if sigma > 0 else float("inf"),
+            "outside": sorted(s for s, d in rel.items() if abs(d) > limit), "agrees": all(abs(d) <= limit for d in rel.values())}
 
 
 def zoo_run(name: str, quick: bool) -> dict:
@@ -285,6 +325,15 @@ def markdown(data: dict) -> str:
             lines += ["", f"2 workers minus 1, over these {len(w['common_specs'])} specs: mean {mean:+.4f} (standard error "
                       f"{se:.4f}; a load the gate let through would push it one way), largest {largest:.3f} against the "
                       f"A/A control's {w['a_a_noise']:.3f} (one A/A pair; a difference of two runs carries the noise of two)"]
+        agreement = w.get("agreement")
+        if agreement is not None:
+            aa = w["a_a_ratios"]
+            lines += ["", f"Agreement within the A/A noise: {'yes' if agreement['agrees'] else 'NO'}. {len(aa)} A/A ratios "
+                      f"timed as a trial times (range {min(aa):.3f}-{max(aa):.3f}): sigma {agreement['a_a_sigma']:.4f}; "
+                      f"a two-run difference may be {AGREE_SIGMAS} x sqrt 2 sigma = {agreement['limit']:.4f} (relative); "
+                      f"the largest is {agreement['largest_relative_difference']:.4f} "
+                      f"({agreement['largest_in_sigmas']:.1f} sqrt-2 sigmas)"
+                      + (f"; outside: {', '.join(f'`{s}`' for s in agreement['outside'])}" if agreement["outside"] else "")]
         apart = w.get("built_apart") or {}
         if apart:
             lines += ["", "Specs that built a different model in each run (a pass chose by timing), not compared: "
@@ -324,8 +373,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[search] {name}", file=sys.stderr, flush=True)
             data["digits"].append(digits_run(name, quick))
     if "workers" in only:
-        data["workers"] = []
-        for name in ("digits_resnet",) if quick else ("digits_resnet", "resnet18"):
+        # --workers=NAME[,NAME]: rerun those models only, keep the others' last results
+        names = next((a.split("=", 1)[1].split(",") for a in argv if a.startswith("--workers=")),
+                     ("digits_resnet",) if quick else WORKERS)
+        data["workers"] = [w for w in data.get("workers") or [] if w["model"] not in names and w["model"] in WORKERS]
+        for name in names:
             print(f"[search] workers: {name}", file=sys.stderr, flush=True)
             data["workers"].append(workers_run(name, quick))
     if "zoo" in only:
@@ -336,6 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[search] zoo: {name}", file=sys.stderr, flush=True)
             data["zoo"].append(zoo_run(name, quick))
         data["zoo"].sort(key=lambda z: ZOO.index(z["model"]))
+    data["workers"].sort(key=lambda w: WORKERS.index(w["model"]))
     data["seconds"] = time.perf_counter() - started
     write(f"search-{kind}", data, markdown(data), quick)
     return data

@@ -7,6 +7,7 @@ with the original, with nothing else running there (cluster.py). The result is t
 and the fastest trial whose metric drops at most `max_drop` below the original's."""
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 from collections.abc import Callable
@@ -77,21 +78,35 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                       Samples.of(calibration, limit=CALIBRATION_RUNS if not holdback else len(calibration) - holdback),
                       kind, metric, Samples.of(evaluation) if evaluation is not None else None,
                       Samples.of(calibration, skip=len(calibration) - holdback) if holdback else None, None, timing_budget, seed)
-    if holdback:
-        payload.reference = run_model(model, list(payload.holdback.feedset()), optimization="all")
-    base_metric = score(payload, model)
 
-    exact, exact_report, after_exact = _exact_prefix(model, payload, space)
-    name = f"onnxopt-{hashlib.sha256(payload.model).hexdigest()[:12]}-{space.fingerprint}-{kind}"
-    study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)))
-    requeued = studies.recover_unfinished(study) if resume else 0
-    if not study.get_trials(deepcopy=False):
-        for params in space.recipes():
-            study.enqueue_trial(params, user_attrs={"recipe": True})
-        for params in space.ladder():
-            study.enqueue_trial(params)
+    def measure_original() -> tuple[float, tuple[list[str], list[dict], onnx.ModelProto]]:
+        if holdback:
+            payload.reference = run_model(model, list(payload.holdback.feedset()), optimization="all")
+        return score(payload, model), _exact_prefix(model, payload, space)
 
-    info = cluster.connect(ray_address, workers)
+    # the original's metric and the exact passes run beside Ray's start (seconds of waiting for its
+    # processes): a thread, as their work is in onnxruntime and numpy, which let go of the GIL. The
+    # study is opened after both, so a start that fails leaves none behind (a rerun would need --resume)
+    original = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onnxopt-original")
+    measuring = original.submit(measure_original)
+    original.shutdown(wait=False)
+    try:
+        info = cluster.connect(ray_address, workers)
+    finally:
+        concurrent.futures.wait([measuring])  # a failed start still waits for the thread it began
+    try:
+        base_metric, (exact, exact_report, after_exact) = measuring.result()
+        name = f"onnxopt-{hashlib.sha256(payload.model).hexdigest()[:12]}-{space.fingerprint}-{kind}"
+        study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)))
+        requeued = studies.recover_unfinished(study) if resume else 0
+        if not study.get_trials(deepcopy=False):
+            for params in space.recipes():
+                study.enqueue_trial(params, user_attrs={"recipe": True})
+            for params in space.ladder():
+                study.enqueue_trial(params)
+    except BaseException:
+        cluster.shutdown()
+        raise
     runner = cluster.Runner(payload)
     driver = cluster.driver_gate()
     built: dict[int, tuple[float, bytes]] = {}  # trial number -> (latency ratio, model)

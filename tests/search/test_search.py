@@ -112,6 +112,20 @@ def test_a_failing_metric_fails_only_its_trials(tmp_path):
     assert {t.params for t in completed} == {model_stats(_model(), {"x": (1, 3, 16, 16)}).params}
 
 
+def test_a_metric_failing_on_the_original_stops_the_search_before_any_trial(tmp_path):
+    import ray
+
+    def metric(model):
+        raise ValueError("metric cannot read this model")
+    # the original's metric runs beside Ray's start: its error is the search's, and Ray is left stopped
+    with pytest.raises(ValueError, match="metric cannot read this model"):
+        _run(tmp_path, metric=metric)
+    assert not ray.is_initialized()
+    # and no study is left in the storage: the same command, mended, starts without --resume
+    import optuna
+    assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'study.db'}") == []
+
+
 def test_a_worker_killed_mid_trial_is_retried(tmp_path):
     driver, marker = os.getpid(), tmp_path / "killed"
 
