@@ -18,7 +18,7 @@ import onnx
 from ..data.feeds import FeedSet
 from ..errors import BadData, UsageError
 from . import study as studies
-from .space import Space, decided_by_timing, load_space, spec_safe, to_spec, uses_ranking
+from .space import BISECT_STEPS, Space, decided_by_timing, load_space, spec_safe, to_spec, uses_ranking
 from .trial import Metric, Payload, Samples, control_ratio
 
 DEFAULT_STORAGE = "sqlite:///onnxopt-search.db"
@@ -103,7 +103,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
             for params in space.recipes():
                 study.enqueue_trial(params, user_attrs={"recipe": True})
             for params in space.ladder():
-                study.enqueue_trial(params)
+                study.enqueue_trial(params, user_attrs={"ladder": True})
     except BaseException:
         cluster.shutdown()
         raise
@@ -134,7 +134,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     def tell_same(trial: Any, source: Any) -> None:
         """`trial` asked for the spec `source` measured (or failed): that result stands for it."""
         for k, v in source.user_attrs.items():
-            if k not in ("spec", "recipe", "resumed_from"):
+            if k not in ("spec", "recipe", "ladder", "resumed_from"):
                 trial.set_user_attr(k, v)
         trial.set_user_attr("same_as", source.number)
         if source.state.name == "COMPLETE":
@@ -213,6 +213,9 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                     del building[spec]
                 for twin in twins.pop(key, []):
                     tell_same(twin, told)
+                rung = _next_rung(study, space, base_metric - max_drop)
+                if rung is not None:  # asked next, before the sampler's own choices
+                    study.enqueue_trial(rung, user_attrs={"ladder": True})
                 if progress is not None:
                     progress(_progress_state(study, base_metric, max_drop, total))
     except BaseException as exc:
@@ -262,6 +265,20 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
 def _fail():
     import optuna
     return optuna.trial.TrialState.FAIL
+
+
+def _next_rung(study: Any, space: Space, least: float) -> dict | None:
+    """Once every ladder trial so far is measured, the next one Space.bisect asks (at most
+    BISECT_STEPS beyond the ladder's own); `least`: the lowest metric within the budget."""
+    rungs = [t for t in study.get_trials(deepcopy=False)
+             if t.user_attrs.get("ladder") and t.user_attrs.get("error") != studies.INTERRUPTED]
+    if not rungs or any(not t.state.is_finished() for t in rungs):
+        return None
+    targets = {t.params.get("prune.target-latency") for t in rungs}
+    if len(targets) >= len(space.ladder()) + BISECT_STEPS:
+        return None
+    return space.bisect({t.params["prune.target-latency"]: t.values[1] >= least - 1e-12
+                         for t in rungs if t.state.name == "COMPLETE" and "prune.target-latency" in t.params})
 
 
 def _progress_state(study: Any, base_metric: float, max_drop: float, total: int) -> dict:

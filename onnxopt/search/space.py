@@ -31,6 +31,8 @@ CRITERIA = ("l1", "l2", "data", "recon")
 QUANTIZE_MODES = ("off", "on")
 METHODS = ("minmax", "mean-minmax", "percentile", "entropy", "mse")
 LADDER = (0.5, 0.65, 0.8)  # latency targets tried after the recipes (see Space.ladder)
+BISECT_STEPS = 2           # targets halfway between rungs, once the ladder is measured (see Space.bisect)
+BISECT_GAP = 0.04          # rungs this close need no target between them
 # the README's fixed recipes: tried first, so the search starts from what a user would do by hand
 RECIPES = (
     {"prune": "off", "quantize": "off"},
@@ -138,6 +140,23 @@ class Space:
                     params["quantize"] = "off"
                 out.append(params)
         return out
+
+    def bisect(self, rungs: dict[float, bool]) -> dict[str, Any] | None:
+        """The next rung once the ladder's are measured (`rungs`: target -> within the budget):
+        halfway between the fastest target within the budget and the slowest faster one that was
+        not (the space's bounds where there is none), as the same ladder trial otherwise. BISECT_STEPS
+        of them place the fastest model the budget allows to a few hundredths of latency, which
+        the sampler, modelling a space this wide from a few dozen trials, seldom does."""
+        ladder = self.ladder()
+        if not ladder or not rungs:
+            return None
+        low, high = self.target_latency
+        within = min((t for t, ok in rungs.items() if ok), default=high)
+        over = max((t for t, ok in rungs.items() if not ok and t < within), default=low)
+        target = round((within + over) / 2, 3)
+        if within - over <= BISECT_GAP or target in rungs:
+            return None
+        return {**ladder[0], "prune.target-latency": target}
 
     def recipes(self) -> list[dict[str, Any]]:
         """The fixed recipes this space can express."""

@@ -58,8 +58,9 @@ def recover_unfinished(study: Any) -> int:
             continue
         if t.number not in queued:
             attrs = {"resumed_from": t.number}
-            if t.user_attrs.get("recipe"):  # a recipe runs as written (Space.suggest reads this)
-                attrs["recipe"] = True
+            for kind in ("recipe", "ladder"):  # a recipe runs as written (Space.suggest reads this)
+                if t.user_attrs.get(kind):
+                    attrs[kind] = True
             study.enqueue_trial(t.params, user_attrs=attrs)
             count += 1
     return count

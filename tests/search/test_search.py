@@ -126,6 +126,26 @@ def test_a_metric_failing_on_the_original_stops_the_search_before_any_trial(tmp_
     assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'study.db'}") == []
 
 
+def test_after_the_ladder_the_search_halves_the_gap_where_the_budget_breaks(tmp_path):
+    import optuna
+    full = sum(int(np.prod(t.dims)) for t in _model().graph.initializer)
+
+    def kept(model):  # the share of the weights a target kept: the fast rungs lose too much
+        return sum(int(np.prod(t.dims)) for t in model.graph.initializer) / full
+    space = Space(exact=(), prune_modes=("target-latency",), criteria=("data",), protect=(0.0,), quantize_modes=("off",))
+    _run(tmp_path, metric=kept, space=space, trials=5, workers=1, max_drop=0.3)
+    study = optuna.load_study(study_name=optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'study.db'}")[0]
+                              .study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    rungs = [t for t in study.trials if t.user_attrs.get("ladder")]
+    # one worker: the ladder, then each trial a target halfway across the gap the rungs before it left
+    assert [t.number for t in rungs] == [0, 1, 2, 3, 4]
+    assert [t.params["prune.target-latency"] for t in rungs[:3]] == [0.5, 0.65, 0.8]
+    for i in (3, 4):
+        measured = {t.params["prune.target-latency"]: t.values[1] >= 0.7 - 1e-12 for t in rungs[:i]
+                    if t.state.name == "COMPLETE"}
+        assert rungs[i].params["prune.target-latency"] == space.bisect(measured)["prune.target-latency"]
+
+
 def test_a_worker_killed_mid_trial_is_retried(tmp_path):
     driver, marker = os.getpid(), tmp_path / "killed"
 

@@ -67,6 +67,27 @@ def test_a_latency_ladder_follows_the_recipes():
     assert Space(prune_modes=("off", "ratio")).ladder() == []
 
 
+def test_bisection_narrows_the_ladder_to_where_the_budget_breaks():
+    space = Space()
+
+    def target(rungs):
+        nxt = space.bisect(rungs)
+        return None if nxt is None else (nxt["prune.target-latency"], nxt["prune.criterion"], nxt.get("quantize"))
+    # 0.65 lost too much, 0.8 kept to the budget: halfway, then halfway again on the side it falls
+    assert target({0.5: False, 0.65: False, 0.8: True}) == (0.725, "recon", "off")
+    assert target({0.5: False, 0.65: False, 0.8: True, 0.725: True}) == (0.688, "recon", "off")
+    assert target({0.5: False, 0.65: False, 0.8: True, 0.725: False}) == (0.762, "recon", "off")
+    # a faster target within the budget beside a slower one over it: the fastest within decides
+    assert target({0.5: False, 0.65: True, 0.8: False}) == (0.575, "recon", "off")
+    # none within: towards the space's slow end; all within: towards its fast end
+    assert target({0.5: False, 0.65: False, 0.8: False}) == (0.875, "recon", "off")
+    assert target({0.5: True, 0.65: True, 0.8: True}) == (0.45, "recon", "off")
+    # close enough, or nothing measured, or no ladder in the space: nothing more to ask
+    assert target({0.7: False, 0.725: True}) is None
+    assert target({}) is None
+    assert Space(prune_modes=("off", "ratio")).bisect({0.5: True}) is None
+
+
 def test_recipes_are_the_readme_recipes_as_written():
     # the space times int8 everywhere (speed=false) but the recipes keep quantize's own speed check,
     # as `onnxopt run --passes fold-bn,quantize` runs it: the search must beat those, not a variant
