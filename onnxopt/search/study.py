@@ -58,7 +58,8 @@ def recover_unfinished(study: Any) -> int:
             continue
         if t.number not in queued:
             attrs = {"resumed_from": t.number}
-            for kind in ("recipe", "ladder"):  # a recipe runs as written (Space.suggest reads this)
+            # a recipe runs as written (Space.suggest reads this); a ladder rung is one the bisection counts
+            for kind in ("recipe", "ladder"):
                 if t.user_attrs.get(kind):
                     attrs[kind] = True
             study.enqueue_trial(t.params, user_attrs=attrs)
