@@ -218,8 +218,9 @@ def _agreement(common: dict, aa: list[float]) -> dict | None:
     """Do the two runs' ratios of each same model agree within the A/A noise? A ratio's A/A spread
     is sigma, the A/A ratios' standard deviation (a bias common to every timing, such as the order of
     the rounds, cancels in a difference); a difference of two runs' ratios carries it twice (sqrt 2
-    sigma), and each must be within AGREE_SIGMAS of that (with 16 specs, a 4% chance that one fails
-    by noise alone). In absolute terms: a faster model's ratio is not quieter (x86-vnni, ResNet-18:
+    sigma), and each must be within AGREE_SIGMAS of that. sigma is estimated from AA_REPEATS ratios,
+    so a difference is Student's t with 11 degrees of freedom: 1.2% of specs fail by noise alone, and
+    one of 16 does in 18% of runs (strict rather than lenient). In absolute terms: a faster model's ratio is not quieter (x86-vnni, ResNet-18:
     int8 at 0.375x timed 8 times as a trial times, standard deviation 0.0036; the A/A beside it, 0.0036)."""
     if not common or len(aa) < 2:
         return None
@@ -365,7 +366,14 @@ def main(argv: list[str] | None = None) -> dict:
     data = {"machine": machine(), "digits": [], "workers": [], "zoo": []}
     kind = data["machine"].get("cpu_kind", "cpu")
     earlier = results_dir(quick) / f"search-{kind}.json"
-    if len(only) < 3 and earlier.exists():  # the sections not rerun keep their last results
+    picked = {section: next((a.split("=", 1)[1].split(",") for a in argv if a.startswith(f"--{section}=")), None)
+              for section in ("workers", "zoo")}
+    for section, known in (("workers", WORKERS), ("zoo", ZOO)):
+        unknown = [n for n in picked[section] or [] if n not in known]
+        if unknown:
+            raise SystemExit(f"--{section}={','.join(unknown)}: choose from {', '.join(known)}")
+    # the sections (and the models of a section) not rerun keep their last results
+    if (len(only) < 3 or any(picked.values())) and earlier.exists():
         data |= {k: v for k, v in json.loads(earlier.read_text()).items() if k in ("digits", "workers", "zoo")}
     if "digits" in only:
         data["digits"] = []
@@ -374,15 +382,14 @@ def main(argv: list[str] | None = None) -> dict:
             data["digits"].append(digits_run(name, quick))
     if "workers" in only:
         # --workers=NAME[,NAME]: rerun those models only, keep the others' last results
-        names = next((a.split("=", 1)[1].split(",") for a in argv if a.startswith("--workers=")),
-                     ("digits_resnet",) if quick else WORKERS)
+        names = picked["workers"] or (("digits_resnet",) if quick else WORKERS)
         data["workers"] = [w for w in data.get("workers") or [] if w["model"] not in names and w["model"] in WORKERS]
         for name in names:
             print(f"[search] workers: {name}", file=sys.stderr, flush=True)
             data["workers"].append(workers_run(name, quick))
     if "zoo" in only:
         # --zoo=NAME[,NAME]: rerun those zoo models only, keep the others' last results
-        names = next((a.split("=", 1)[1].split(",") for a in argv if a.startswith("--zoo=")), ZOO)
+        names = picked["zoo"] or ZOO
         data["zoo"] = [z for z in data.get("zoo") or [] if z["model"] not in names and z["model"] in ZOO]
         for name in () if quick else names:
             print(f"[search] zoo: {name}", file=sys.stderr, flush=True)

@@ -91,10 +91,10 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     measuring = original.submit(measure_original)
     original.shutdown(wait=False)
     try:
-        info = cluster.connect(ray_address, workers)
-    finally:
-        concurrent.futures.wait([measuring])  # a failed start still waits for the thread it began
-    try:
+        try:
+            info = cluster.connect(ray_address, workers)
+        finally:  # a failed start still waits for the thread it began (a thread cannot be cancelled)
+            concurrent.futures.wait([measuring])
         base_metric, (exact, exact_report, after_exact) = measuring.result()
         name = f"onnxopt-{hashlib.sha256(payload.model).hexdigest()[:12]}-{space.fingerprint}-{kind}"
         study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)))
@@ -274,11 +274,12 @@ def _next_rung(study: Any, space: Space, least: float) -> dict | None:
              if t.user_attrs.get("ladder") and t.user_attrs.get("error") != studies.INTERRUPTED]
     if not rungs or any(not t.state.is_finished() for t in rungs):
         return None
-    targets = {t.params.get("prune.target-latency") for t in rungs}
-    if len(targets) >= len(space.ladder()) + BISECT_STEPS:
+    # a failed rung was tried all the same (None): asked again, it would fail again
+    tried = {t.params["prune.target-latency"]: (t.values[1] >= least - 1e-12 if t.state.name == "COMPLETE" else None)
+             for t in rungs if "prune.target-latency" in t.params}
+    if len(tried) >= len(space.ladder()) + BISECT_STEPS:
         return None
-    return space.bisect({t.params["prune.target-latency"]: t.values[1] >= least - 1e-12
-                         for t in rungs if t.state.name == "COMPLETE" and "prune.target-latency" in t.params})
+    return space.bisect(tried)
 
 
 def _progress_state(study: Any, base_metric: float, max_drop: float, total: int) -> dict:

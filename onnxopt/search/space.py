@@ -141,18 +141,19 @@ class Space:
                 out.append(params)
         return out
 
-    def bisect(self, rungs: dict[float, bool]) -> dict[str, Any] | None:
-        """The next rung once the ladder's are measured (`rungs`: target -> within the budget):
-        halfway between the fastest target within the budget and the slowest faster one that was
-        not (the space's bounds where there is none), as the same ladder trial otherwise. BISECT_STEPS
-        of them place the fastest model the budget allows to a few hundredths of latency, which
-        the sampler, modelling a space this wide from a few dozen trials, seldom does."""
+    def bisect(self, rungs: dict[float, bool | None]) -> dict[str, Any] | None:
+        """The next rung once the ladder's are measured (`rungs`: target -> within the budget, None
+        for a rung that failed): halfway between the fastest target within the budget and the slowest
+        faster one that was not (the space's bounds where there is none), as the same ladder trial
+        otherwise, and never a target tried before. BISECT_STEPS of them place the fastest model the
+        budget allows to a few hundredths of latency, which the sampler, modelling a space this wide
+        from a few dozen trials, seldom does."""
         ladder = self.ladder()
         if not ladder or not rungs:
             return None
         low, high = self.target_latency
         within = min((t for t, ok in rungs.items() if ok), default=high)
-        over = max((t for t, ok in rungs.items() if not ok and t < within), default=low)
+        over = max((t for t, ok in rungs.items() if ok is False and t < within), default=low)
         target = round((within + over) / 2, 3)
         if within - over <= BISECT_GAP or target in rungs:
             return None

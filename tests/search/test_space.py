@@ -82,6 +82,10 @@ def test_bisection_narrows_the_ladder_to_where_the_budget_breaks():
     # none within: towards the space's slow end; all within: towards its fast end
     assert target({0.5: False, 0.65: False, 0.8: False}) == (0.875, "recon", "off")
     assert target({0.5: True, 0.65: True, 0.8: True}) == (0.45, "recon", "off")
+    # a rung that failed was tried: never asked again, and no verdict on either side of it
+    assert target({0.5: False, 0.65: None, 0.8: True}) is None  # halfway 0.5-0.8 is the failed 0.65
+    assert target({0.5: False, 0.65: False, 0.8: True, 0.725: None}) is None
+    assert target({0.5: None, 0.65: False, 0.8: True}) == (0.725, "recon", "off")
     # close enough, or nothing measured, or no ladder in the space: nothing more to ask
     assert target({0.7: False, 0.725: True}) is None
     assert target({}) is None
