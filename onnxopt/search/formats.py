@@ -1,6 +1,7 @@
 """A search's results for people (the front as a table, one line on the choice) and as a plot."""
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from .space import decided_by_timing
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.2f}"
+
+
+def _target(spec: str) -> float:
+    """The latency target of a ladder trial's spec."""
+    found = re.search(r"target-latency=([0-9.]+)", spec)
+    return float(found.group(1)) if found else float("nan")
 
 
 def format_front(result: SearchResult) -> str:
@@ -28,6 +35,13 @@ def format_front(result: SearchResult) -> str:
             for t in result.front]
     lines.append("Pareto front (latency ratio vs metric; * = chosen):")
     lines.append(table(rows, ["#", "latency", "metric", "drop", "size", "MACs", "", "spec"], align="rrrrrrll"))
+    rungs = [t for t in result.trials if t.origin == "ladder"]
+    if rungs:  # where the budget breaks along the latency axis: what the user may trade next
+        lines += ["", "latency targets (the ladder, then halving the gap where the budget breaks):"]
+        lines += [f"  #{t.number} target {_target(t.spec):g}: " + ("failed" if t.state != "complete" else
+                  f"x{t.latency_ratio:.3f}, drop {_pct(t.drop)} points, "
+                  + ("within the budget" if t.drop <= metric["max_drop"] + 1e-12 else "over the budget"))
+                  for t in sorted(rungs, key=lambda t: _target(t.spec))]
     if r.get("scan_error"):
         lines += ["", f"sensitivity scan failed ({r['scan_error']}): no layer was protected or spared"]
     failed = [t for t in result.trials if t.state == "failed"]

@@ -100,6 +100,7 @@ class TrialRecord:
     timing_seconds: float | None = None  # of `seconds`, those it held its node alone to time
     model_sha256: str | None = None      # of the model it built (passes that time may build another next time)
     timings_cut: int = 0                 # timings longer than the gate's MAX_HOLD: builds ran beside their end
+    origin: str = "sampler"              # who asked for it: "recipe", "ladder" (latency targets, bisected) or "sampler"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,15 +113,16 @@ def records(study: Any, base_metric: float) -> list[TrialRecord]:
         a = t.user_attrs
         if "same_as" in a:  # a repeat: the trial it repeats stands for it
             continue
+        origin = "recipe" if a.get("recipe") else "ladder" if a.get("ladder") else "sampler"
         if t.state == optuna.trial.TrialState.COMPLETE:
             latency, metric = t.values
             out.append(TrialRecord(t.number, a.get("spec", ""), "complete", metric, base_metric - metric, latency,
                                    a.get("size"), a.get("params"), a.get("macs"), a.get("node"), a.get("seconds"),
                                    timing_seconds=a.get("timing_seconds"), model_sha256=a.get("model_sha256"),
-                                   timings_cut=a.get("timings_cut") or 0))
+                                   timings_cut=a.get("timings_cut") or 0, origin=origin))
         elif t.state == optuna.trial.TrialState.FAIL and a.get("error") != INTERRUPTED:
             out.append(TrialRecord(t.number, a.get("spec", ""), "failed", error=a.get("error"),
-                                   seconds=a.get("seconds")))
+                                   seconds=a.get("seconds"), origin=origin))
     front = pareto([r for r in out if r.state == "complete"])
     for r in front:
         r.on_front = True

@@ -29,3 +29,22 @@ def test_a_trial_whose_timing_outlasted_the_gate_is_named():
 def test_without_a_cut_timing_there_is_no_warning():
     text = format_front(_result([_trial(0, "fold-bn", 0), _trial(1, "fold-bn,quantize", 0)]))
     assert "warning" not in text and "chosen: fold-bn (latency x0.500" in text
+
+
+def test_the_latency_targets_tried_say_where_the_budget_breaks():
+    def rung(number, target, drop):
+        spec = f"fold-bn,prune:target-latency={target},criterion=recon"
+        if drop is None:
+            return TrialRecord(number, spec, "failed", error="RuntimeError: x", origin="ladder")
+        return TrialRecord(number, spec, "complete", 0.9 - drop, drop, target + 0.01, origin="ladder")
+    trials = [_trial(0, "fold-bn", 0), rung(1, 0.5, 0.05), rung(2, 0.8, 0.005), rung(3, 0.65, 0.02),
+              rung(4, 0.725, None)]
+    lines = format_front(_result(trials)).splitlines()
+    start = lines.index("latency targets (the ladder, then halving the gap where the budget breaks):")
+    # fastest target first, each with its verdict against the 1-point budget; the recipe is not a rung
+    assert lines[start + 1:start + 5] == [
+        "  #1 target 0.5: x0.510, drop 5.00 points, over the budget",
+        "  #3 target 0.65: x0.660, drop 2.00 points, over the budget",
+        "  #4 target 0.725: failed",
+        "  #2 target 0.8: x0.810, drop 0.50 points, within the budget"]
+    assert "latency targets" not in format_front(_result([_trial(0, "fold-bn", 0)]))
