@@ -1,7 +1,6 @@
 """A search's results for people (the front as a table, one line on the choice) and as a plot."""
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 
@@ -9,6 +8,7 @@ from ..text import human, human_bytes, table
 from .cluster import MAX_HOLD
 from .run import SearchResult
 from .space import decided_by_timing
+from .study import within_budget
 
 
 def _pct(x: float | None) -> str:
@@ -17,8 +17,8 @@ def _pct(x: float | None) -> str:
 
 def _target(spec: str) -> float:
     """The latency target of a ladder trial's spec."""
-    found = re.search(r"target-latency=([0-9.]+)", spec)
-    return float(found.group(1)) if found else float("nan")
+    from ..pipeline.spec import parse_spec
+    return next(p.options.target_latency for p in parse_spec(spec) if p.name == "prune")
 
 
 def format_front(result: SearchResult) -> str:
@@ -40,7 +40,8 @@ def format_front(result: SearchResult) -> str:
         lines += ["", "latency targets (the ladder, then halving the gap where the budget breaks):"]
         lines += [f"  #{t.number} target {_target(t.spec):g}: " + ("failed" if t.state != "complete" else
                   f"x{t.latency_ratio:.3f}, drop {_pct(t.drop)} points, "
-                  + ("within the budget" if t.drop <= metric["max_drop"] + 1e-12 else "over the budget"))
+                  + ("within the budget" if within_budget(t.drop, metric["max_drop"])
+                     else "over the budget"))
                   for t in sorted(rungs, key=lambda t: _target(t.spec))]
     if r.get("scan_error"):
         lines += ["", f"sensitivity scan failed ({r['scan_error']}): no layer was protected or spared"]

@@ -203,7 +203,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                     study.tell(trial, [result["latency_ratio"], result["metric"]])
                     # keep the bytes of the fastest model within the budget so far only (a full-size model
                     # per trial would not fit in memory); the choice, if another, is built again below
-                    within = result["metric"] >= base_metric - max_drop - 1e-12
+                    within = studies.within_budget(base_metric - result["metric"], max_drop)
                     if within and all(result["latency_ratio"] < r for r, _ in built.values()):
                         built = {key: (result["latency_ratio"], result["model"])}
                 told = study._storage.get_trial(trial._trial_id)
@@ -213,7 +213,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                     del building[spec]
                 for twin in twins.pop(key, []):
                     tell_same(twin, told)
-                rung = _next_rung(study, space, base_metric - max_drop)
+                rung = _next_rung(study, space, base_metric, max_drop)
                 if rung is not None:  # asked next, before the sampler's own choices
                     study.enqueue_trial(rung, user_attrs={"ladder": True})
                 if progress is not None:
@@ -267,15 +267,16 @@ def _fail():
     return optuna.trial.TrialState.FAIL
 
 
-def _next_rung(study: Any, space: Space, least: float) -> dict | None:
+def _next_rung(study: Any, space: Space, base_metric: float, max_drop: float) -> dict | None:
     """Once every ladder trial so far is measured, the next one Space.bisect asks (at most
-    BISECT_STEPS beyond the ladder's own); `least`: the lowest metric within the budget."""
+    BISECT_STEPS beyond the ladder's own)."""
     rungs = [t for t in study.get_trials(deepcopy=False)
              if t.user_attrs.get("ladder") and t.user_attrs.get("error") != studies.INTERRUPTED]
     if not rungs or any(not t.state.is_finished() for t in rungs):
         return None
     # a failed rung was tried all the same (None): asked again, it would fail again
-    tried = {t.params["prune.target-latency"]: (t.values[1] >= least - 1e-12 if t.state.name == "COMPLETE" else None)
+    tried = {t.params["prune.target-latency"]: (studies.within_budget(base_metric - t.values[1], max_drop)
+                                                 if t.state.name == "COMPLETE" else None)
              for t in rungs if "prune.target-latency" in t.params}
     if len(tried) >= len(space.ladder()) + BISECT_STEPS:
         return None

@@ -140,10 +140,15 @@ def pareto(done: list[TrialRecord]) -> list[TrialRecord]:
     return sorted(front, key=lambda r: r.latency_ratio)
 
 
+def within_budget(drop: float, max_drop: float) -> bool:
+    """Whether a metric's drop below the original's is at most `max_drop` (to rounding)."""
+    return drop <= max_drop + 1e-12
+
+
 def choose(done: list[TrialRecord], max_drop: float) -> tuple[TrialRecord | None, TrialRecord | None]:
     """(the fastest trial within the budget, the closest one when none is): ties go to the better
     metric, then the smaller model."""
-    within = [r for r in done if r.state == "complete" and r.drop <= max_drop + 1e-12]
+    within = [r for r in done if r.state == "complete" and within_budget(r.drop, max_drop)]
     if within:
         return min(within, key=lambda r: (r.latency_ratio, -r.metric, r.size or 0)), None
     complete = [r for r in done if r.state == "complete"]
