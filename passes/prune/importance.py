@@ -131,8 +131,9 @@ def reader_inputs(groups: list[Group]) -> list[str]:
 
 def score_groups(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], criterion: str, *,
                  calibration: Iterable[Feed] | None = None, threads: int = 1, limit: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> tuple[dict[int, np.ndarray], list[str]]:
-    """Scores per group id, and notes on fallbacks."""
+                 progress: Callable[[int], None] | None = None) -> tuple[dict[int, np.ndarray], list[str], bool]:
+    """Scores per group id, notes on fallbacks, and whether the scores are losses comparable across
+    groups (recon's, when it scored every group; see select.costs)."""
     notes: list[str] = []
     energy = {}
     recon = {}
@@ -141,6 +142,10 @@ def score_groups(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], c
                                       progress=progress)
     # output energy scores `data`, and the groups `recon` could not score: only their readers are run for it
     unscored = [g for g in groups if g.id not in recon]
+    if criterion == "recon" and unscored and recon:
+        notes.append(f"criterion recon: {len(unscored)} of {len(groups)} group(s) have no dense reader to refit and "
+                     f"are scored by output energy, e.g. {unscored[0].label}; groups are weighed against each "
+                     "other by their mean score")
     if criterion in ("data", "recon") and unscored:
         energy = channel_energy(graph, reader_inputs(unscored), calibration or (), threads=threads, limit=limit,
                                 progress=progress)
@@ -161,4 +166,4 @@ def score_groups(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], c
         why = "no BatchNormalization after its layers" if criterion == "bn" else "no dense layer reads it"
         notes.append(f"criterion {criterion}: {len(fell_back)} group(s) scored by l1 instead ({why}), "
                      f"e.g. {fell_back[0]}")
-    return scores, notes
+    return scores, notes, criterion == "recon" and not unscored
