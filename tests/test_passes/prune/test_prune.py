@@ -414,6 +414,35 @@ def test_criterion_recon_removes_what_the_next_layer_can_rebuild():
     assert ({0, 6} <= kept_by_data or {1, 7} <= kept_by_data) and data.cosine < 0.999, (kept_by_data, data)
 
 
+def twin_branch_net():
+    """Two identical branches, conv (8) -> relu -> conv (4), added: the second branch's last conv is
+    the first's x 0.01, so its channels weigh 1e-4 of the first's at the output while every layer
+    loss (relative to the layer's own output) is the same in both."""
+    rng = np.random.default_rng(21)
+    w = (0.3 * rng.standard_normal((8, 3, 3, 3))).astype(F32)
+    b = rng.uniform(0.0, 0.2, 8).astype(F32)
+    v = (0.3 * rng.standard_normal((4, 8, 3, 3))).astype(F32)
+    inits = {"a1.w": w, "a1.b": b, "a2.w": v, "b1.w": w.copy(), "b1.b": b.copy(), "b2.w": (0.01 * v).astype(F32)}
+    nodes = []
+    for k in ("a", "b"):
+        nodes += [helper.make_node("Conv", ["x", f"{k}1.w", f"{k}1.b"], [f"{k}1"], name=f"{k}1", pads=[1] * 4),
+                  helper.make_node("Relu", [f"{k}1"], [f"{k}r"]),
+                  helper.make_node("Conv", [f"{k}r", f"{k}2.w"], [f"{k}2"], name=f"{k}2", pads=[1] * 4)]
+    nodes.append(helper.make_node("Add", ["a2", "b2"], ["y"]))
+    model = make(nodes, inits, [("x", [1, 3, 8, 8])], [("y", [1, 4, 8, 8])])
+    data = np.random.default_rng(22).standard_normal((40, 3, 8, 8)).astype(F32)
+    return model, FeedSet({"x": data}, batch=1)
+
+
+def test_criterion_recon_weighs_groups_by_what_the_output_feels():
+    model, calib = twin_branch_net()
+    run = Pipeline([Prune(round_to=1, ratio=0.25, criterion="recon", global_ranking=True)], calibration=calib).run(model)
+    widths = {t.name: t.dims[0] for t in run.model.graph.initializer if t.name in ("a1.w", "b1.w")}
+    # all four channels a global ranking removes come from the branch the output hardly reads; per-group
+    # means (or layer losses alone) see two equal groups and split them
+    assert widths == {"a1.w": 8, "b1.w": 4}, widths
+
+
 def test_criterion_recon_without_calibration_is_bad_data():
     with pytest.raises(BadData, match="calibration"):
         Pipeline([Prune(round_to=1, criterion="recon")]).run(net())
