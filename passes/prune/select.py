@@ -84,8 +84,8 @@ def local_plan(groups: list[Group], scores: dict[int, np.ndarray], ratios: dict[
 
 def costs(scores: np.ndarray, losses: bool) -> np.ndarray:
     """What removing each channel of a group costs, comparable across groups: a loss criterion's
-    scores as they are (recon's are shares of the readers' output energy lost, the same unit in
-    every group), any other criterion's divided by the group's mean (a filter norm or an output
+    scores as they are (recon's are predicted relative errors of the model's output, the same unit
+    in every group), any other criterion's divided by the group's mean (a filter norm or an output
     energy says which channels of a layer matter least, not how much a layer matters against
     another)."""
     if losses:
