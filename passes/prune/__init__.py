@@ -130,8 +130,8 @@ class Prune(Pass):
                 f" (output energy on {len(calibration)} calibration samples)" if criterion == "data" else
                 " (filter norm; give --calib for data-driven importance and recovery)"))
         scores, notes, losses = score_groups(graph, analysis, groups, criterion, calibration=calibration,
-                                     threads=ctx.threads,
-                                     progress=lambda i: ctx.progress("prune: importance", i, len(calibration)))
+                                             threads=ctx.threads,
+                                             progress=lambda i: ctx.progress("prune: importance", i, len(calibration)))
         result.notes += notes
         round_to = nchwc_block() if o.round_to == "auto" else o.round_to
         result.details["round_to"] = round_to
