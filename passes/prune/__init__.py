@@ -77,7 +77,8 @@ class Prune(Pass):
                     "energy on --calib samples), recon (what the next layers lose after their least-squares refit, "
                     "on --calib samples: slower, more accurate); auto = data with --calib, else l1")
         global_ranking: bool = option(
-            False, "rank channels of all groups together, scores normalized per group (also: global=true)",
+            False, "rank channels of all groups together, scores normalized per group (recon: its predicted output "
+                   "errors as they are; also: global=true)",
             aliases=("global",))
         ratios: tuple[str, ...] = option((), "per-layer overrides PATTERN=RATIO (node/weight name or regex, "
                                              "or op type), first match wins, e.g. 'layer1.*=0.1|fc=0'")
