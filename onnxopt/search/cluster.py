@@ -378,20 +378,20 @@ def driver_gate() -> GateHandle | None:
         return None
 
 
-def _trial_on_node(payload: Any, spec: str, number: int) -> dict:
+def _trial_on_node(payload: Any, spec: str, number: int, control: bool = False) -> dict:
     import ray
 
     from .trial import run_trial
     gate = node_gate()
-    result = run_trial(payload, spec, gate)
+    result = run_trial(payload, spec, gate, control)
     result.update(node=ray.get_runtime_context().get_node_id()[:12], number=number, timing_seconds=gate.timing,
                   gate_wait_seconds=gate.waited, timings_cut=gate.cut)
     return result
 
 
 def _job_on_node(payload: Any, fn: Callable[..., dict], *args: Any) -> dict:
-    """Other work of the search (the sensitivity scan, the A/A control): under the node's gate like
-    a trial, so a timing never overlaps it."""
+    """Other work of the search (the sensitivity scan; the A/A control where its trial failed):
+    under the node's gate like a trial, so a timing never overlaps it."""
     from ..measure.timing import quiet_machine
     gate = node_gate()
     with gate.shared(), quiet_machine(gate.quiet):
@@ -434,8 +434,9 @@ class Runner:
             self.placed[ref] = node
         return ref
 
-    def submit(self, number: int, spec: str) -> None:
-        self.pending[self._submit(self.task, spec, number)] = number
+    def submit(self, number: int, spec: str, control: bool = False) -> None:
+        """Run trial `number`; `control`: it times the original against itself too (see run_trial)."""
+        self.pending[self._submit(self.task, spec, number, control)] = number
 
     def start(self, name: str, fn: Callable[..., dict], *args: Any) -> None:
         """Run `fn(payload, *args)` beside the trials; next() hands back its result as a job's."""

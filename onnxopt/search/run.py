@@ -111,10 +111,12 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     driver = cluster.driver_gate()
     built: dict[int, tuple[float, bytes]] = {}  # trial number -> (latency ratio, model)
     asked: dict[int, Any] = {}
-    # the A/A control and the sensitivity scan run beside the first trials (the recipes need no
-    # scan unless the space leaves no 0 for protect or spread); a trial that needs it waits for it
-    runner.start("control", control_ratio)
+    # the sensitivity scan runs beside the first trials (the recipes need no scan unless the space
+    # leaves no 0 for protect or spread); a trial that needs it waits for it. The A/A control rides
+    # on the first trial built: the original against itself in that trial's timing rounds (a job of
+    # its own cost a task, two sessions and a warm-up, seconds of a small model's search)
     jobs: dict[str, dict] = {}
+    control_by: list[int] = []  # the trial timing the control now (-1: a job of its own; none: the next built)
     sensitive: list[str] | None = None
     if space.uses_ranking:
         runner.start("scan", ranked_layers, after_exact.SerializeToString())
@@ -156,7 +158,10 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
             return False
         asked[trial.number] = trial
         building[spec] = trial.number
-        runner.submit(trial.number, spec)
+        control = "control" not in jobs and not control_by
+        if control:
+            control_by.append(trial.number)
+        runner.submit(trial.number, spec, control)
         return False
 
     try:
@@ -191,6 +196,13 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                             waiting.pop(0)
                     continue
                 trial = asked.pop(key)
+                if key in control_by:  # a trial that failed before timing leaves it to a job of its own
+                    control_by.remove(key)
+                    if "control_ratio" in result:
+                        jobs["control"] = {"control_ratio": result.pop("control_ratio")}
+                    else:
+                        control_by.append(-1)
+                        runner.start("control", control_ratio)
                 for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
                           "gate_wait_seconds", "timings_cut", "model_sha256", "started_at"):
                     if result.get(k) is not None:

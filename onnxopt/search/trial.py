@@ -127,13 +127,15 @@ def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool =
 
 
 def control_ratio(payload: Payload) -> dict:
-    """The original timed against itself: the A/A noise of a trial's latency ratio."""
+    """The original timed against itself: the A/A noise of a trial's latency ratio (a job of its
+    own only where the trial that was to time it beside itself failed first)."""
     return latency_ratio(payload, onnx.load_from_string(payload.model), with_control=True)
 
 
-def run_trial(payload: Payload, spec: str, gate: Any = None) -> dict:
-    """Build, score and time one spec. Never raises for what the spec or the metric does wrong: a
-    failed trial is a result with its one-line reason."""
+def run_trial(payload: Payload, spec: str, gate: Any = None, control: bool = False) -> dict:
+    """Build, score and time one spec (`control`: the original against itself too, in the same
+    rounds: the A/A noise of a trial's ratio, as `control_ratio`). Never raises for what the spec or
+    the metric does wrong: a failed trial is a result with its one-line reason."""
     from ..analysis.cost import model_stats
     gate = gate or NoGate()
     started = time.perf_counter()
@@ -148,7 +150,7 @@ def run_trial(payload: Payload, spec: str, gate: Any = None) -> dict:
             if built["failed"]:
                 raise RuntimeError("; ".join(built["failed"]))
             result["metric"] = score(payload, model)
-            result.update(latency_ratio(payload, model))
+            result.update(latency_ratio(payload, model, with_control=control))
             serialized = model.SerializeToString()
             stats = model_stats(model, payload.shapes)
         result.update(size=len(serialized), params=stats.params, macs=stats.macs, model=serialized,

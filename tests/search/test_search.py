@@ -112,6 +112,23 @@ def test_a_failing_metric_fails_only_its_trials(tmp_path):
     assert {t.params for t in completed} == {model_stats(_model(), {"x": (1, 3, 16, 16)}).params}
 
 
+def test_the_a_a_control_passes_to_the_next_trial_when_its_first_carrier_fails(tmp_path):
+    def size(model):
+        return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    full = size(_model())
+    calls = [0]
+
+    def metric(model):  # the driver's call on the original passes; the workers' copies start after it
+        calls[0] += 1
+        if calls[0] > 1 and size(model) == full:
+            raise ValueError("metric refuses unpruned models")
+        return 1.0
+    result = _run(tmp_path, metric=metric, trials=4)
+    assert result.trials[0].spec == "cleanup" and result.trials[0].state == "failed", result.trials[0]
+    # the first trial built was to time the original against itself; it failed first, so a job did
+    assert abs(result.report["control"]["control_ratio"] - 1) < 0.5, result.report["control"]
+
+
 def test_a_metric_failing_on_the_original_stops_the_search_before_any_trial(tmp_path):
     import ray
 
