@@ -220,8 +220,9 @@ def _agreement(common: dict, aa: list[float]) -> dict | None:
     the rounds, cancels in a difference); a difference of two runs' ratios carries it twice (sqrt 2
     sigma), and each must be within AGREE_SIGMAS of that. sigma is estimated from AA_REPEATS ratios,
     so a difference is Student's t with 11 degrees of freedom: 1.2% of specs fail by noise alone, and
-    one of 16 does in 18% of runs (strict rather than lenient). In absolute terms: a faster model's ratio is not quieter (x86-vnni, ResNet-18:
-    int8 at 0.375x timed 8 times as a trial times, standard deviation 0.0036; the A/A beside it, 0.0036)."""
+    one of 16 does in 18% of runs (strict rather than lenient). In absolute terms: a faster model's
+    ratio is not quieter (x86-vnni, ResNet-18: int8 at 0.375x timed 8 times as a trial times,
+    standard deviation 0.0036; the A/A beside it, 0.0036)."""
     if not common or len(aa) < 2:
         return None
     sigma = float(np.std(aa, ddof=1))

@@ -130,9 +130,9 @@ class Prune(Pass):
             result.notes.append(f"importance: {criterion}" + (
                 f" (output energy on {len(calibration)} calibration samples)" if criterion == "data" else
                 " (filter norm; give --calib for data-driven importance and recovery)"))
-        scores, notes, losses = score_groups(graph, analysis, groups, criterion, calibration=calibration,
-                                             threads=ctx.threads,
-                                             progress=lambda i: ctx.progress("prune: importance", i, len(calibration)))
+        scores, notes = score_groups(graph, analysis, groups, criterion, calibration=calibration,
+                                     threads=ctx.threads,
+                                     progress=lambda i: ctx.progress("prune: importance", i, len(calibration)))
         result.notes += notes
         round_to = nchwc_block() if o.round_to == "auto" else o.round_to
         result.details["round_to"] = round_to
@@ -146,9 +146,9 @@ class Prune(Pass):
             from .latency import latency_plan
             fixed_plan = select.local_plan([g for g in groups if g.id in fixed], scores, fixed, limits)
             plan = latency_plan(graph, analysis, groups, scores, o.target_latency, limits, ctx, result,
-                                fixed=fixed_plan, fixed_ids=set(fixed), losses=losses)
+                                fixed=fixed_plan, fixed_ids=set(fixed))
         elif o.global_ranking:
-            plan = select.global_plan(groups, scores, o.ratio, fixed, limits, losses=losses)
+            plan = select.global_plan(groups, scores, o.ratio, fixed, limits)
         else:
             plan = select.local_plan(groups, scores, {g.id: fixed.get(g.id, o.ratio) for g in groups}, limits)
         macs = _group_macs(graph, analysis, groups)

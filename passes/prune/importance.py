@@ -131,9 +131,12 @@ def reader_inputs(groups: list[Group]) -> list[str]:
 
 def score_groups(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], criterion: str, *,
                  calibration: Iterable[Feed] | None = None, threads: int = 1, limit: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> tuple[dict[int, np.ndarray], list[str], bool]:
-    """Scores per group id, notes on fallbacks, and whether the scores are losses comparable across
-    groups (recon's, when it scored every group; see select.costs)."""
+                 progress: Callable[[int], None] | None = None) -> tuple[dict[int, np.ndarray], list[str]]:
+    """Scores per group id, in one unit across groups (the latency planner and a global ranking
+    compare them as they are), and notes on fallbacks. recon's are predicted output errors where it
+    scored every group; every other criterion's are relative to the group's mean (a filter norm or
+    an output energy says which channels of a layer matter least, not how much a layer matters
+    against another), and so are recon's where some group is scored another way."""
     notes: list[str] = []
     energy = {}
     recon = {}
@@ -166,4 +169,6 @@ def score_groups(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], c
         why = "no BatchNormalization after its layers" if criterion == "bn" else "no dense layer reads it"
         notes.append(f"criterion {criterion}: {len(fell_back)} group(s) scored by l1 instead ({why}), "
                      f"e.g. {fell_back[0]}")
-    return scores, notes, criterion == "recon" and not unscored
+    if criterion != "recon" or unscored:
+        scores = {gid: _normalized_mean([s]) for gid, s in scores.items()}
+    return scores, notes

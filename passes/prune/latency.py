@@ -9,7 +9,8 @@ many channels go from measurements, not from FLOPs.
    shapes and attributes, so a second run on the same model, or a model with the same layers,
    measures nothing.
 2. Greedy: from full width, repeatedly narrow the group whose next width saves the most predicted
-   latency per unit of importance removed (see select.costs), until the prediction
+   latency per unit of importance removed (scores in one unit across groups, as
+   importance.score_groups gives them), until the prediction
    meets the target.
 3. The pruned model is measured against the original, interleaved; if the measured ratio misses
    the target by more than 3 points the internal target is corrected by target / measured and the
@@ -221,7 +222,7 @@ def _layers(graph: Graph, analysis: ChannelAnalysis, groups: list[Group]) -> lis
 
 
 def _greedy(layers: list[_Layer], groups: list[Group], scores: dict[int, np.ndarray], limits: select.Limits,
-            budget: float, fixed: dict[int, int] | None = None, losses: bool = False) -> tuple[dict[int, int], float]:
+            budget: float, fixed: dict[int, int] | None = None) -> tuple[dict[int, int], float]:
     """Widths per group whose predicted time saving reaches `budget` seconds, cheapest first.
     Groups in `fixed` (group id -> width: a per-layer ratio override) keep that width; the time it
     saves counts towards the budget."""
@@ -235,7 +236,7 @@ def _greedy(layers: list[_Layer], groups: list[Group], scores: dict[int, np.ndar
     step_at = {g.id: 0 for g in groups}
     cost_sorted = {}
     for g in groups:
-        cost_sorted[g.id] = np.sort(select.costs(scores[g.id], losses))  # ascending: the first size-k go when k stay
+        cost_sorted[g.id] = np.sort(scores[g.id])  # ascending: the first size-k go when k stay
     by_group: dict[int, list[_Layer]] = {g.id: [] for g in groups}
     for ly in layers:
         for gid in set(ly.in_groups) | set(ly.out_groups):
@@ -286,11 +287,9 @@ def _measure_ratio(model: onnx.ModelProto, pruned: onnx.ModelProto, shapes, ctx:
 
 def latency_plan(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], scores: dict[int, np.ndarray],
                  target: float, limits: select.Limits, ctx: PassContext, result: PassResult, *,
-                 fixed: dict[int, np.ndarray] | None = None, fixed_ids: set[int] | None = None,
-                 losses: bool = False) -> dict[int, np.ndarray]:
+                 fixed: dict[int, np.ndarray] | None = None, fixed_ids: set[int] | None = None) -> dict[int, np.ndarray]:
     """`fixed`: keep-sets of groups a ratio override settles (`fixed_ids` lists every overridden
-    group, pruned or not); the planner chooses the other groups' widths. `losses`: the scores are
-    losses comparable across groups (see select.costs)."""
+    group, pruned or not); the planner chooses the other groups' widths."""
     fixed = fixed or {}
     fixed_widths = {g.id: len(fixed[g.id]) if g.id in fixed else g.size for g in groups if g.id in (fixed_ids or ())}
     table = LatencyTable(cache_path())
@@ -307,8 +306,7 @@ def latency_plan(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], s
     aim = target
     tried = []
     for attempt in range(MAX_ROUNDS):
-        counts, saved = _greedy(layers, groups, scores, limits, budget=(1 - aim) * total, fixed=fixed_widths,
-                                losses=losses)
+        counts, saved = _greedy(layers, groups, scores, limits, budget=(1 - aim) * total, fixed=fixed_widths)
         plan = {g.id: select.choose(scores[g.id], counts[g.id], g.blocks) for g in groups
                 if counts[g.id] < g.size and g.id not in fixed_widths}
         plan.update(fixed)

@@ -36,12 +36,12 @@ import numpy as np
 
 from onnxopt.analysis.channels import ChannelAnalysis, Group
 from onnxopt.graph.core import Graph, Node
-from onnxopt.graph.shrink import shrink
 from onnxopt.runtime.sessions import Feed, make_session, run_feeds, run_model
 
 from . import select
 from .recover import (FLUSH_ROWS, ROWS_PER_LAYER, _conv_geometry, _Layer, _rows, _store, _weights, output_size,
                       sample)
+from .sensitivity import pruned_copy
 
 MAX_ROWS = 4608           # a reader with a wider im2col row (e.g. 512 channels x 3x3) is too costly to invert
 STEPS = 64               # joint updates per group at most
@@ -175,6 +175,7 @@ def reconstruction_scores(graph: Graph, analysis: ChannelAnalysis, groups: list[
     for key in list(pending):
         _flush(gram, pending, key)
     inverse: dict[str, np.ndarray] = {}
+    energy: dict[str, float] = {}  # ||X W||^2 of each reader: what its losses are relative to
     scores: dict[int, np.ndarray] = {}
     for g in groups:
         if g.id not in plans:
@@ -183,17 +184,18 @@ def reconstruction_scores(graph: Graph, analysis: ChannelAnalysis, groups: list[
         for layer, rows in plans[g.id]:
             key = layer.node.id
             h = gram[key]
+            w = _weights(graph, layer)
             if key not in inverse:
                 damp = DAMP * float(np.mean(np.diag(h)) or 1.0)
                 inverse[key] = np.linalg.inv(h + damp * np.eye(len(h)))
-            w = _weights(graph, layer)
-            energy = float((w * (h @ w)).sum()) or 1.0
-            states.append((inverse[key].copy(), w.copy(), np.stack(rows), energy))
+                energy[key] = float((w * (h @ w)).sum()) or 1.0
+            states.append((inverse[key].copy(), w.copy(), np.stack(rows), energy[key]))
         scores[g.id] = _greedy(states, g.size)
     if len(plans) < len(groups):
-        # some groups are scored another way, per group: a gain would cancel (see select.costs)
+        # some groups are scored another way, relative to their mean: a gain would cancel (see
+        # importance.score_groups)
         return scores
-    gains = output_gains(graph, groups, plans, gram, scores, feeds[-PROBE_SAMPLES:], threads)
+    gains = output_gains(graph, groups, plans, gram, energy, scores, feeds[-PROBE_SAMPLES:], threads)
     known = [v for v in gains.values() if v is not None]
     fallback = float(np.median(known)) if known else 1.0
     return {gid: s * (fallback if gains.get(gid) is None else gains[gid]) for gid, s in scores.items()}
@@ -211,8 +213,8 @@ def _mixes_channels(graph: Graph, node: Node) -> bool:
 
 
 def output_gains(graph: Graph, groups: list[Group], plans: dict[int, list[tuple[_Layer, list[np.ndarray]]]],
-                 gram: dict[str, np.ndarray], scores: dict[int, np.ndarray], feeds: list[Feed],
-                 threads: int) -> dict[int, float | None]:
+                 gram: dict[str, np.ndarray], energy: dict[str, float], scores: dict[int, np.ndarray],
+                 feeds: list[Feed], threads: int) -> dict[int, float | None]:
     """Per group: the model's relative output error with PROBE_SHARE of the group's channels gone
     (the lowest-scoring) and its readers refit, over the readers' loss after that refit (their
     relative error, the unit of the scores; the scores of those channels add up to at least it:
@@ -238,12 +240,9 @@ def output_gains(graph: Graph, groups: list[Group], plans: dict[int, list[tuple[
             continue
         kept = select.choose(scores[g.id], g.size - gone, g.blocks)
         removed = np.setdiff1d(np.arange(g.size), kept)
-        trial = Graph(model, input_shapes=graph.input_shapes)
-        same = ChannelAnalysis(trial)
-        found = same.group_by_key(g.key)
-        if found is None:
+        trial = pruned_copy(model, graph.input_shapes, g, kept)
+        if trial is None:
             continue
-        shrink(trial, same, {found.id: kept})
         refits, loss = [], 0.0
         for layer, rows in plans[g.id]:
             node = trial.producer(layer.node.outputs[0])
@@ -257,7 +256,7 @@ def output_gains(graph: Graph, groups: list[Group], plans: dict[int, list[tuple[
             refit = np.linalg.solve(h[np.ix_(keep_rows, keep_rows)] + damp, h[keep_rows] @ w)
             refits.append((dataclasses.replace(layer, node=node), refit))
             # ||X W - X_k W'||^2 over ||X W||^2, from the Gram matrix alone
-            full = float((w * (h @ w)).sum()) or 1.0
+            full = energy[layer.node.id]
             cross = float((refit * (h[keep_rows] @ w)).sum())
             kept_part = float((refit * (h[np.ix_(keep_rows, keep_rows)] @ refit)).sum())
             loss += max(full - 2 * cross + kept_part, 0.0) / full

@@ -82,22 +82,11 @@ def local_plan(groups: list[Group], scores: dict[int, np.ndarray], ratios: dict[
     return plan
 
 
-def costs(scores: np.ndarray, losses: bool) -> np.ndarray:
-    """What removing each channel of a group costs, comparable across groups: a loss criterion's
-    scores as they are (recon's are predicted relative errors of the model's output, the same unit
-    in every group), any other criterion's divided by the group's mean (a filter norm or an output
-    energy says which channels of a layer matter least, not how much a layer matters against
-    another)."""
-    if losses:
-        return scores
-    return scores / scores.mean() if scores.mean() > 0 else scores
-
-
 def global_plan(groups: list[Group], scores: dict[int, np.ndarray], ratio: float, fixed: dict[int, float],
-                limits: Limits, losses: bool = False) -> dict[int, np.ndarray]:
-    """Remove the lowest-cost channels of all groups together (see costs) until `ratio` of the
-    channels are gone; groups in `fixed` (an override applies) are planned locally at their own
-    ratio."""
+                limits: Limits) -> dict[int, np.ndarray]:
+    """Remove the lowest-scoring channels of all groups together (scores in one unit across groups,
+    as importance.score_groups gives them) until `ratio` of the channels are gone; groups in `fixed`
+    (an override applies) are planned locally at their own ratio."""
     plan = local_plan([g for g in groups if g.id in fixed], scores, fixed, limits)
     free = [g for g in groups if g.id not in fixed]
     total = sum(g.size for g in free)
@@ -106,7 +95,7 @@ def global_plan(groups: list[Group], scores: dict[int, np.ndarray], ratio: float
         return plan
     entries = []
     for g in free:
-        entries += [(float(v), g.id, int(i)) for i, v in enumerate(costs(scores[g.id], losses))]
+        entries += [(float(v), g.id, int(i)) for i, v in enumerate(scores[g.id])]
     entries.sort()
     limit = {g.id: g.size - legal_keep(g, 1, dataclasses.replace(limits, round_to=1)) for g in free}
     removed = {g.id: 0 for g in free}

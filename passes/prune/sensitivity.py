@@ -6,6 +6,7 @@ pruning (a sensitivity scan in the manner of Li et al. 2016, Fig. 2)."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from onnxopt.analysis.channels import ChannelAnalysis, Group
 from onnxopt.graph.core import Graph
@@ -37,10 +38,9 @@ def sensitivity_table(graph: Graph, groups: list[Group], scores: dict[int, np.nd
             if keep >= g.size:
                 cosines.append(None)
                 continue
-            trial = Graph(model, input_shapes=shapes)
-            analysis = ChannelAnalysis(trial)
-            same = _same_group(analysis, g)
-            shrink(trial, analysis, {same.id: select.choose(scores[g.id], keep, g.blocks)})
+            trial = pruned_copy(model, shapes, g, select.choose(scores[g.id], keep, g.blocks))
+            if trial is None:
+                raise RuntimeError(f"{g.label}: not found again in the model")
             fid = compare(reference, run_model(trial.to_model(), feeds, threads=ctx.threads))
             cosines.append(round(float(fid.cosine), 6))
         rows.append({"group": g.label, "channels": g.size, "cosine": cosines})
@@ -48,9 +48,13 @@ def sensitivity_table(graph: Graph, groups: list[Group], scores: dict[int, np.nd
     return {"ratios": list(RATIOS), "samples": len(feeds), "rows": rows}
 
 
-def _same_group(analysis: ChannelAnalysis, group: Group) -> Group:
-    """The group of a fresh analysis of the same model."""
-    found = analysis.group_by_key(group.key)
-    if found is None:
-        raise RuntimeError(f"{group.label}: not found again in the model")
-    return found
+def pruned_copy(model: onnx.ModelProto, shapes: dict, group: Group, keep: np.ndarray) -> Graph | None:
+    """A fresh graph of `model` with only `group`'s channels outside `keep` removed (the group found
+    again in it by its key; None where it is not)."""
+    trial = Graph(model, input_shapes=shapes)
+    analysis = ChannelAnalysis(trial)
+    same = analysis.group_by_key(group.key)
+    if same is None:
+        return None
+    shrink(trial, analysis, {same.id: keep})
+    return trial
