@@ -496,6 +496,8 @@ def search(model: Path, calib: Path, eval_data: Path | None, max_drop: float, tr
         best = state["best"]
         tail = (f"fastest within budget x{best['latency_ratio']:.3f} (drop {best['drop'] * 100:.2f})"
                 if best else "none within budget yet")
+        if state.get("racing"):
+            tail = f"timing the {state['racing']} fastest within budget again, side by side"
         bar = "#" * int(30 * state["done"] / max(1, state["total"]))
         click.echo(f"\r[{bar:<30}] {state['done']}/{state['total']} trials, {state['failed']} failed; {tail} ",
                    nl=False, err=True)

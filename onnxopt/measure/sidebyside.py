@@ -2,7 +2,7 @@
 
 The first model is the reference. Every model runs in onnxruntime sessions built with the same
 options; all are timed in interleaved rounds (bench.interleave) at each batch size, over several
-sets of sessions (_time_batch), and compared with the reference on the same feeds: fidelity per
+sets of sessions (time_side_by_side), and compared with the reference on the same feeds: fidelity per
 output, top-1 accuracy when the data carries labels. Size
 on disk, parameters, MACs and peak session memory (memory.py) complete the picture, because a
 faster model that changed its answers, or a smaller one that is slower, is not a result.
@@ -62,6 +62,7 @@ class Settings:
     rounds: int = 200                    # at most this many timed rounds per batch size ...
     budget_seconds: float | None = 10.0  # ... or until this much time has passed (at least 5 rounds)
     session_sets: int = 3                # sets of sessions, built in shuffled orders, sharing the rounds
+    settle: float | None = None          # a set stops once every ratio is known to within ±settle (interleave)
     batches: tuple[int, ...] = ()        # () = the model's own batch size
     samples: int = 8                     # random samples for fidelity when no data is given
     seed: int = 0
@@ -296,7 +297,7 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
         # common in exports) runs at the timed batch size only: compare in batches of that size.
         fidelity_feeds, source, labels = _labelled_chunks(feedset, batches[0])
         outputs = _outputs(subjects, settings, list(timing_feeds.values()), fidelity_feeds)
-    timings = {b: _time_batch(subjects, timing_feeds[b], settings,
+    timings = {b: time_side_by_side(subjects, timing_feeds[b], settings,
                               lambda done, total, label=f"timing batch {b}": report(label, done, total))
                for b in batches}
 
@@ -348,8 +349,8 @@ def _run_or_refuse(sub: Subject, session, feed: Feed) -> Feed:
                        f"{', '.join(f'{k} {list(v.shape)}' for k, v in feed.items())}: {first}") from None
 
 
-def _time_batch(subjects: Sequence[Subject], feed: Feed, settings: Settings,
-                progress: Callable[[int, int], None]) -> list[Timing]:
+def time_side_by_side(subjects: Sequence[Subject], feed: Feed, settings: Settings,
+                      progress: Callable[[int, int], None] | None = None) -> list[Timing]:
     """Interleaved timing of every subject on one feed, pooled over `settings.session_sets` sets
     of sessions, each built in a new shuffled order; the rounds and the budget are shared out.
 
@@ -369,7 +370,9 @@ def _time_batch(subjects: Sequence[Subject], feed: Feed, settings: Settings,
         sessions = _build_sessions(subjects, settings, [int(i) for i in rng.permutation(len(subjects))])
         part = interleave([(sub.name, runner(sess, feed)) for sub, sess in zip(subjects, sessions)],
                           warmup=settings.warmup, rounds=share[k], budget_seconds=budget, seed=settings.seed + k,
-                          progress=lambda done, total: progress(done_before + done, settings.rounds))
+                          settle=settings.settle,
+                          progress=None if progress is None else
+                          lambda done, total: progress(done_before + done, settings.rounds))
         del sessions  # freed before the next set is built
         for i, t in enumerate(part):
             seconds[i] += t.seconds

@@ -144,18 +144,22 @@ def interleave(runners: Sequence[tuple[str, Callable[[], object]]], *, warmup: i
                settle: float | None = None) -> list[Timing]:
     """Time each runner once per round for `rounds` rounds (or until `budget_seconds`, at least 5
     rounds), after `warmup` untimed rounds, in the orders of round_orders(). With `settle`, stop
-    as soon as the 95% interval of the second runner's median per-round ratio to the first lies
-    within ±settle of it (checked every 25 rounds from the 50th): a fast model needs far fewer
+    as soon as the 95% interval of every runner's median per-round ratio to the first lies within
+    ±settle of it (checked every 25 rounds from the 50th): a fast model needs far fewer
     rounds than a time budget gives it. Returns one Timing per runner, in the given order."""
     with _quiet():
         return _interleave(runners, warmup, rounds, budget_seconds, progress, seed, settle)
 
 
 def _settled(samples: list[list[float]], settle: float) -> bool:
-    ratios = [a / b for a, b in zip(samples[1], samples[0])]
-    low, high = median_interval(ratios)
-    middle = statistics.median(ratios)
-    return high - middle <= settle * middle and middle - low <= settle * middle
+    """Whether every runner's median per-round ratio to the first is known to within ±settle."""
+    for runner in samples[1:]:
+        ratios = [a / b for a, b in zip(runner, samples[0])]
+        low, high = median_interval(ratios)
+        middle = statistics.median(ratios)
+        if high - middle > settle * middle or middle - low > settle * middle:
+            return False
+    return True
 
 
 def _interleave(runners, warmup, rounds, budget_seconds, progress, seed, settle=None) -> list[Timing]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..text import human, human_bytes, table
 from .cluster import MAX_HOLD
-from .run import SearchResult
+from .run import RACE_MARGIN, SearchResult
 from .space import decided_by_timing
 from .study import within_budget
 
@@ -62,8 +62,20 @@ def format_front(result: SearchResult) -> str:
     lines.append("")
     if result.best is not None:
         best = next(t for t in result.trials if t.spec == result.spec and t.state == "complete")
-        lines.append(f"chosen: {result.spec} (latency x{best.latency_ratio:.3f}, drop {best.drop * 100:.2f} points); "
+        race = r.get("race") or {}
+        raced = next((e for e in race.get("entrants", []) if e["number"] == best.number), None)
+        latency = (f"latency x{best.latency_ratio:.3f}" if raced is None else
+                   f"latency x{best.latency_ratio:.3f} in its trial, x{raced['race_ratio']:.3f} in the race")
+        lines.append(f"chosen: {result.spec} ({latency}, drop {best.drop * 100:.2f} points); "
                      f"reproduce with: onnxopt run MODEL --passes {shlex.quote(result.spec)} --calib CALIB")
+        if raced is not None:
+            lines.append(f"  raced side by side, the {len(race['entrants'])} trials within the budget and {RACE_MARGIN:.0%} "
+                         "of the fastest (trial -> race): "
+                         + ", ".join(f"#{e['number']} x{e['trial_ratio']:.3f} -> x{e['race_ratio']:.3f}"
+                                     for e in race["entrants"]))
+        elif race.get("error"):
+            lines.append(f"  the side-by-side race of the closest trials failed ({race['error']}): chosen by the trials' "
+                         "own timing")
         if r.get("best_is_measured_model") is False:
             lines.append("  warning: built again for -o, this spec gave another model than the one measured (a pass of "
                          "it chooses by timing); its latency was not measured")

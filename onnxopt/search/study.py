@@ -145,11 +145,22 @@ def within_budget(drop: float, max_drop: float) -> bool:
     return drop <= max_drop + 1e-12
 
 
+def _faster(r: TrialRecord) -> tuple:
+    """The choice's order: latency ratio; ties go to the better metric, then the smaller model."""
+    return r.latency_ratio, -r.metric, r.size or 0
+
+
 def choose(done: list[TrialRecord], max_drop: float) -> tuple[TrialRecord | None, TrialRecord | None]:
-    """(the fastest trial within the budget, the closest one when none is): ties go to the better
-    metric, then the smaller model."""
+    """(the fastest trial within the budget, the closest one when none is)."""
     within = [r for r in done if r.state == "complete" and within_budget(r.drop, max_drop)]
     if within:
-        return min(within, key=lambda r: (r.latency_ratio, -r.metric, r.size or 0)), None
+        return min(within, key=_faster), None
     complete = [r for r in done if r.state == "complete"]
     return None, (min(complete, key=lambda r: (r.drop, r.latency_ratio)) if complete else None)
+
+
+def contenders(done: list[TrialRecord], max_drop: float, margin: float, size: int) -> list[TrialRecord]:
+    """The trials within the budget whose latency ratio is within `margin` (a share) of the
+    fastest's, `size` at most, in the choice's order (the first is choose()'s)."""
+    within = sorted((r for r in done if r.state == "complete" and within_budget(r.drop, max_drop)), key=_faster)
+    return [r for r in within if r.latency_ratio <= within[0].latency_ratio * (1 + margin)][:size]

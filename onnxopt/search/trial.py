@@ -20,6 +20,7 @@ from ..runtime.sessions import Feed
 
 Metric = Callable[[onnx.ModelProto], float]
 SETTLE = 0.01  # a trial's latency ratio is known well enough once its 95% interval is within ±1%
+RACE_SESSION_SETS = 3  # sets of sessions a race pools its rounds over (see race)
 
 
 @dataclasses.dataclass
@@ -130,6 +131,26 @@ def control_ratio(payload: Payload) -> dict:
     """The original timed against itself: the A/A noise of a trial's latency ratio (a job of its
     own only where the trial that was to time it beside itself failed first)."""
     return latency_ratio(payload, onnx.load_from_string(payload.model), with_control=True)
+
+
+def race(payload: Payload, candidates: list[bytes]) -> dict:
+    """The closest candidates for the choice timed again, side by side in one process with the
+    original, over RACE_SESSION_SETS sets of sessions (measure.sidebyside.time_side_by_side): each
+    trial's ratio came from its own process, where its sessions' placement in memory moves it by a
+    few percent, and the fastest of several close trials is the one whose timing erred lowest.
+    Returns each candidate's ratio to the original and its interval."""
+    from ..measure.sidebyside import Settings, Subject, time_side_by_side
+    started = time.perf_counter()
+    feed = next(iter(payload.calibration.feedset()))
+    subjects = [Subject(name, onnx.load_from_string(data), data)
+                for name, data in [("original", payload.model), *((f"candidate {i}", c) for i, c in enumerate(candidates))]]
+    # each candidate's settled ratio, at most the budget a trial has for each model timed
+    settings = Settings(threads=1, warmup=5, rounds=20000, budget_seconds=payload.timing_budget * len(candidates),
+                        session_sets=RACE_SESSION_SETS, settle=SETTLE, seed=payload.seed, memory=False)
+    timings = time_side_by_side(subjects, feed, settings)
+    return {"ratios": [t.median_round_ratio for t in timings[1:]],
+            "intervals": [list(t.round_ratio_interval()) for t in timings[1:]], "rounds": len(timings[0].seconds),
+            "seconds": time.perf_counter() - started}
 
 
 def run_trial(payload: Payload, spec: str, gate: Any = None, control: bool = False) -> dict:

@@ -242,3 +242,29 @@ def test_settle_stops_once_the_ratio_is_known():
         timing.time.perf_counter = real
     assert len(settled[0].seconds) == 50 and settled[1].median_round_ratio == pytest.approx(2.0)
     assert len(full[0].seconds) == 300
+
+
+def test_settle_waits_for_every_runner_ratio():
+    """A third runner whose cost alternates 1 and 3 ms against a steady first: its ratio is not
+    known to ±0.5% however long it runs, so settling on the second alone would stop at 50 rounds."""
+    import onnxopt.measure.timing as timing
+    ticks = [0.0]
+    calls = [0]
+
+    def fake(cost):
+        def run():
+            ticks[0] += cost
+        return run
+
+    def swinging():
+        calls[0] += 1
+        ticks[0] += 1e-3 if calls[0] % 2 else 3e-3
+
+    real = timing.time.perf_counter
+    try:
+        timing.time.perf_counter = lambda: ticks[0]
+        ran = timing.interleave([("a", fake(1e-3)), ("b", fake(2e-3)), ("c", swinging)], warmup=0, rounds=300,
+                                settle=0.005)
+    finally:
+        timing.time.perf_counter = real
+    assert len(ran[0].seconds) == 300

@@ -19,6 +19,7 @@ from onnxopt.pipeline.run import Pipeline
 from onnxopt.pipeline.spec import parse_spec
 from onnxopt.search import search
 from onnxopt.search.space import Space
+from onnxopt.search.trial import Payload, Samples
 from onnxopt.testing import assert_one_line_error, conv_node, make_model, random_weights, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own imports
@@ -127,6 +128,38 @@ def test_the_a_a_control_passes_to_the_next_trial_when_its_first_carrier_fails(t
     assert result.trials[0].spec == "cleanup" and result.trials[0].state == "failed", result.trials[0]
     # the first trial built was to time the original against itself; it failed first, so a job did
     assert abs(result.report["control"]["control_ratio"] - 1) < 0.5, result.report["control"]
+
+
+def test_the_choice_is_the_fastest_of_the_close_trials_timed_again_side_by_side(tmp_path, monkeypatch):
+    import onnxopt.search.run as search_run
+    from onnxopt.search.formats import format_front
+    from onnxopt.search.trial import race as real_race
+
+    def reversed_race(payload, candidates):  # the race finds the trials' order the other way round
+        out = real_race(payload, candidates)
+        return out | {"ratios": [1.0 - 0.01 * i for i in range(len(candidates))]}
+    monkeypatch.setattr(search_run, "RACE_MARGIN", 10.0)  # every trial within the budget races
+    monkeypatch.setattr(search_run, "trial_race", reversed_race)
+    result = _run(tmp_path, trials=4)
+    entrants = result.report["race"]["entrants"]
+    done = sorted((t for t in result.trials if t.state == "complete"), key=lambda t: t.latency_ratio)
+    assert [e["number"] for e in entrants] == [t.number for t in done[:4]] and len(entrants) > 1
+    assert result.spec == entrants[-1]["spec"] != done[0].spec  # the race's fastest, not the trials'
+    again = Pipeline(parse_spec(result.spec), calibration=_data().take(32), threads=1).run(_model()).model
+    assert again.SerializeToString() == result.best.SerializeToString() and result.report["best_is_measured_model"]
+    # the real race ran (the fake only reorders it): rounds pooled over its sets, one interval each
+    assert result.report["race"]["rounds"] >= 15 and all(len(e["interval"]) == 2 for e in entrants)
+    text = format_front(result)
+    assert f"in its trial, x{entrants[-1]['race_ratio']:.3f} in the race" in text and "(trial -> race)" in text
+
+
+def test_a_race_times_every_candidate_against_the_original():
+    from onnxopt.search.trial import race
+    payload = Payload(_model().SerializeToString(), {"x": (1, 3, 16, 16)}, Samples.of(_data()), "agreement",
+                      timing_budget=0.2)
+    ran = race(payload, [payload.model, payload.model])
+    assert len(ran["ratios"]) == 2 and all(abs(r - 1) < 0.5 for r in ran["ratios"]), ran  # A/A pairs
+    assert all(low <= r <= high for r, (low, high) in zip(ran["ratios"], ran["intervals"]))
 
 
 def test_a_metric_failing_on_the_original_stops_the_search_before_any_trial(tmp_path):
