@@ -141,7 +141,7 @@ def digits_run(name: str, quick: bool) -> dict:
     return {"model": name, "search_seconds": seconds, "spec": result.spec,
             "validation_drop": next((t.drop for t in result.trials if t.spec == result.spec), None),
             "trials": len(result.trials), "failed": sum(t.state == "failed" for t in result.trials),
-            "front": [t.as_dict() for t in result.front], "rows": rows,
+            "front": [t.as_dict() for t in result.front], "rows": rows, "race": result.report["race"],
             "chosen_within_one_point": bool(chosen and chosen["drop"] <= 0.01 + 1e-9),
             "faster_than_every_recipe_within": bool(chosen and all(chosen["ratio"] < v["ratio"] for v in within.values())),
             "recipes_within": sorted(within)}
@@ -306,6 +306,11 @@ def markdown(data: dict) -> str:
             lines.append(f"| {name} | {r['ratio']:.3f} | {r['interval'][0]:.3f}-{r['interval'][1]:.3f} | "
                          f"{100 * (r['test_top1'] or 0):.2f}% | {100 * (r['drop'] or 0):.2f} | "
                          + (f"{100 * seen:.2f} |" if seen is not None else "- |"))
+        race = (d.get("race") or {}).get("entrants")
+        if race:  # the search's own side-by-side rerun of its closest candidates, before it chose
+            lines += ["", f"raced before the choice ({len(race)} within the budget and 5% of the fastest; trial ratio -> "
+                      "race ratio): " + ", ".join(f"#{e['number']} {e['trial_ratio']:.3f} -> {e['race_ratio']:.3f}"
+                                                  for e in race)]
         lines += ["", f"within one point on test: {'yes' if d['chosen_within_one_point'] else 'NO'}; faster than every "
                   f"recipe within one point ({', '.join(d['recipes_within']) or 'none'}): "
                   f"{'yes' if d['faster_than_every_recipe_within'] else 'NO'}", ""]

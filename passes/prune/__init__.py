@@ -132,7 +132,8 @@ class Prune(Pass):
                 " (filter norm; give --calib for data-driven importance and recovery)"))
         scores, notes = score_groups(graph, analysis, groups, criterion, calibration=calibration,
                                      threads=ctx.threads,
-                                     progress=lambda i: ctx.progress("prune: importance", i, len(calibration)))
+                                     progress=lambda i: ctx.progress("prune: importance", i, len(calibration)),
+                                     probing=lambda i, n: ctx.progress("prune: output probes", i, n))
         result.notes += notes
         round_to = nchwc_block() if o.round_to == "auto" else o.round_to
         result.details["round_to"] = round_to

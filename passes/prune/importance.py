@@ -131,7 +131,8 @@ def reader_inputs(groups: list[Group]) -> list[str]:
 
 def score_groups(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], criterion: str, *,
                  calibration: Iterable[Feed] | None = None, threads: int = 1, limit: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> tuple[dict[int, np.ndarray], list[str]]:
+                 progress: Callable[[int], None] | None = None,
+                 probing: Callable[[int, int], None] | None = None) -> tuple[dict[int, np.ndarray], list[str]]:
     """Scores per group id, in one unit across groups (the latency planner and a global ranking
     compare them as they are), and notes on fallbacks. recon's are predicted output errors where it
     scored every group; every other criterion's are relative to the group's mean (a filter norm or
@@ -142,7 +143,7 @@ def score_groups(graph: Graph, analysis: ChannelAnalysis, groups: list[Group], c
     recon = {}
     if criterion == "recon":
         recon = reconstruction_scores(graph, analysis, groups, list(calibration or ()), threads=threads,
-                                      progress=progress)
+                                      progress=progress, probing=probing)
     # output energy scores `data`, and the groups `recon` could not score: only their readers are run for it
     unscored = [g for g in groups if g.id not in recon]
     if criterion == "recon" and unscored and recon:

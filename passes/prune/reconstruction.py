@@ -124,11 +124,13 @@ def _greedy(states: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]], size
 
 def reconstruction_scores(graph: Graph, analysis: ChannelAnalysis, groups: list[Group],
                           calibration: Iterable[Feed], *, threads: int = 1, seed: int = 0,
-                          progress: Callable[[int], None] | None = None) -> dict[int, np.ndarray]:
+                          progress: Callable[[int], None] | None = None,
+                          probing: Callable[[int, int], None] | None = None) -> dict[int, np.ndarray]:
     """Scores per group id, voted by the group's dense readers (Conv with group 1, Gemm, MatMul)
     whose regressor rows are at most MAX_ROWS wide; a group with no such reader is left out (the
     caller scores it another way). When every group is scored, each group's scores are multiplied by
-    its gain at the output (see output_gains; the median gain where its probe cannot tell)."""
+    its gain at the output (see output_gains; the median gain where its probe cannot tell).
+    `progress(samples read)` while the Gram matrices fill, `probing(groups probed, groups)` after."""
     readers: dict[str, _Layer] = {}
     plans: dict[int, list[tuple[_Layer, list[np.ndarray]]]] = {}
     for g in groups:
@@ -195,7 +197,7 @@ def reconstruction_scores(graph: Graph, analysis: ChannelAnalysis, groups: list[
         # some groups are scored another way, relative to their mean: a gain would cancel (see
         # importance.score_groups)
         return scores
-    gains = output_gains(graph, groups, plans, gram, energy, scores, feeds[-PROBE_SAMPLES:], threads)
+    gains = output_gains(graph, groups, plans, gram, energy, scores, feeds[-PROBE_SAMPLES:], threads, probing)
     known = [v for v in gains.values() if v is not None]
     fallback = float(np.median(known)) if known else 1.0
     return {gid: s * (fallback if gains.get(gid) is None else gains[gid]) for gid, s in scores.items()}
@@ -214,7 +216,8 @@ def _mixes_channels(graph: Graph, node: Node) -> bool:
 
 def output_gains(graph: Graph, groups: list[Group], plans: dict[int, list[tuple[_Layer, list[np.ndarray]]]],
                  gram: dict[str, np.ndarray], energy: dict[str, float], scores: dict[int, np.ndarray],
-                 feeds: list[Feed], threads: int) -> dict[int, float | None]:
+                 feeds: list[Feed], threads: int,
+                 progress: Callable[[int, int], None] | None = None) -> dict[int, float | None]:
     """Per group: the model's relative output error with PROBE_SHARE of the group's channels gone
     (the lowest-scoring) and its readers refit, over the readers' loss after that refit (their
     relative error, the unit of the scores; the scores of those channels add up to at least it:
@@ -228,7 +231,9 @@ def output_gains(graph: Graph, groups: list[Group], plans: dict[int, list[tuple[
     gains: dict[int, float | None] = {}
     if not (math.isfinite(power) and power > 0):
         return gains
-    for g in groups:
+    for k, g in enumerate(groups):
+        if progress is not None:  # a probe runs the model: tens of seconds over a ResNet-50's groups
+            progress(k, len(groups))
         if g.id not in scores:
             continue
         gains[g.id] = None
@@ -268,6 +273,8 @@ def output_gains(graph: Graph, groups: list[Group], plans: dict[int, list[tuple[
                         for r, c in zip(reference, got) for a, b in zip(r.values(), c.values()))
             gain = error / power / loss if loss > 0 else math.nan
             gains[g.id] = gain if math.isfinite(gain) and gain > 0 else None
+    if progress is not None:
+        progress(len(groups), len(groups))
     return gains
 
 

@@ -443,6 +443,15 @@ def test_criterion_recon_weighs_groups_by_what_the_output_feels():
     assert widths == {"a1.w": 8, "b1.w": 4}, widths
 
 
+def test_criterion_recon_reports_its_output_probes_as_progress():
+    model, calib = twin_branch_net()
+    seen = []
+    Pipeline([Prune(round_to=1, ratio=0.25, criterion="recon", global_ranking=True)], calibration=calib,
+             progress=lambda what, done, total: seen.append((what, done, total))).run(model)
+    probes = [(done, total) for what, done, total in seen if what == "prune: output probes"]
+    assert probes == [(0, 2), (1, 2), (2, 2)], seen  # one probe per group (the two branches), then done
+
+
 def test_criterion_recon_without_calibration_is_bad_data():
     with pytest.raises(BadData, match="calibration"):
         Pipeline([Prune(round_to=1, criterion="recon")]).run(net())
