@@ -69,8 +69,14 @@ class CannotWrite(OnnxoptError):
     exit_code = 5
 
 
+def first_line(exc: BaseException, limit: int | None = 300) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type's name
+    when the message is empty: what a one-line error quotes of another library's exception."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """`Type: first line of its message` (at most `limit` characters of it): an exception as a
     report or a table can show it."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {(text.splitlines()[0] if text else type(exc).__name__)[:limit]}"
+    return f"{type(exc).__name__}: {first_line(exc, limit)}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from onnxopt.errors import first_line
 from onnxopt.graph.core import Graph
 from onnxopt.pipeline.contract import Pass, PassContext, PassResult
 from onnxopt.pipeline.options import option
@@ -54,7 +55,7 @@ class Simplify(Pass):
         try:
             simplified, ok = onnxsim.simplify(model, check_n=0, skip_fuse_bn=not self.options.fuse_bn)
         except Exception as exc:  # noqa: BLE001 - onnxsim raises many types, all mean "no result"
-            result.skip("model", f"onnxsim failed: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}")
+            result.skip("model", f"onnxsim failed: {first_line(exc, 200)}")
             return result
         if not ok:
             result.skip("model", "onnxsim reported its result invalid")

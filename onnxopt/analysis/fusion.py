@@ -18,7 +18,7 @@ import tempfile
 import onnx
 import onnxruntime as ort
 
-from ..errors import BadModel
+from ..errors import BadModel, first_line
 from ..graph.qdq import depthwise, worst_same_sign_pair
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
@@ -79,7 +79,7 @@ def audit(model: onnx.ModelProto | bytes, *, threads: int = 1) -> FusionAudit:
         try:
             ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT's own exception types
-            raise BadModel(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0][:200]}") from None
+            raise BadModel(f"onnxruntime cannot load the model: {first_line(exc, 200)}") from None
         optimized = onnx.load(path, load_external_data=False)
     producer = {t: n for n in optimized.graph.node for t in n.output}
     readers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)

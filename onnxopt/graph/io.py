@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from ..errors import BadModel, CannotWrite, UnsupportedOpset, UsageError
+from ..errors import BadModel, CannotWrite, UnsupportedOpset, UsageError, first_line
 
 # Oldest default-domain opset we accept: older graphs use Gemm/BatchNormalization semantics that
 # the passes do not model (broadcast attributes, spatial BN).
@@ -74,8 +74,7 @@ def load_model_and_bytes(path: str | os.PathLike) -> tuple[onnx.ModelProto, byte
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
         except Exception as exc:  # noqa: BLE001 - onnx raises OSError, ValueError or ValidationError
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BadModel(f"{p}: external weight data cannot be read: {first}") from None
+            raise BadModel(f"{p}: external weight data cannot be read: {first_line(exc, None)}") from None
         data = None
     check_opset(model, str(p))
     return model, data

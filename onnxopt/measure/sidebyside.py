@@ -19,7 +19,7 @@ import onnx
 from ..analysis.cost import model_stats
 from ..data.feeds import FeedSet
 from ..data.files import load_feeds
-from ..errors import BadData, BadModel, UsageError
+from ..errors import BadData, BadModel, UsageError, first_line
 from ..graph import io as model_io
 from ..runtime.fidelity import Fidelity, compare
 from ..runtime.sessions import (
@@ -344,7 +344,7 @@ def _run_or_refuse(sub: Subject, session, feed: Feed) -> Feed:
     try:
         return run_feeds(session, [feed])[0]
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         raise BadModel(f"{sub.name}: onnxruntime cannot run it on inputs "
                        f"{', '.join(f'{k} {list(v.shape)}' for k, v in feed.items())}: {first}") from None
 

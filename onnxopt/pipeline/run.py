@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from ..analysis.cost import ModelStats, model_stats
-from ..errors import BadData, BadModel, OnnxoptError, PreconditionError
+from ..errors import BadData, BadModel, OnnxoptError, PreconditionError, first_line
 from ..graph.core import Graph, skeleton
 from ..graph.dims import named_dynamic_dims
 from ..runtime.cpu import cpu_summary
@@ -135,7 +135,7 @@ def _check(model: onnx.ModelProto, full: bool) -> str | None:
     try:
         onnx.checker.check_model(skeleton(model), full_check=full)
     except Exception as exc:  # noqa: BLE001 - checker raises ValidationError and friends
-        return str(exc).strip().splitlines()[0][:300]
+        return first_line(exc)
     return None
 
 
@@ -205,8 +205,8 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - ORT raises its own types at run time
                 # a model that loads but cannot run on these inputs: seeded random values can take a
                 # branch real ones never do (silero-vad's sample rate must be 8000 or 16000)
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise BadData(f"onnxruntime cannot run the input model on {verified_on}: {first[-300:]}; "
+                first = first_line(exc, None)[-300:]
+                raise BadData(f"onnxruntime cannot run the input model on {verified_on}: {first}; "
                               "give real inputs with --calib DATA (verification runs on its last samples) "
                               "or --no-verify") from None
             tolerance = Tolerance(self.rtol, feeds, self.verify_threads)
@@ -371,7 +371,7 @@ class Pipeline:
         try:
             out = run_model(data, feeds, threads=self.verify_threads)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types at run time
-            msg = f"onnxruntime cannot run the result: {str(exc).strip().splitlines()[0][:200]}"
+            msg = f"onnxruntime cannot run the result: {first_line(exc, 200)}"
             return self._report(p, "rolled-back", t0, result, msg), False, None, None
         fid = compare(before.outputs, out)
         if not p.exact:  # reported as deployed (see run); `out` stays the reference the next pass is checked against

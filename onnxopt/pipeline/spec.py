@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput, BadOption, UnknownPass, UsageError
+from ..errors import BadInput, BadOption, UnknownPass, UsageError, first_line
 from . import registry as _registry
 from .contract import Pass
 
@@ -98,8 +98,7 @@ def _load_config(p: Path) -> tuple[list[Pass], dict[str, Any]]:
         else:
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - yaml and json raise different types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadInput(f"{p}: cannot parse pipeline file: {first}") from None
+        raise BadInput(f"{p}: cannot parse pipeline file: {first_line(exc, None)}") from None
     if isinstance(data, list):
         data = {"passes": data}
     if not isinstance(data, dict) or "passes" not in data:

@@ -17,6 +17,7 @@ import dataclasses
 import numpy as np
 import onnx
 
+from ..errors import one_line
 from ..runtime.fidelity import compare
 from ..runtime.sessions import Feed, run_model
 
@@ -47,7 +48,7 @@ class Tolerance:
             value = max((moved.outputs[n].max_rel for n in floats), default=0.0)
             found = Floor(value, capped=not value <= CEILING)
         except Exception as exc:  # noqa: BLE001 - no floor: rtol holds
-            found = Floor(None, error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}")
+            found = Floor(None, error=one_line(exc, 160))
         self.floors.append(found)
         return found
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from onnxopt.analysis.fusion import audit
-from onnxopt.errors import BadData, OnnxoptError, PreconditionError
+from onnxopt.errors import BadData, OnnxoptError, PreconditionError, first_line
 from onnxopt.graph.core import Graph
 from onnxopt.pipeline.contract import PassContext, PassResult
 from onnxopt.runtime.cpu import this_cpu, u8s8_saturates
@@ -106,7 +106,7 @@ def _ensure_opset(graph: Graph, per_channel: bool, result: PassResult) -> bool:
         if not fid.within(1e-5):
             raise ValueError(f"outputs moved by {fid.max_rel:.2g}")
     except Exception as exc:  # noqa: BLE001 - the converter raises many kinds
-        why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        why = first_line(exc, 160)
         result.notes.append(f"opset {opset}: per-channel QDQ needs opset 13 and the onnx version converter "
                             f"could not upgrade it exactly ({why}); weights are quantized per tensor")
         return False

@@ -31,6 +31,9 @@ GAIN = 0.02            # a change must save 2% of the latency to count: above th
 BUDGET_SECONDS = 1.0   # per side-by-side comparison, or as long as MIN_ROUNDS take (at most MAX_SECONDS)
 MIN_ROUNDS = 25        # a median of fewer rounds of a large model moved by more than GAIN between identical runs
 MAX_SECONDS = 8.0
+# a comparison stops once its per-round ratio is known to within a quarter of GAIN (95%): a small
+# model settles in a tenth of the budget, and a decision at GAIN is not moved by what is left
+SETTLE = GAIN / 4
 
 
 @dataclasses.dataclass
@@ -58,13 +61,14 @@ class SpeedPlan:
 
 
 def ratio(a: onnx.ModelProto, b: onnx.ModelProto, feed: Feed, threads: int) -> float:
-    """Latency of `a` over latency of `b`, timed side by side (ratio of medians)."""
+    """Latency of `a` over latency of `b`, timed side by side (ratio of medians), until the budget
+    or SETTLE."""
     runners = [("b", session_runner(b, feed, threads=threads)), ("a", session_runner(a, feed, threads=threads))]
     t0 = time.perf_counter()
     for _, run in runners:  # one untimed round: how long a round takes sets the budget
         run()
     budget = min(max(BUDGET_SECONDS, MIN_ROUNDS * (time.perf_counter() - t0)), MAX_SECONDS)
-    timings = interleave(runners, warmup=2, rounds=400, budget_seconds=budget)
+    timings = interleave(runners, warmup=2, rounds=400, budget_seconds=budget, settle=SETTLE)
     return timings[1].median / timings[0].median
 
 

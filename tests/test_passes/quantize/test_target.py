@@ -433,3 +433,25 @@ def test_every_op_kept_float_by_accuracy_control_is_named_as_the_cause(monkeypat
                                max_drop=0.0), model)
     assert not result.changed
     assert result.notes[-1].startswith("every quantizable op was kept float (accuracy control")
+
+
+def test_a_speed_comparison_stops_once_its_ratio_is_known(monkeypatch):
+    """Two fake models at a steady 1 ms and 0.9 ms on a fake clock: the ratio is known exactly after
+    the first settle check (50 rounds), where the budget would run 400."""
+    import onnxopt.measure.timing as timing
+    ticks = [0.0]
+    calls = {"a": 0, "b": 0}
+
+    def fake_runner(model, feed, threads):
+        name = model  # the test passes names for models
+        cost = {"a": 0.9e-3, "b": 1e-3}[name]
+
+        def run():
+            calls[name] += 1
+            ticks[0] += cost
+        return run
+    monkeypatch.setattr(speed, "session_runner", fake_runner)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: ticks[0])
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: ticks[0])
+    assert speed.ratio("a", "b", {}, 1) == pytest.approx(0.9)
+    assert calls == {"a": 1 + 2 + 50, "b": 1 + 2 + 50}  # the round that sets the budget, the warm-up, 50 timed
