@@ -43,6 +43,7 @@ from onnxopt.measure.sidebyside import Settings, Subject, run_bench
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.pipeline.spec import parse_spec
 from onnxopt.search import search
+from onnxopt.search.run import RACE_MARGIN
 
 from .common import machine, results_dir, write
 
@@ -308,7 +309,8 @@ def markdown(data: dict) -> str:
                          + (f"{100 * seen:.2f} |" if seen is not None else "- |"))
         race = (d.get("race") or {}).get("entrants")
         if race:  # the search's own side-by-side rerun of its closest candidates, before it chose
-            lines += ["", f"raced before the choice ({len(race)} within the budget and 5% of the fastest; trial ratio -> "
+            lines += ["", f"raced before the choice ({len(race)} within the budget and {RACE_MARGIN:.0%} of the fastest; "
+                      "trial ratio -> "
                       "race ratio): " + ", ".join(f"#{e['number']} {e['trial_ratio']:.3f} -> {e['race_ratio']:.3f}"
                                                   for e in race)]
         lines += ["", f"within one point on test: {'yes' if d['chosen_within_one_point'] else 'NO'}; faster than every "

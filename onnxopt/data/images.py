@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import BadData, BadOption
+from ..errors import BadData, BadOption, first_line
 from ..runtime.sessions import input_specs, shape_text
 from .feeds import FeedSet, LazyArray, _static_batch
 
@@ -155,7 +155,7 @@ class ImageArray(LazyArray):
             with Image.open(path) as im:
                 im = self._geometry(im.convert("L" if self.channels == 1 else "RGB"), Image)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise BadData(f"{path}: cannot read as an image ({str(exc).splitlines()[0][:120]})") from None
+            raise BadData(f"{path}: cannot read as an image ({first_line(exc, 120)})") from None
         s = self.spec
         pixels = np.asarray(im, np.uint8 if s.raw else np.float32)
         if self.channels == 1:

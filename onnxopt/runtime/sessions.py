@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import BadData, BadModel, DynamicShape
+from ..errors import BadData, BadModel, DynamicShape, first_line
 from ..graph.probes import conv_pair
 
 OptLevel = Literal["disabled", "basic", "extended", "all"]
@@ -178,7 +178,7 @@ def make_session(model: onnx.ModelProto | bytes, *, optimization: OptLevel = "di
     try:
         return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types
-        raise BadModel(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:200]}") from None
+        raise BadModel(f"onnxruntime cannot load the model: {first_line(exc, 200)}") from None
 
 
 def inputs_for(session: ort.InferenceSession, feed: Feed) -> Feed:

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import UsageError, one_line
+from ..errors import UsageError, first_line, one_line
 
 GATE_PREFIX = "onnxopt-timing-gate-v3-"  # v3: requests carry tokens, withdraw(); v2: acquire() answers with the stopped pids
 NAMESPACE = "onnxopt"
@@ -37,7 +37,7 @@ def connect(address: str | None, workers: int) -> dict:
         try:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UsageError(f"--ray {address}: cannot join the cluster: {str(exc).splitlines()[0][:200]}") from None
+            raise UsageError(f"--ray {address}: cannot join the cluster: {first_line(exc, 200)}") from None
     else:
         ray.init(num_cpus=workers, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")

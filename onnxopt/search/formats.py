@@ -69,13 +69,17 @@ def format_front(result: SearchResult) -> str:
         lines.append(f"chosen: {result.spec} ({latency}, drop {best.drop * 100:.2f} points); "
                      f"reproduce with: onnxopt run MODEL --passes {shlex.quote(result.spec)} --calib CALIB")
         if raced is not None:
-            lines.append(f"  raced side by side, the {len(race['entrants'])} trials within the budget and {RACE_MARGIN:.0%} "
-                         "of the fastest (trial -> race): "
+            lines.append(f"  raced side by side: {len(race['entrants'])} trials within the budget and {RACE_MARGIN:.0%} of "
+                         "the fastest (trial -> race): "
                          + ", ".join(f"#{e['number']} x{e['trial_ratio']:.3f} -> x{e['race_ratio']:.3f}"
-                                     for e in race["entrants"]))
+                                     for e in race["entrants"])
+                         + ("" if best.on_front else "; the trials' own timings had put it off the front"))
         elif race.get("error"):
             lines.append(f"  the side-by-side race of the closest trials failed ({race['error']}): chosen by the trials' "
                          "own timing")
+        if race.get("left_out"):
+            lines.append("  not raced, their models built in an earlier session of this study: "
+                         + ", ".join(f"#{n}" for n in race["left_out"]))
         if r.get("best_is_measured_model") is False:
             lines.append("  warning: built again for -o, this spec gave another model than the one measured (a pass of "
                          "it chooses by timing); its latency was not measured")

@@ -116,7 +116,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         raise
     runner = cluster.Runner(payload)
     driver = cluster.driver_gate()
-    kept: dict[int, tuple[float, bytes]] = {}  # trial number -> (latency ratio, model): the race's entrants
+    kept: dict[int, tuple[tuple, bytes]] = {}  # trial number -> (its choice order, model): the race's entrants
     asked: dict[int, Any] = {}
     # the sensitivity scan runs beside the first trials (the recipes need no scan unless the space
     # leaves no 0 for protect or spread); a trial that needs it waits for it. The A/A control rides
@@ -223,7 +223,10 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                     # keep the bytes of the race's entrants so far only (a full-size model per trial would
                     # not fit in memory); a choice not kept is built again below
                     if studies.within_budget(base_metric - result["metric"], max_drop):
-                        kept = _entrants({**kept, key: (result["latency_ratio"], result["model"])})
+                        kept[key] = (studies.choice_order(result["latency_ratio"], result["metric"], result["size"]),
+                                     result["model"])
+                        kept = {n: kept[n] for n in studies.closest_to_fastest(
+                            {n: order for n, (order, _) in kept.items()}, RACE_MARGIN, RACE_SIZE)}
                 told = study._storage.get_trial(trial._trial_id)
                 if told.state.name == "COMPLETE":
                     seen_specs[result["spec"]] = told
@@ -240,15 +243,14 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         best, closest = studies.choose(records, max_drop)
         sources = {n: data for n, (_, data) in kept.items()}
         if best is not None and best.number not in sources:
-            # not kept (an earlier session of a resumed study): built again, and raced as built
+            # measured in an earlier session of a resumed study: built again, and raced as built
             sources[best.number] = Pipeline(parse_spec(best.spec), calibration=payload.calibration.feedset(),
                                             input_shapes=shapes, seed=seed, threads=1).run(model).model.SerializeToString()
-        entrants = [r for r in studies.contenders(records, max_drop, RACE_MARGIN, RACE_SIZE) if r.number in sources]
-        race: dict = {}
-        if len(entrants) > 1:
+
+        def racing(count: int) -> None:
             if progress is not None:
-                progress(_progress_state(study, base_metric, max_drop, total) | {"racing": len(entrants)})
-            best, race = _race(runner, entrants, sources)
+                progress(_progress_state(study, base_metric, max_drop, total) | {"racing": count})
+        best, race = _race_the_closest(runner, records, best, sources, max_drop, racing)
     except BaseException as exc:
         cut = {t.number: t for t in [asked.get(n) for n in runner.cancel()] + [t for t, _ in waiting]
                + [t for ts in twins.values() for t in ts] if t is not None}
@@ -293,27 +295,44 @@ def _fail():
     return optuna.trial.TrialState.FAIL
 
 
-def _race(runner: Any, entrants: list[studies.TrialRecord], sources: dict[int, bytes]) -> tuple[studies.TrialRecord, dict]:
-    """Time `entrants` again side by side (trial.race, a job on one node under its gate): (the
-    fastest there, the race for the report). A race that fails leaves the choice to the trials'
-    own ratios (the first entrant)."""
+def _race_the_closest(runner: Any, records: list[studies.TrialRecord], best: studies.TrialRecord | None,
+                      sources: dict[int, bytes], max_drop: float,
+                      racing: Callable[[int], None]) -> tuple[studies.TrialRecord | None, dict]:
+    """(the choice, the race for the report): the trials within the budget closest to the fastest
+    (studies.contenders) whose models are at hand race (see RACE_MARGIN), and the fastest there is
+    chosen; with fewer than two, `best` stands."""
+    close = studies.contenders(records, max_drop, RACE_MARGIN, RACE_SIZE)
+    entrants = [r for r in close if r.number in sources]
+    race: dict = {}
+    if len(entrants) > 1:
+        racing(len(entrants))
+        race = _race(runner, entrants, sources)
+        best = _race_winner(entrants, race)
+    if len(entrants) < len(close):  # measured in an earlier session: their models are gone
+        race["left_out"] = [r.number for r in close if r.number not in sources]
+    return best, race
+
+
+def _race(runner: Any, entrants: list[studies.TrialRecord], sources: dict[int, bytes]) -> dict:
+    """Time `entrants` again side by side (trial.race, a job on one node under its gate; the
+    search's only task left): the race for the report, each entrant's trial and race ratios."""
     runner.start("race", trial_race, [sources[r.number] for r in entrants])
-    _, _, race = runner.next()
-    if "error" in race:
-        return entrants[0], race
-    race["entrants"] = [{"number": r.number, "spec": r.spec, "trial_ratio": r.latency_ratio, "race_ratio": ratio,
-                         "interval": interval}
-                        for r, ratio, interval in zip(entrants, race.pop("ratios"), race.pop("intervals"))]
+    what, key, race = runner.next()
+    assert (what, key) == ("job", "race"), (what, key)
+    if "error" not in race:
+        race["entrants"] = [{"number": r.number, "spec": r.spec, "trial_ratio": r.latency_ratio, "race_ratio": ratio,
+                             "interval": interval}
+                            for r, ratio, interval in zip(entrants, race.pop("ratios"), race.pop("intervals"))]
+    return race
+
+
+def _race_winner(entrants: list[studies.TrialRecord], race: dict) -> studies.TrialRecord:
+    """The entrant fastest in the race (all are within the budget); where the race failed, the
+    trials' own choice (the first entrant)."""
+    if "entrants" not in race:
+        return entrants[0]
     winner = min(race["entrants"], key=lambda e: e["race_ratio"])
-    return next(r for r in entrants if r.number == winner["number"]), race
-
-
-def _entrants(kept: dict[int, tuple[float, bytes]]) -> dict[int, tuple[float, bytes]]:
-    """Of the within-budget models kept (number -> (latency ratio, bytes)), those that would race
-    now (studies.contenders' rule on the trials' ratios)."""
-    fastest = min(ratio for ratio, _ in kept.values())
-    close = sorted((n for n, (ratio, _) in kept.items() if ratio <= fastest * (1 + RACE_MARGIN)), key=lambda n: kept[n][0])
-    return {n: kept[n] for n in close[:RACE_SIZE]}
+    return next(r for r in entrants if r.number == winner["number"])
 
 
 def _next_rung(study: Any, space: Space, base_metric: float, max_drop: float) -> dict | None:

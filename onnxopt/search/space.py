@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput, BadOption
+from ..errors import BadInput, BadOption, first_line
 
 EXACT = ("fold-bn", "reparam", "cleanup")
 PRUNE_MODES = ("off", "ratio", "target-latency")
@@ -260,8 +260,7 @@ def load_space(path: str | Path) -> Space:
         else:
             data = json.loads(text or "{}")
     except Exception as exc:  # noqa: BLE001 - yaml and json raise their own kinds
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadInput(f"{p}: not a YAML/JSON search space: {first}") from None
+        raise BadInput(f"{p}: not a YAML/JSON search space: {first_line(exc, None)}") from None
     if not isinstance(data, dict):
         raise BadInput(f"{p}: a search space is a mapping with keys exact, prune, quantize")
     unknown = set(data) - {"exact", "prune", "quantize"}

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from ..errors import BadInput, UsageError
+from ..errors import BadInput, UsageError, first_line
 
 INTERRUPTED = "interrupted"
 
@@ -29,7 +29,7 @@ def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int
     try:
         existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
-        raise BadInput(f"--storage {storage}: cannot open: {str(exc).splitlines()[0][:200]}") from None
+        raise BadInput(f"--storage {storage}: cannot open: {first_line(exc, 200)}") from None
     _, model, _, kind = name.split("-", 3)  # onnxopt-<model hash>-<space fingerprint>-<metric kind>
     other_space = [n for n in existing if n != name and n.startswith(f"onnxopt-{model}-") and n.endswith(f"-{kind}")]
     if resume and name not in existing and other_space:
@@ -145,9 +145,13 @@ def within_budget(drop: float, max_drop: float) -> bool:
     return drop <= max_drop + 1e-12
 
 
-def _faster(r: TrialRecord) -> tuple:
+def choice_order(latency_ratio: float, metric: float, size: int | None) -> tuple:
     """The choice's order: latency ratio; ties go to the better metric, then the smaller model."""
-    return r.latency_ratio, -r.metric, r.size or 0
+    return latency_ratio, -metric, size or 0
+
+
+def _faster(r: TrialRecord) -> tuple:
+    return choice_order(r.latency_ratio, r.metric, r.size)
 
 
 def choose(done: list[TrialRecord], max_drop: float) -> tuple[TrialRecord | None, TrialRecord | None]:
@@ -159,8 +163,15 @@ def choose(done: list[TrialRecord], max_drop: float) -> tuple[TrialRecord | None
     return None, (min(complete, key=lambda r: (r.drop, r.latency_ratio)) if complete else None)
 
 
+def closest_to_fastest(orders: dict[Any, tuple], margin: float, size: int) -> list[Any]:
+    """Of keys with their choice_order(), those whose latency ratio is within `margin` (a share) of
+    the fastest's, `size` at most, in the choice's order."""
+    ranked = sorted(orders, key=orders.__getitem__)
+    return [k for k in ranked if orders[k][0] <= orders[ranked[0]][0] * (1 + margin)][:size]
+
+
 def contenders(done: list[TrialRecord], max_drop: float, margin: float, size: int) -> list[TrialRecord]:
-    """The trials within the budget whose latency ratio is within `margin` (a share) of the
-    fastest's, `size` at most, in the choice's order (the first is choose()'s)."""
-    within = sorted((r for r in done if r.state == "complete" and within_budget(r.drop, max_drop)), key=_faster)
-    return [r for r in within if r.latency_ratio <= within[0].latency_ratio * (1 + margin)][:size]
+    """The trials within the budget closest to the fastest (closest_to_fastest); the first is
+    choose()'s."""
+    within = {r.number: r for r in done if r.state == "complete" and within_budget(r.drop, max_drop)}
+    return [within[n] for n in closest_to_fastest({n: _faster(r) for n, r in within.items()}, margin, size)]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxopt.errors import BadData
+from onnxopt.errors import BadData, first_line
 from onnxopt.graph.probes import with_outputs
 from onnxopt.runtime.sessions import Feed, inputs_for, make_session
 
@@ -220,7 +220,7 @@ def collect(model: onnx.ModelProto, tensors: Sequence[str], feeds: Iterable[Feed
             outs = session.run(exposed, inputs_for(session, feed)) if exposed else []
         except Exception as exc:  # noqa: BLE001 - ORT's own error types; the data did not fit
             raise BadData(f"calibration sample {count}: onnxruntime could not run it "
-                          f"({str(exc).strip().splitlines()[0][:160]})") from None
+                          f"({first_line(exc, 160)})") from None
         for t, value in zip(exposed, outs):
             stats[t].update(value)
         for t in wanted:
@@ -255,7 +255,7 @@ def load_cache(path: str | Path) -> tuple[dict[str, TensorStats], dict]:
             names = json.loads(bytes(data["__names__"]).decode())
             stats = {n: TensorStats.from_arrays(data[f"{i}/scalars"], data[f"{i}/hist"]) for i, n in enumerate(names)}
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same answer
-        raise BadData(f"{path}: not an onnxopt range cache ({str(exc).splitlines()[0][:100]})") from None
+        raise BadData(f"{path}: not an onnxopt range cache ({first_line(exc, 100)})") from None
     if meta.get("schema") != CACHE_SCHEMA:
         raise BadData(f"{path}: not an onnxopt range cache (schema {meta.get('schema')!r})")
     return stats, meta

@@ -62,7 +62,7 @@ class SpeedPlan:
 
 def ratio(a: onnx.ModelProto, b: onnx.ModelProto, feed: Feed, threads: int) -> float:
     """Latency of `a` over latency of `b`, timed side by side (ratio of medians), until the budget
-    or SETTLE."""
+    or until the median per-round ratio is known to SETTLE (the two agree to well within it)."""
     runners = [("b", session_runner(b, feed, threads=threads)), ("a", session_runner(a, feed, threads=threads))]
     t0 = time.perf_counter()
     for _, run in runners:  # one untimed round: how long a round takes sets the budget

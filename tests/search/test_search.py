@@ -58,7 +58,10 @@ def test_the_chosen_spec_reproduces_its_model(tmp_path):
     # the recipes come first; no exact pass changes this model (no BN, nothing to clean up)
     assert result.trials[0].spec == "cleanup" and result.trials[1].spec == "prune:ratio=0.3"
     chosen = next(t for t in result.trials if t.spec == result.spec)
-    assert chosen.drop <= 0.5 and chosen.on_front and result.front[0].latency_ratio <= chosen.latency_ratio
+    # on the trials' front, unless the race before the choice found it faster than their timings did
+    raced = [e["number"] for e in (result.report["race"] or {}).get("entrants", [])]
+    assert chosen.drop <= 0.5 and (chosen.on_front or chosen.number in raced)
+    assert result.front[0].latency_ratio <= chosen.latency_ratio
     assert [t.latency_ratio for t in result.front] == sorted(t.latency_ratio for t in result.front)
     assert abs(result.report["control"]["control_ratio"] - 1) < 0.5  # the A/A control was measured
     # the scan ran beside the recipes (the space spreads ratios by it), and every trial timed alone
@@ -153,13 +156,27 @@ def test_the_choice_is_the_fastest_of_the_close_trials_timed_again_side_by_side(
     assert f"in its trial, x{entrants[-1]['race_ratio']:.3f} in the race" in text and "(trial -> race)" in text
 
 
+def test_a_failed_race_leaves_the_choice_to_the_trials_timings(tmp_path, monkeypatch):
+    import onnxopt.search.run as search_run
+    from onnxopt.search.formats import format_front
+
+    def broken_race(payload, candidates):
+        raise RuntimeError("no quiet node")
+    monkeypatch.setattr(search_run, "RACE_MARGIN", 10.0)
+    monkeypatch.setattr(search_run, "trial_race", broken_race)
+    result = _run(tmp_path, trials=4)
+    fastest = min((t for t in result.trials if t.state == "complete" and t.drop <= 0.5), key=lambda t: t.latency_ratio)
+    assert result.spec == fastest.spec and "no quiet node" in result.report["race"]["error"]
+    assert "race of the closest trials failed" in format_front(result)
+
+
 def test_a_race_times_every_candidate_against_the_original():
     from onnxopt.search.trial import race
     payload = Payload(_model().SerializeToString(), {"x": (1, 3, 16, 16)}, Samples.of(_data()), "agreement",
                       timing_budget=0.2)
     ran = race(payload, [payload.model, payload.model])
-    assert len(ran["ratios"]) == 2 and all(abs(r - 1) < 0.5 for r in ran["ratios"]), ran  # A/A pairs
-    assert all(low <= r <= high for r, (low, high) in zip(ran["ratios"], ran["intervals"]))
+    assert len(ran["ratios"]) == 2 and all(abs(r - 1) < 0.25 for r in ran["ratios"]), ran  # A/A pairs
+    assert len(ran["intervals"]) == 2 and ran["rounds"] >= 15
 
 
 def test_a_metric_failing_on_the_original_stops_the_search_before_any_trial(tmp_path):

@@ -437,7 +437,7 @@ def test_every_op_kept_float_by_accuracy_control_is_named_as_the_cause(monkeypat
 
 def test_a_speed_comparison_stops_once_its_ratio_is_known(monkeypatch):
     """Two fake models at a steady 1 ms and 0.9 ms on a fake clock: the ratio is known exactly after
-    the first settle check (50 rounds), where the budget would run 400."""
+    the first settle check (50 rounds), where the rounds cap would run 400."""
     import onnxopt.measure.timing as timing
     ticks = [0.0]
     calls = {"a": 0, "b": 0}
@@ -451,7 +451,6 @@ def test_a_speed_comparison_stops_once_its_ratio_is_known(monkeypatch):
             ticks[0] += cost
         return run
     monkeypatch.setattr(speed, "session_runner", fake_runner)
-    monkeypatch.setattr(timing.time, "perf_counter", lambda: ticks[0])
-    monkeypatch.setattr(speed.time, "perf_counter", lambda: ticks[0])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: ticks[0])  # the time module both use
     assert speed.ratio("a", "b", {}, 1) == pytest.approx(0.9)
     assert calls == {"a": 1 + 2 + 50, "b": 1 + 2 + 50}  # the round that sets the budget, the warm-up, 50 timed
