@@ -297,7 +297,7 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
         # common in exports) runs at the timed batch size only: compare in batches of that size.
         fidelity_feeds, source, labels = _labelled_chunks(feedset, batches[0])
         outputs = _outputs(subjects, settings, list(timing_feeds.values()), fidelity_feeds)
-    timings = {b: time_side_by_side(subjects, timing_feeds[b], settings,
+    timings = {b: time_side_by_side([(sub.name, sub.data) for sub in subjects], timing_feeds[b], settings,
                               lambda done, total, label=f"timing batch {b}": report(label, done, total))
                for b in batches}
 
@@ -316,15 +316,16 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
                        labelled_samples=len(labels) if labels is not None else 0, entries=entries)
 
 
-def _build_sessions(subjects: Sequence[Subject], settings: Settings, order: Sequence[int]) -> list:
+def _build_sessions(models: Sequence[tuple[str, bytes]], settings: Settings, order: Sequence[int]) -> list:
+    """A session per (name, serialized model), built in `order`, returned in the models' order."""
     made = {}
     for i in order:
+        name, data = models[i]
         try:
-            made[i] = make_session(subjects[i].data, optimization=settings.optimization, threads=settings.threads,
-                                   spinning=False)
+            made[i] = make_session(data, optimization=settings.optimization, threads=settings.threads, spinning=False)
         except BadModel as exc:
-            raise BadModel(f"{subjects[i].name}: {exc}") from None
-    return [made[i] for i in range(len(subjects))]
+            raise BadModel(f"{name}: {exc}") from None
+    return [made[i] for i in range(len(models))]
 
 
 def _outputs(subjects: Sequence[Subject], settings: Settings, check_feeds: Sequence[Feed],
@@ -333,7 +334,8 @@ def _outputs(subjects: Sequence[Subject], settings: Settings, check_feeds: Seque
     timing feed once: a model onnxruntime loads but cannot run on these inputs is refused in one
     line before anything is timed, not in a traceback from the middle of the timing."""
     outputs = []
-    for sub, session in zip(subjects, _build_sessions(subjects, settings, range(len(subjects)))):
+    sessions = _build_sessions([(sub.name, sub.data) for sub in subjects], settings, range(len(subjects)))
+    for sub, session in zip(subjects, sessions):
         for feed in check_feeds:
             _run_or_refuse(sub, session, feed)
         outputs.append([_run_or_refuse(sub, session, feed) for feed in fidelity_feeds])
@@ -349,10 +351,11 @@ def _run_or_refuse(sub: Subject, session, feed: Feed) -> Feed:
                        f"{', '.join(f'{k} {list(v.shape)}' for k, v in feed.items())}: {first}") from None
 
 
-def time_side_by_side(subjects: Sequence[Subject], feed: Feed, settings: Settings,
+def time_side_by_side(models: Sequence[tuple[str, bytes]], feed: Feed, settings: Settings,
                       progress: Callable[[int, int], None] | None = None) -> list[Timing]:
-    """Interleaved timing of every subject on one feed, pooled over `settings.session_sets` sets
-    of sessions, each built in a new shuffled order; the rounds and the budget are shared out.
+    """Interleaved timing of every (name, serialized model) on one feed, the first the reference,
+    pooled over `settings.session_sets` sets of sessions, each built in a new shuffled order; the
+    rounds and the budget are shared out (only the bytes are needed: nothing is parsed).
 
     Where a session's buffers land in memory moves its speed by a few percent, and that placement
     follows the order sessions were built in: in one 14-model run, copies of one model built 1st,
@@ -362,13 +365,13 @@ def time_side_by_side(subjects: Sequence[Subject], feed: Feed, settings: Setting
     share = [settings.rounds // sets + (k < settings.rounds % sets) for k in range(sets)]
     budget = settings.budget_seconds / sets if settings.budget_seconds is not None else None
     rng = np.random.default_rng(settings.seed)
-    seconds: list[list[float]] = [[] for _ in subjects]
-    ratios: list[list[float]] = [[] for _ in subjects]
-    set_medians: list[list[float]] = [[] for _ in subjects]
+    seconds: list[list[float]] = [[] for _ in models]
+    ratios: list[list[float]] = [[] for _ in models]
+    set_medians: list[list[float]] = [[] for _ in models]
     done_before = 0
     for k in range(sets):
-        sessions = _build_sessions(subjects, settings, [int(i) for i in rng.permutation(len(subjects))])
-        part = interleave([(sub.name, runner(sess, feed)) for sub, sess in zip(subjects, sessions)],
+        sessions = _build_sessions(models, settings, [int(i) for i in rng.permutation(len(models))])
+        part = interleave([(name, runner(sess, feed)) for (name, _), sess in zip(models, sessions)],
                           warmup=settings.warmup, rounds=share[k], budget_seconds=budget, seed=settings.seed + k,
                           settle=settings.settle,
                           progress=None if progress is None else
@@ -380,4 +383,4 @@ def time_side_by_side(subjects: Sequence[Subject], feed: Feed, settings: Setting
             if sets > 1:
                 set_medians[i].append(t.median_round_ratio)
         done_before += len(part[0].seconds)
-    return [Timing(sub.name, seconds[i], ratios[i], set_medians[i]) for i, sub in enumerate(subjects)]
+    return [Timing(name, seconds[i], ratios[i], set_medians[i]) for i, (name, _) in enumerate(models)]

@@ -123,7 +123,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     # on the first trial built: the original against itself in that trial's timing rounds (a job of
     # its own cost a task, two sessions and a warm-up, seconds of a small model's search)
     jobs: dict[str, dict] = {}
-    control_by: list[int] = []  # the trial timing the control now (-1: a job of its own; none: the next built)
+    carrier: int | None = None  # the trial timing the control beside its own candidate, until it reports
     sensitive: list[str] | None = None
     if space.uses_ranking:
         runner.start("scan", ranked_layers, after_exact.SerializeToString())
@@ -165,9 +165,11 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
             return False
         asked[trial.number] = trial
         building[spec] = trial.number
-        control = "control" not in jobs and not control_by
+        nonlocal carrier
+        # not measured yet, nor being measured by a trial or by a job of its own
+        control = "control" not in jobs and carrier is None and "control" not in runner.jobs.values()
         if control:
-            control_by.append(trial.number)
+            carrier = trial.number
         runner.submit(trial.number, spec, control)
         return False
 
@@ -203,12 +205,11 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                             waiting.pop(0)
                     continue
                 trial = asked.pop(key)
-                if key in control_by:  # a trial that failed before timing leaves it to a job of its own
-                    control_by.remove(key)
+                if key == carrier:  # a trial that failed before timing leaves it to a job of its own
+                    carrier = None
                     if "control_ratio" in result:
                         jobs["control"] = {"control_ratio": result.pop("control_ratio")}
                     else:
-                        control_by.append(-1)
                         runner.start("control", control_ratio)
                 for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
                           "gate_wait_seconds", "timings_cut", "model_sha256", "started_at"):

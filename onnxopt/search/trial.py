@@ -139,15 +139,14 @@ def race(payload: Payload, candidates: list[bytes]) -> dict:
     trial's ratio came from its own process, where its sessions' placement in memory moves it by a
     few percent, and the fastest of several close trials is the one whose timing erred lowest.
     Returns each candidate's ratio to the original and its interval."""
-    from ..measure.sidebyside import Settings, Subject, time_side_by_side
+    from ..measure.sidebyside import Settings, time_side_by_side
     started = time.perf_counter()
     feed = next(iter(payload.calibration.feedset()))
-    subjects = [Subject(name, onnx.load_from_string(data), data)
-                for name, data in [("original", payload.model), *((f"candidate {i}", c) for i, c in enumerate(candidates))]]
+    models = [("original", payload.model), *((f"candidate {i}", c) for i, c in enumerate(candidates))]
     # each candidate's settled ratio, at most the budget a trial has for each model timed
     settings = Settings(threads=1, warmup=5, rounds=20000, budget_seconds=payload.timing_budget * len(candidates),
-                        session_sets=RACE_SESSION_SETS, settle=SETTLE, seed=payload.seed, memory=False)
-    timings = time_side_by_side(subjects, feed, settings)
+                        session_sets=RACE_SESSION_SETS, settle=SETTLE, seed=payload.seed)
+    timings = time_side_by_side(models, feed, settings)
     return {"ratios": [t.median_round_ratio for t in timings[1:]],
             "intervals": [list(t.round_ratio_interval()) for t in timings[1:]], "rounds": len(timings[0].seconds),
             "seconds": time.perf_counter() - started}

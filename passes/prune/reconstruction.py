@@ -188,8 +188,7 @@ def reconstruction_scores(graph: Graph, analysis: ChannelAnalysis, groups: list[
             h = gram[key]
             w = _weights(graph, layer)
             if key not in inverse:
-                damp = DAMP * float(np.mean(np.diag(h)) or 1.0)
-                inverse[key] = np.linalg.inv(h + damp * np.eye(len(h)))
+                inverse[key] = np.linalg.inv(h + _ridge(h) * np.eye(len(h)))
                 energy[key] = float((w * (h @ w)).sum()) or 1.0
             states.append((inverse[key].copy(), w.copy(), np.stack(rows), energy[key]))
         scores[g.id] = _greedy(states, g.size)
@@ -201,6 +200,11 @@ def reconstruction_scores(graph: Graph, analysis: ChannelAnalysis, groups: list[
     known = [v for v in gains.values() if v is not None]
     fallback = float(np.median(known)) if known else 1.0
     return {gid: s * (fallback if gains.get(gid) is None else gains[gid]) for gid, s in scores.items()}
+
+
+def _ridge(h: np.ndarray) -> float:
+    """The ridge added to the diagonal of a reader's Gram matrix (see DAMP)."""
+    return DAMP * float(np.mean(np.diag(h)) or 1.0)
 
 
 def _mixes_channels(graph: Graph, node: Node) -> bool:
@@ -257,13 +261,14 @@ def output_gains(graph: Graph, groups: list[Group], plans: dict[int, list[tuple[
             weight = trial.constant(node.input(1)) if node is not None and node.op == layer.node.op else None
             if weight is None or weight.size != (len(keep_rows) - layer.bias) * w.shape[1]:
                 break  # the reader's own output channels went too: it writes the same group
-            damp = DAMP * float(np.mean(np.diag(h)) or 1.0) * np.eye(len(keep_rows))
-            refit = np.linalg.solve(h[np.ix_(keep_rows, keep_rows)] + damp, h[keep_rows] @ w)
+            kept_gram = h[np.ix_(keep_rows, keep_rows)]
+            target = h[keep_rows] @ w  # X_k' X W
+            refit = np.linalg.solve(kept_gram + _ridge(h) * np.eye(len(keep_rows)), target)
             refits.append((dataclasses.replace(layer, node=node), refit))
             # ||X W - X_k W'||^2 over ||X W||^2, from the Gram matrix alone
             full = energy[layer.node.id]
-            cross = float((refit * (h[keep_rows] @ w)).sum())
-            kept_part = float((refit * (h[np.ix_(keep_rows, keep_rows)] @ refit)).sum())
+            cross = float((refit * target).sum())
+            kept_part = float((refit * (kept_gram @ refit)).sum())
             loss += max(full - 2 * cross + kept_part, 0.0) / full
         else:
             for layer, refit in refits:
