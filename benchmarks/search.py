@@ -16,7 +16,10 @@ ResNet-18 with random weights (agreement with the original on held-back random i
 dominate): the wall-time ratio, and the latency ratios of the specs both runs measured (where both
 built the same model: a pass that decides by timing, quantize's speed check or prune's latency
 target, may build another one each time) against the A/A noise: a dozen ratios of the original
-against itself, timed after the searches as a trial times a candidate.
+against itself, timed as a trial times a candidate, a third each before, between and after the
+searches; and in the same rounds a pruned model against the original (the A/B control), whose
+ratio shows how far the machine's drift over those minutes moves a candidate's ratio, which an A/A
+ratio cannot show.
 
 zoo: full-size MobileNetV2 and ResNet-50 with random weights, searched for output cosine with the
 original; does the front reach 0.5x the original's latency, and is its cosine there above uniform
@@ -159,11 +162,23 @@ def workers_run(name: str, quick: bool) -> dict:
         calib, evaluation = random_calibration(model, samples=40), None
     # prune's latency target keeps a per-CPU table of layer timings across runs: fill it for this
     # model first, so that neither run pays for it (the first would otherwise, the second not)
-    Pipeline(parse_spec("fold-bn,prune:target-latency=0.7"), calibration=calib, threads=1).run(model)
+    # (its model is also the A/B control below: a pruned model like the trials' against the original)
+    pruned = Pipeline(parse_spec("fold-bn,prune:target-latency=0.7"), calibration=calib, threads=1).run(model).model
     import optuna
     runs = {}
+    # the A/A noise of one trial's ratio as a trial measures it (fresh sessions, the trials' budget
+    # and settling): a dozen ratios, as one A/A pair per search cannot say how far two runs' ratios
+    # of one model may differ. Timed in three blocks, before, between and after the searches, as
+    # this shared machine's noise moves by minutes (the A/A sigma of a block timed after them read
+    # 0.0016 to 0.0073 from run to run). In the same rounds, the A/B control: a pruned model's ratio,
+    # which the machine's drift between the runs moves where it cannot move an A/A ratio (a
+    # neighbour's load slows two different models by different shares, one model twice alike)
+    repeats, budget = (3, 1.0) if quick else (AA_REPEATS, 2.0)
+    controls = [_controls(model, pruned, calib, repeats // 3, budget)]
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, 2):
+            if workers == 2:
+                controls.append(_controls(model, pruned, calib, repeats // 3, budget))
             storage = f"sqlite:///{tmp}/study-{workers}.db"
             if workers == 2:
                 # the same work: the 2-worker search tries the 1-worker search's specs in its order
@@ -183,10 +198,9 @@ def workers_run(name: str, quick: bool) -> dict:
                              "trial_seconds": sum(t.seconds or 0 for t in result.trials),
                              "timing_seconds": sum(t.timing_seconds or 0 for t in result.trials),
                              "specs": [t.spec for t in result.trials]}
-    # the A/A noise of one trial's ratio as a trial measures it (fresh sessions, the trials' budget
-    # and settling), with nothing else running: one A/A pair per search cannot say how far two
-    # runs' ratios of one model may differ, a dozen can
-    aa = _aa_ratios(model, calib, 4 if quick else AA_REPEATS, 1.0 if quick else 2.0)
+    controls.append(_controls(model, pruned, calib, repeats - 2 * (repeats // 3), budget))
+    aa = [a for block in controls for a, _ in block]
+    ab = [[b for _, b in block] for block in controls]
     # the same spec may build another model in each run where a pass decides by timing (quantize's
     # speed check, prune's latency target): only the same model's two ratios say how well they agree
     both = sorted(set(runs[1]["ratios"]) & set(runs[2]["ratios"]))
@@ -198,28 +212,51 @@ def workers_run(name: str, quick: bool) -> dict:
                    for s in both if s not in common}
     return {"model": name, "wall_ratio": runs[2]["seconds"] / runs[1]["seconds"], "runs": runs, "a_a_noise": noise,
             "same_specs": runs[1]["specs"] == runs[2]["specs"], "common_specs": agree, "built_apart": built_apart,
-            "a_a_ratios": aa, "agreement": _agreement(agree, aa)}
+            "a_a_ratios": aa, "agreement": _agreement(agree, aa),
+            "a_b_ratios": ab, "agreement_with_drift": _agreement(agree, [b for block in ab for b in block])}
 
 
-AA_REPEATS = 12   # A/A ratios timed after the searches: the spread of one trial's ratio
+AA_REPEATS = 12   # A/A ratios timed around the searches: the spread of one trial's ratio
 AGREE_SIGMAS = 3  # a same-model difference within 3 standard deviations of a two-run difference agrees
 
 
-def _aa_ratios(model: onnx.ModelProto, calib: FeedSet, repeats: int, budget: float) -> list[float]:
-    """The original against itself, `repeats` times, each timed as a search's trial times a candidate."""
+def _controls(model: onnx.ModelProto, pruned: onnx.ModelProto, calib: FeedSet, repeats: int,
+              budget: float) -> list[tuple[float, float]]:
+    """`repeats` times, the original against itself (A/A) and `pruned` against the original (A/B),
+    in the same rounds, each timed as a search's trial times a candidate beside its A/A control: in
+    a Ray worker of a 2-CPU local instance, under the node's gate, with Ray's own processes running
+    beside it, as they run beside a trial's timing."""
     from onnxopt.runtime.sessions import resolve_input_shapes
-    from onnxopt.search.trial import Payload, Samples, latency_ratio
+    from onnxopt.search import cluster
+    from onnxopt.search.trial import Payload, Samples
     first = next(iter(calib))
     shapes = resolve_input_shapes(model, {k: tuple(v.shape) for k, v in first.items()})
     payload = Payload(model.SerializeToString(), shapes, Samples.of(calib, limit=1), "agreement", timing_budget=budget)
-    return [latency_ratio(payload, model)["latency_ratio"] for _ in range(repeats)]
+
+    def pair(payload: Payload, candidate: bytes) -> dict:  # nested: Ray ships it to the worker by value
+        from onnxopt.search.trial import latency_ratio as _ratio
+        return _ratio(payload, onnx.load_from_string(candidate), with_control=True)
+    timed = []
+    cluster.connect(None, 2)
+    try:
+        runner = cluster.Runner(payload)
+        for _ in range(repeats):
+            runner.start("controls", pair, pruned.SerializeToString())
+            _, _, result = runner.next()
+            if "error" in result:
+                raise RuntimeError(f"A/A and A/B control: {result['error']}")
+            timed.append((result["control_ratio"], result["latency_ratio"]))
+    finally:
+        cluster.shutdown()
+    return timed
 
 
 def _agreement(common: dict, aa: list[float]) -> dict | None:
-    """Do the two runs' ratios of each same model agree within the A/A noise? A ratio's A/A spread
-    is sigma, the A/A ratios' standard deviation (a bias common to every timing, such as the order of
-    the rounds, cancels in a difference); a difference of two runs' ratios carries it twice (sqrt 2
-    sigma), and each must be within AGREE_SIGMAS of that. sigma is estimated from AA_REPEATS ratios,
+    """Do the two runs' ratios of each same model agree within the A/A noise (or, given the A/B
+    ratios, within the noise and the drift)? A ratio's spread is sigma, the control ratios' standard
+    deviation (a bias common to every timing, such as the order of the rounds, cancels in a
+    difference); a difference of two runs' ratios carries it twice (sqrt 2 sigma), and each must be
+    within AGREE_SIGMAS of that. sigma is estimated from AA_REPEATS ratios,
     so a difference is Student's t with 11 degrees of freedom: 1.2% of specs fail by noise alone, and
     one of 16 does in 18% of runs (strict rather than lenient). In absolute terms: a faster model's
     ratio is not quieter (x86-vnni, ResNet-18: int8 at 0.375x timed 8 times as a trial times,
@@ -230,9 +267,16 @@ def _agreement(common: dict, aa: list[float]) -> dict | None:
     diffs = {s: r["two_workers"] - r["one_worker"] for s, r in common.items()}
     worst = max(diffs, key=lambda s: abs(diffs[s]))
     limit = AGREE_SIGMAS * np.sqrt(2) * sigma
-    return {"a_a_sigma": sigma, "limit": float(limit), "largest_difference": abs(diffs[worst]),
+    return {"sigma": sigma, "limit": float(limit), "largest_difference": abs(diffs[worst]),
             "largest_in_sigmas": abs(diffs[worst]) / (np.sqrt(2) * sigma) if sigma > 0 else float("inf"),
             "outside": sorted(s for s, d in diffs.items() if abs(d) > limit), "agrees": all(abs(d) <= limit for d in diffs.values())}
+
+
+def _verdict(agreement: dict) -> str:
+    return (f"sigma {agreement['sigma']:.4f}; a two-run difference may be {AGREE_SIGMAS} x sqrt 2 sigma = "
+            f"{agreement['limit']:.4f}; the largest is {agreement['largest_difference']:.4f} "
+            f"({agreement['largest_in_sigmas']:.1f} sqrt-2 sigmas)"
+            + (f"; outside: {', '.join(f'`{s}`' for s in agreement['outside'])}" if agreement["outside"] else ""))
 
 
 def zoo_run(name: str, quick: bool) -> dict:
@@ -338,11 +382,15 @@ def markdown(data: dict) -> str:
         if agreement is not None:
             aa = w["a_a_ratios"]
             lines += ["", f"Agreement within the A/A noise: {'yes' if agreement['agrees'] else 'NO'}. {len(aa)} A/A ratios "
-                      f"timed as a trial times (range {min(aa):.3f}-{max(aa):.3f}): sigma {agreement['a_a_sigma']:.4f}; "
-                      f"a two-run difference may be {AGREE_SIGMAS} x sqrt 2 sigma = {agreement['limit']:.4f}; "
-                      f"the largest is {agreement['largest_difference']:.4f} "
-                      f"({agreement['largest_in_sigmas']:.1f} sqrt-2 sigmas)"
-                      + (f"; outside: {', '.join(f'`{s}`' for s in agreement['outside'])}" if agreement["outside"] else "")]
+                      f"timed as a trial times, a third each before, between and after the searches (range "
+                      f"{min(aa):.3f}-{max(aa):.3f}): {_verdict(agreement)}"]
+        drift = w.get("agreement_with_drift")
+        if drift is not None:
+            blocks = w["a_b_ratios"]
+            lines += ["", f"Within the noise and the machine's drift: {'yes' if drift['agrees'] else 'NO'}. The A/B control, "
+                      "a pruned model (`fold-bn,prune:target-latency=0.7`) timed against the original in the same rounds, "
+                      "block medians before, between and after the searches "
+                      f"{', '.join(f'{np.median(b):.4f}' for b in blocks)}: {_verdict(drift)}"]
         apart = w.get("built_apart") or {}
         if apart:
             lines += ["", "Specs that built a different model in each run (a pass chose by timing), not compared: "
