@@ -212,8 +212,7 @@ def workers_run(name: str, quick: bool) -> dict:
                    for s in both if s not in common}
     return {"model": name, "wall_ratio": runs[2]["seconds"] / runs[1]["seconds"], "runs": runs, "a_a_noise": noise,
             "same_specs": runs[1]["specs"] == runs[2]["specs"], "common_specs": agree, "built_apart": built_apart,
-            "a_a_ratios": aa, "agreement": _agreement(agree, aa),
-            "a_b_ratios": ab, "agreement_with_drift": _agreement(agree, [b for block in ab for b in block])}
+            "a_a_ratios": aa, "a_b_ratios": ab, **_agreements(agree, aa, ab)}
 
 
 AA_REPEATS = 12   # A/A ratios timed around the searches: the spread of one trial's ratio
@@ -236,12 +235,12 @@ def _controls(model: onnx.ModelProto, pruned: onnx.ModelProto, calib: FeedSet, r
     def pair(payload: Payload, candidate: bytes) -> dict:  # nested: Ray ships it to the worker by value
         from onnxopt.search.trial import latency_ratio as _ratio
         return _ratio(payload, onnx.load_from_string(candidate), with_control=True)
-    timed = []
-    cluster.connect(None, 2)
+    timed, candidate = [], pruned.SerializeToString()
     try:
+        cluster.connect(None, 2)
         runner = cluster.Runner(payload)
         for _ in range(repeats):
-            runner.start("controls", pair, pruned.SerializeToString())
+            runner.start("controls", pair, candidate)
             _, _, result = runner.next()
             if "error" in result:
                 raise RuntimeError(f"A/A and A/B control: {result['error']}")
@@ -251,19 +250,32 @@ def _controls(model: onnx.ModelProto, pruned: onnx.ModelProto, calib: FeedSet, r
     return timed
 
 
-def _agreement(common: dict, aa: list[float]) -> dict | None:
-    """Do the two runs' ratios of each same model agree within the A/A noise (or, given the A/B
-    ratios, within the noise and the drift)? A ratio's spread is sigma, the control ratios' standard
-    deviation (a bias common to every timing, such as the order of the rounds, cancels in a
-    difference); a difference of two runs' ratios carries it twice (sqrt 2 sigma), and each must be
-    within AGREE_SIGMAS of that. sigma is estimated from AA_REPEATS ratios,
-    so a difference is Student's t with 11 degrees of freedom: 1.2% of specs fail by noise alone, and
-    one of 16 does in 18% of runs (strict rather than lenient). In absolute terms: a faster model's
-    ratio is not quieter (x86-vnni, ResNet-18: int8 at 0.375x timed 8 times as a trial times,
-    standard deviation 0.0036; the A/A beside it, 0.0036)."""
-    if not common or len(aa) < 2:
-        return None
+def _agreements(common: dict, aa: list[float], ab: list[list[float]]) -> dict:
+    """The two verdicts: within the A/A noise, and within the noise and the drift (the A/A sigma and
+    the spread of the A/B control's block medians, added in quadrature: a drift the A/A cannot see
+    only widens the limit; the medians carry a little of the noise again, so it is the lenient one)."""
+    if len(aa) < 2:
+        return {"agreement": None, "agreement_with_drift": None}
     sigma = float(np.std(aa, ddof=1))
+    medians = [float(np.median(block)) for block in ab if block]
+    drift = float(np.std(medians, ddof=1)) if len(medians) > 1 else 0.0
+    with_drift = _agreement(common, float(np.hypot(sigma, drift)))
+    if with_drift is not None:
+        with_drift["drift_sigma"] = drift
+    return {"agreement": _agreement(common, sigma), "agreement_with_drift": with_drift}
+
+
+def _agreement(common: dict, sigma: float) -> dict | None:
+    """Do the two runs' ratios of each same model agree within `sigma`, a ratio's spread? A
+    difference of two runs' ratios carries it twice (sqrt 2 sigma), and each must be within
+    AGREE_SIGMAS of that (a bias common to every timing, such as the order of the rounds, cancels in
+    a difference). With sigma the standard deviation of AA_REPEATS A/A ratios, a difference is
+    Student's t with 11 degrees of freedom: 1.2% of specs fail by noise alone, and one of 16 does in
+    18% of runs (strict rather than lenient). In absolute terms: a faster model's ratio is not
+    quieter (x86-vnni, ResNet-18: int8 at 0.375x timed 8 times as a trial times, standard deviation
+    0.0036; the A/A beside it, 0.0036)."""
+    if not common:
+        return None
     diffs = {s: r["two_workers"] - r["one_worker"] for s, r in common.items()}
     worst = max(diffs, key=lambda s: abs(diffs[s]))
     limit = AGREE_SIGMAS * np.sqrt(2) * sigma
@@ -390,7 +402,8 @@ def markdown(data: dict) -> str:
             lines += ["", f"Within the noise and the machine's drift: {'yes' if drift['agrees'] else 'NO'}. The A/B control, "
                       "a pruned model (`fold-bn,prune:target-latency=0.7`) timed against the original in the same rounds, "
                       "block medians before, between and after the searches "
-                      f"{', '.join(f'{np.median(b):.4f}' for b in blocks)}: {_verdict(drift)}"]
+                      f"{', '.join(f'{np.median(b):.4f}' for b in blocks)} (standard deviation {drift['drift_sigma']:.4f}, "
+                      f"added to the A/A sigma in quadrature): {_verdict(drift)}"]
         apart = w.get("built_apart") or {}
         if apart:
             lines += ["", "Specs that built a different model in each run (a pass chose by timing), not compared: "
