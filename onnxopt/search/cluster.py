@@ -34,6 +34,7 @@ def connect(address: str | None, workers: int) -> dict:
     summary (nodes, CPUs) for the report."""
     import ray
     if address:
+        _reachable(address)
         try:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -44,6 +45,25 @@ def connect(address: str | None, workers: int) -> dict:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return {"address": address or "local", "nodes": len(nodes),
             "cpus": int(sum(n.get("Resources", {}).get("CPU", 0) for n in nodes))}
+
+
+PROBE_SECONDS = 5.0  # how long a cluster's address may take to answer a TCP connect
+
+
+def _reachable(address: str) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) nothing answers at is a one-line error in seconds: Ray
+    itself retries for minutes, logging as it goes. Other forms (`auto`) are left to Ray."""
+    import socket
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"--ray {address}: nothing answers there ({reason}); is a Ray head running "
+                         "(`ray start --head`)?") from None
 
 
 def shutdown() -> None:

@@ -321,3 +321,20 @@ def test_without_the_search_extra_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # as if `pip install onnxopt` without [search]
     with pytest.raises(UsageError, match=r"onnxopt search needs optuna: pip install 'onnxopt\[search\]'"):
         search(_model(), _data())
+
+
+def test_a_cluster_address_nothing_answers_at_is_a_one_line_error_in_seconds(capsys, tmp_path):
+    import socket
+    import time
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model_path, calib = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(_model(), model_path)
+    np.savez(calib, x=_data().arrays["x"])
+    started = time.perf_counter()
+    got = run_cli(capsys, "search", model_path, "--calib", calib, "--ray", f"127.0.0.1:{port}",
+                  "--storage", f"sqlite:///{tmp_path}/s.db")
+    assert_one_line_error(*got, 2, f"--ray 127.0.0.1:{port}: nothing answers there")
+    assert time.perf_counter() - started < 30  # Ray alone retries for minutes
+    assert not (tmp_path / "s.db").exists()  # no study left behind for a search that never started
