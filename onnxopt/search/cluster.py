@@ -50,20 +50,37 @@ def connect(address: str | None, workers: int) -> dict:
 PROBE_SECONDS = 5.0  # how long a cluster's address may take to answer a TCP connect
 
 
+# HTTP/2's client preface and an empty SETTINGS frame (length 0, type 4, no flags, stream 0)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def _reachable(address: str) -> None:
-    """A HOST:PORT (or ray://HOST:PORT) nothing answers at is a one-line error in seconds: Ray
-    itself retries for minutes, logging as it goes. Other forms (`auto`) are left to Ray."""
+    """A HOST:PORT (or ray://HOST:PORT) where nothing answers, or something that does not speak
+    gRPC as a Ray head does (a web server, the dashboard's port), is a one-line error in seconds:
+    Ray itself retries for minutes, logging as it goes. A gRPC server answers HTTP/2's client
+    preface with a SETTINGS frame (RFC 9113, 3.4). Other forms (`auto`) are left to Ray, and so is
+    the protocol under TLS (RAY_USE_TLS)."""
     import socket
     where = address.split("://", 1)[-1]
     host, _, port = where.rpartition(":")
     if not host or not port.isdigit():
         return
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS) as conn:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            conn.sendall(HTTP2_PREFACE)
+            head = b""
+            with contextlib.suppress(OSError):  # a server that never answers: no frame
+                while len(head) < 9 and (chunk := conn.recv(9 - len(head))):
+                    head += chunk
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise UsageError(f"--ray {address}: nothing answers there ({reason}); is a Ray head running "
                          "(`ray start --head`)?") from None
+    if len(head) < 9 or head[3] != 0x04:
+        raise UsageError(f"--ray {address}: something answers there, but not as a Ray head does (no gRPC); "
+                         "give the head's GCS port (6379 by default, not the dashboard's 8265)")
 
 
 def shutdown() -> None:

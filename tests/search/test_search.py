@@ -338,3 +338,34 @@ def test_a_cluster_address_nothing_answers_at_is_a_one_line_error_in_seconds(cap
     assert_one_line_error(*got, 2, f"--ray 127.0.0.1:{port}: nothing answers there")
     assert time.perf_counter() - started < 30  # Ray alone retries for minutes
     assert not (tmp_path / "s.db").exists()  # no study left behind for a search that never started
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", None], ids=["a web server", "a silent one"])
+def test_a_cluster_address_where_something_else_answers_is_a_one_line_error(capsys, tmp_path, monkeypatch, reply):
+    import socket
+    import threading
+
+    from onnxopt.search import cluster
+    monkeypatch.setattr(cluster, "PROBE_SECONDS", 0.5)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    held = []
+
+    def answer():  # as the dashboard's port or a web server would: not gRPC
+        conn, _ = server.accept()
+        held.append(conn)
+        conn.recv(64)
+        if reply is not None:
+            conn.sendall(reply)
+    threading.Thread(target=answer, daemon=True).start()
+    model_path, calib = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(_model(), model_path)
+    np.savez(calib, x=_data().arrays["x"])
+    try:
+        got = run_cli(capsys, "search", model_path, "--calib", calib, "--ray", f"127.0.0.1:{port}",
+                      "--storage", f"sqlite:///{tmp_path}/s.db")
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    assert_one_line_error(*got, 2, f"--ray 127.0.0.1:{port}: something answers there, but not as a Ray head does")
