@@ -60,27 +60,51 @@ def _reachable(address: str) -> None:
     Ray itself retries for minutes, logging as it goes. A gRPC server answers HTTP/2's client
     preface with a SETTINGS frame (RFC 9113, 3.4). Other forms (`auto`) are left to Ray, and so is
     the protocol under TLS (RAY_USE_TLS)."""
-    import socket
-    where = address.split("://", 1)[-1]
+    where = address.split("://", 1)[-1].rstrip("/")
     host, _, port = where.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS) as conn:
-            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+    if not 0 < int(port) < 65536:
+        raise UsageError(f"--ray {address}: port {port} is out of range")
+    host = host.strip("[]")
+    hosts = [host]
+    if not address.startswith("ray://"):
+        # Ray dials this node's own address for a loopback one: either answering will do
+        with contextlib.suppress(Exception):
+            from ray._private.services import resolve_ip_for_localhost
+            hosts.append(resolve_ip_for_localhost(host))
+    failures = []
+    for candidate in dict.fromkeys(hosts):
+        answer = _first_frame(candidate, int(port))
+        if isinstance(answer, bytes):
+            if len(answer) == 9 and answer[3] == 0x04:
                 return
+            raise UsageError(f"--ray {address}: something answers there, but not as a Ray head does (no gRPC); "
+                             "give the head's GCS port (6379 by default, not the dashboard's 8265)")
+        if answer is None:  # TLS: the connection is all that can be checked
+            return
+        failures.append(answer)
+    raise UsageError(f"--ray {address}: nothing answers there ({failures[0]}); is a Ray head running "
+                     "(`ray start --head`)?")
+
+
+def _first_frame(host: str, port: int) -> bytes | str | None:
+    """The first 9 bytes the server at host:port answers HTTP/2's preface with (fewer if it says
+    less); None under TLS once connected; the reason as a string where no connection is made."""
+    import socket
+    try:
+        conn = socket.create_connection((host, port), timeout=PROBE_SECONDS)
+    except (OSError, UnicodeError) as exc:
+        return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return None
+        head = b""
+        with contextlib.suppress(OSError):  # a server that resets or never answers: no frame
             conn.sendall(HTTP2_PREFACE)
-            head = b""
-            with contextlib.suppress(OSError):  # a server that never answers: no frame
-                while len(head) < 9 and (chunk := conn.recv(9 - len(head))):
-                    head += chunk
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise UsageError(f"--ray {address}: nothing answers there ({reason}); is a Ray head running "
-                         "(`ray start --head`)?") from None
-    if len(head) < 9 or head[3] != 0x04:
-        raise UsageError(f"--ray {address}: something answers there, but not as a Ray head does (no gRPC); "
-                         "give the head's GCS port (6379 by default, not the dashboard's 8265)")
+            while len(head) < 9 and (chunk := conn.recv(9 - len(head))):
+                head += chunk
+        return head
 
 
 def shutdown() -> None:

@@ -347,6 +347,7 @@ def test_a_cluster_address_where_something_else_answers_is_a_one_line_error(caps
 
     from onnxopt.search import cluster
     monkeypatch.setattr(cluster, "PROBE_SECONDS", 0.5)
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     held = []
@@ -357,7 +358,8 @@ def test_a_cluster_address_where_something_else_answers_is_a_one_line_error(caps
         conn.recv(64)
         if reply is not None:
             conn.sendall(reply)
-    threading.Thread(target=answer, daemon=True).start()
+    answering = threading.Thread(target=answer, daemon=True)
+    answering.start()
     model_path, calib = tmp_path / "m.onnx", tmp_path / "calib.npz"
     onnx.save(_model(), model_path)
     np.savez(calib, x=_data().arrays["x"])
@@ -365,7 +367,17 @@ def test_a_cluster_address_where_something_else_answers_is_a_one_line_error(caps
         got = run_cli(capsys, "search", model_path, "--calib", calib, "--ray", f"127.0.0.1:{port}",
                       "--storage", f"sqlite:///{tmp_path}/s.db")
     finally:
+        answering.join(timeout=5)
         server.close()
         for conn in held:
             conn.close()
     assert_one_line_error(*got, 2, f"--ray 127.0.0.1:{port}: something answers there, but not as a Ray head does")
+
+
+@pytest.mark.parametrize("address, message", [("127.0.0.1:99999", "port 99999 is out of range"),
+                                              ("a..b:6379", "nothing answers there")])
+def test_a_malformed_cluster_address_is_a_one_line_error(address, message):
+    from onnxopt.errors import UsageError
+    from onnxopt.search import cluster
+    with pytest.raises(UsageError, match=rf"--ray {address}: {message}"):
+        cluster._reachable(address)
