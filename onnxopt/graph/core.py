@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import OnnxoptError
+from .shape_values import resolve_computed_shapes
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -142,6 +143,23 @@ def _small(t: onnx.TensorProto) -> bool:
     for d in t.dims:
         n *= d
     return n <= SKELETON_MAX_ELEMENTS
+
+
+def _inferred(model: onnx.ModelProto) -> tuple[dict[str, tuple], dict[str, int]]:
+    """Shapes (None for unknown dims) and element types of every tensor ONNX shape inference
+    reaches; inference failing leaves them unknown, never breaks a pass."""
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001
+        pass
+    shapes: dict[str, tuple] = {}
+    dtypes: dict[str, int] = {}
+    for vi in itertools.chain(model.graph.input, model.graph.value_info, model.graph.output):
+        tt = vi.type.tensor_type
+        dtypes[vi.name] = tt.elem_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return shapes, dtypes
 
 
 def _empty_like(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -459,17 +477,14 @@ class Graph:
                 for size in self.input_shapes[vi.name]:
                     shape.dim.add().dim_value = int(size)
         del model.graph.value_info[:]
-        try:
-            model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-        except Exception:  # noqa: BLE001 - inference failing leaves shapes unknown, never breaks a pass
-            pass
-        shapes: dict[str, tuple] = {}
-        dtypes: dict[str, int] = {}
-        for vi in itertools.chain(model.graph.input, model.graph.value_info, model.graph.output):
-            tt = vi.type.tensor_type
-            dtypes[vi.name] = tt.elem_type
-            if tt.HasField("shape"):
-                shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        shapes, dtypes = _inferred(model)
+        # Reshape targets computed at run time from shapes the inputs fix (paddle2onnx's
+        # Shape -> Cast -> Slice -> Concat), which ONNX's data propagation does not follow
+        resolved = resolve_computed_shapes(model, shapes)
+        if resolved is not None:
+            more, more_dtypes = _inferred(resolved)
+            shapes = {**shapes, **{k: v for k, v in more.items() if None not in v or k not in shapes}}
+            dtypes = {**more_dtypes, **dtypes}
         for name, t in self._inits.items():
             shapes[name] = tuple(t.dims)
             dtypes[name] = t.data_type
