@@ -145,6 +145,9 @@ def _small(t: onnx.TensorProto) -> bool:
     return n <= SKELETON_MAX_ELEMENTS
 
 
+RESOLVE_ROUNDS = 3  # rounds of computed Reshape targets (each an inference) refresh_shapes follows
+
+
 def _inferred(model: onnx.ModelProto) -> tuple[dict[str, tuple], dict[str, int]]:
     """Shapes (None for unknown dims) and element types of every tensor ONNX shape inference
     reaches; inference failing leaves them unknown, never breaks a pass."""
@@ -480,11 +483,16 @@ class Graph:
         shapes, dtypes = _inferred(model)
         # Reshape targets computed at run time from shapes the inputs fix (paddle2onnx's
         # Shape -> Cast -> Slice -> Concat), which ONNX's data propagation does not follow
-        resolved = resolve_computed_shapes(model, shapes)
-        if resolved is not None:
+        for _ in range(RESOLVE_ROUNDS):  # a resolved Reshape may fix the shape the next one is built from
+            resolved = resolve_computed_shapes(model, shapes)
+            if resolved is None:
+                break
             more, more_dtypes = _inferred(resolved)
-            shapes = {**shapes, **{k: v for k, v in more.items() if None not in v or k not in shapes}}
-            dtypes = {**more_dtypes, **dtypes}
+            merged = {**shapes, **{k: v for k, v in more.items() if None not in v or k not in shapes}}
+            dtypes = {**more_dtypes, **{k: v for k, v in dtypes.items() if v}}
+            if merged == shapes:
+                break
+            model, shapes = resolved, merged
         for name, t in self._inits.items():
             shapes[name] = tuple(t.dims)
             dtypes[name] = t.data_type

@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 
 MAX_VALUES = 64  # a shape value is a handful of integers; anything larger is data, not shape arithmetic
 _INT_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+_OPS = {"Shape", "Identity", "Cast", "Concat", "Gather", "Unsqueeze", "Squeeze", "Slice", "Add", "Sub", "Mul", "Div"}
 
 
 def shape_values(model: onnx.ModelProto, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
@@ -35,6 +36,8 @@ def shape_values(model: onnx.ModelProto, shapes: dict[str, tuple]) -> dict[str, 
 
 def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray], shapes: dict[str, tuple]) -> np.ndarray | None:
     op = node.op_type
+    if op not in _OPS or node.domain not in ("", "ai.onnx"):
+        return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if op == "Shape":
         dims = shapes.get(node.input[0])
@@ -71,6 +74,8 @@ def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray], shapes: dict[
         starts, ends = inputs[1], inputs[2]
         axes = inputs[3] if len(inputs) > 3 and inputs[3] is not None else np.arange(len(starts))
         steps = inputs[4] if len(inputs) > 4 and inputs[4] is not None else np.ones(len(starts), dtype=np.int64)
+        if np.any(steps < 0):  # ONNX clamps a reversed slice unlike Python; not shape arithmetic anyway
+            return None
         index = [slice(None)] * x.ndim
         for s, e, a, st in zip(starts, ends, axes, steps):
             index[int(a)] = slice(int(s), int(e), int(st))
@@ -80,7 +85,9 @@ def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray], shapes: dict[
             return None
         a, b = x, inputs[1]
         if op == "Div":  # integer Div truncates toward zero (onnxruntime, as C does)
-            return (np.trunc(a / b)).astype(np.result_type(a, b))
+            if np.any(b == 0):
+                return None
+            return (np.abs(a) // np.abs(b) * np.sign(a) * np.sign(b)).astype(np.result_type(a, b))
         return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](a, b)
     return None
 
@@ -90,9 +97,12 @@ def resolve_computed_shapes(model: onnx.ModelProto, shapes: dict[str, tuple]) ->
     constants (inference then follows them), or None if there is none to resolve."""
     known = shape_values(model, shapes)
     constants = {t.name for t in model.graph.initializer}
+    def static(name: str) -> bool:
+        return shapes.get(name) is not None and None not in shapes[name]
+    # a target with -1 or 0 needs the data's shape too: without it, inference could not follow
     targets = {n.input[1] for n in model.graph.node
                if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] not in constants and n.input[1] in known
-               and (shapes.get(n.output[0]) is None or None in shapes[n.output[0]])}
+               and not static(n.output[0]) and (np.all(known[n.input[1]] > 0) or static(n.input[0]))}
     if not targets:
         return None
     resolved = onnx.ModelProto()

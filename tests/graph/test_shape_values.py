@@ -71,3 +71,19 @@ def test_shape_values_follow_cast_slice_concat_gather_and_arithmetic():
     assert values["out"].tolist() == [7, 2]
     # a dim that is not static is not guessed
     assert "out" not in shape_values(model, {"x": (5, None)})
+
+
+def test_a_target_built_from_a_resolved_reshape_is_followed_in_the_next_round():
+    model = _paddle_like_head()
+    g = model.graph
+    g.initializer.extend([numpy_helper.from_array(np.array([2], np.int64), "two"),
+                          numpy_helper.from_array(np.array([0], np.int64), "zero")])
+    g.node.extend([helper.make_node("Shape", ["flat"], ["flat_shape"]),  # known only once "flat" is
+                   helper.make_node("Slice", ["flat_shape", "starts", "ends"], ["n"]),
+                   helper.make_node("Concat", ["n", "two", "minus_one"], ["target2"], axis=0),
+                   helper.make_node("Reshape", ["flat", "target2"], ["pairs"]),
+                   helper.make_node("Div", ["two", "zero"], ["nonsense"])])
+    g.output.append(helper.make_tensor_value_info("pairs", TensorProto.FLOAT, None))
+    graph = Graph(model, input_shapes={"x": (3, 8, 4, 4)})
+    assert graph.static_shape("pairs") == (3, 2, 4)
+    assert "nonsense" not in shape_values(model, {"x": (3, 8, 4, 4)})  # a division by zero is not a value
