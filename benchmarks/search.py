@@ -164,6 +164,8 @@ def workers_run(name: str, quick: bool) -> dict:
     # model first, so that neither run pays for it (the first would otherwise, the second not)
     # (its model is also the A/B control below: a pruned model like the trials' against the original)
     pruned = Pipeline(parse_spec("fold-bn,prune:target-latency=0.7"), calibration=calib, threads=1).run(model).model
+    # and an int8 one, timed beside it: does int8's ratio drift as a float model's does?
+    int8 = Pipeline(parse_spec(INT8_CONTROL), calibration=calib, threads=1).run(model).model
     import optuna
     runs = {}
     # the A/A noise of one trial's ratio as a trial measures it (fresh sessions, the trials' budget
@@ -174,11 +176,11 @@ def workers_run(name: str, quick: bool) -> dict:
     # which the machine's drift between the runs moves where it cannot move an A/A ratio (a
     # neighbour's load slows two different models by different shares, one model twice alike)
     repeats, budget = (3, 1.0) if quick else (AA_REPEATS, 2.0)
-    controls = [_controls(model, pruned, calib, repeats // 3, budget)]
+    controls = [_controls(model, (pruned, int8), calib, repeats // 3, budget)]
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, 2):
             if workers == 2:
-                controls.append(_controls(model, pruned, calib, repeats // 3, budget))
+                controls.append(_controls(model, (pruned, int8), calib, repeats // 3, budget))
             storage = f"sqlite:///{tmp}/study-{workers}.db"
             if workers == 2:
                 # the same work: the 2-worker search tries the 1-worker search's specs in its order
@@ -198,9 +200,10 @@ def workers_run(name: str, quick: bool) -> dict:
                              "trial_seconds": sum(t.seconds or 0 for t in result.trials),
                              "timing_seconds": sum(t.timing_seconds or 0 for t in result.trials),
                              "specs": [t.spec for t in result.trials]}
-    controls.append(_controls(model, pruned, calib, repeats - 2 * (repeats // 3), budget))
-    aa = [a for block in controls for a, _ in block]
-    ab = [[b for _, b in block] for block in controls]
+    controls.append(_controls(model, (pruned, int8), calib, repeats - 2 * (repeats // 3), budget))
+    aa = [a for block in controls for a, _, _ in block]
+    ab = [[b for _, b, _ in block] for block in controls]
+    ab_int8 = [[b for _, _, b in block] for block in controls]
     # the same spec may build another model in each run where a pass decides by timing (quantize's
     # speed check, prune's latency target): only the same model's two ratios say how well they agree
     both = sorted(set(runs[1]["ratios"]) & set(runs[2]["ratios"]))
@@ -212,19 +215,20 @@ def workers_run(name: str, quick: bool) -> dict:
                    for s in both if s not in common}
     return {"model": name, "wall_ratio": runs[2]["seconds"] / runs[1]["seconds"], "runs": runs, "a_a_noise": noise,
             "same_specs": runs[1]["specs"] == runs[2]["specs"], "common_specs": agree, "built_apart": built_apart,
-            "a_a_ratios": aa, "a_b_ratios": ab, **_agreements(agree, aa, ab)}
+            "a_a_ratios": aa, "a_b_ratios": ab, "a_b_int8_ratios": ab_int8, **_agreements(agree, aa, ab)}
 
 
 AA_REPEATS = 12   # A/A ratios timed around the searches: the spread of one trial's ratio
+INT8_CONTROL = "fold-bn,quantize:speed=false"  # the int8 A/B control: int8 everywhere, as the search's int8 trials
 AGREE_SIGMAS = 3  # a same-model difference within 3 standard deviations of a two-run difference agrees
 
 
-def _controls(model: onnx.ModelProto, pruned: onnx.ModelProto, calib: FeedSet, repeats: int,
-              budget: float) -> list[tuple[float, float]]:
-    """`repeats` times, the original against itself (A/A) and `pruned` against the original (A/B),
-    in the same rounds, each timed as a search's trial times a candidate beside its A/A control: in
-    a Ray worker of a 2-CPU local instance, under the node's gate, with Ray's own processes running
-    beside it, as they run beside a trial's timing."""
+def _controls(model: onnx.ModelProto, others: tuple[onnx.ModelProto, onnx.ModelProto], calib: FeedSet,
+              repeats: int, budget: float) -> list[tuple[float, float, float]]:
+    """`repeats` times, the original against itself (A/A) and a pruned model against the original
+    (A/B), in the same rounds, then an int8 model against the original: each timed as a search's
+    trial times a candidate beside its A/A control, in a Ray worker of a 2-CPU local instance, under
+    the node's gate, with Ray's own processes running beside it, as they run beside a trial's timing."""
     from onnxopt.runtime.sessions import resolve_input_shapes
     from onnxopt.search import cluster
     from onnxopt.search.trial import Payload, Samples
@@ -235,16 +239,19 @@ def _controls(model: onnx.ModelProto, pruned: onnx.ModelProto, calib: FeedSet, r
     def pair(payload: Payload, candidate: bytes) -> dict:  # nested: Ray ships it to the worker by value
         from onnxopt.search.trial import latency_ratio as _ratio
         return _ratio(payload, onnx.load_from_string(candidate), with_control=True)
-    timed, candidate = [], pruned.SerializeToString()
+    timed, candidates = [], [m.SerializeToString() for m in others]
     try:
         cluster.connect(None, 2)
         runner = cluster.Runner(payload)
         for _ in range(repeats):
-            runner.start("controls", pair, candidate)
-            _, _, result = runner.next()
-            if "error" in result:
-                raise RuntimeError(f"A/A and A/B control: {result['error']}")
-            timed.append((result["control_ratio"], result["latency_ratio"]))
+            results = []
+            for candidate in candidates:
+                runner.start("controls", pair, candidate)
+                _, _, result = runner.next()
+                if "error" in result:
+                    raise RuntimeError(f"A/A and A/B control: {result['error']}")
+                results.append(result)
+            timed.append((results[0]["control_ratio"], results[0]["latency_ratio"], results[1]["latency_ratio"]))
     finally:
         cluster.shutdown()
     return timed
@@ -404,6 +411,11 @@ def markdown(data: dict) -> str:
                       "block medians before, between and after the searches "
                       f"{', '.join(f'{np.median(b):.4f}' for b in blocks)} (standard deviation {drift['drift_sigma']:.4f}, "
                       f"added to the A/A sigma in quadrature): {_verdict(drift)}"]
+        if w.get("a_b_int8_ratios"):
+            lines += ["", f"The int8 A/B control (`{INT8_CONTROL}` against the original, timed right after each "
+                      "float one), block medians: " + ", ".join(f"{np.median(b):.4f}" for b in w["a_b_int8_ratios"])
+                      + f" (standard deviation {np.std([np.median(b) for b in w['a_b_int8_ratios']], ddof=1):.4f}; "
+                      "not in the verdict, which the float model's drift widens)"]
         apart = w.get("built_apart") or {}
         if apart:
             lines += ["", "Specs that built a different model in each run (a pass chose by timing), not compared: "
