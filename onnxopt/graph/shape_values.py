@@ -95,14 +95,20 @@ def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray], shapes: dict[
 def resolve_computed_shapes(model: onnx.ModelProto, shapes: dict[str, tuple]) -> onnx.ModelProto | None:
     """A copy of `model` whose Reshape targets computed at run time from static shapes are
     constants (inference then follows them), or None if there is none to resolve."""
-    known = shape_values(model, shapes)
     constants = {t.name for t in model.graph.initializer}
+
     def static(name: str) -> bool:
         return shapes.get(name) is not None and None not in shapes[name]
+    # refresh_shapes calls this on every refresh: most models have no such Reshape, and pay for
+    # no evaluation
+    unresolved = [n for n in model.graph.node if n.op_type == "Reshape" and len(n.input) > 1
+                  and n.input[1] not in constants and not static(n.output[0])]
+    if not unresolved:
+        return None
+    known = shape_values(model, shapes)
     # a target with -1 or 0 needs the data's shape too: without it, inference could not follow
-    targets = {n.input[1] for n in model.graph.node
-               if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] not in constants and n.input[1] in known
-               and not static(n.output[0]) and (np.all(known[n.input[1]] > 0) or static(n.input[0]))}
+    targets = {n.input[1] for n in unresolved
+               if n.input[1] in known and (np.all(known[n.input[1]] > 0) or static(n.input[0]))}
     if not targets:
         return None
     resolved = onnx.ModelProto()
