@@ -264,12 +264,17 @@ def _agreements(common: dict, aa: list[float], ab: list[list[float]]) -> dict:
     if len(aa) < 2:
         return {"agreement": None, "agreement_with_drift": None}
     sigma = float(np.std(aa, ddof=1))
-    medians = [float(np.median(block)) for block in ab if block]
-    drift = float(np.std(medians, ddof=1)) if len(medians) > 1 else 0.0
+    _, drift = _block_drift(ab)
     with_drift = _agreement(common, float(np.hypot(sigma, drift)))
     if with_drift is not None:
         with_drift["drift_sigma"] = drift
     return {"agreement": _agreement(common, sigma), "agreement_with_drift": with_drift}
+
+
+def _block_drift(blocks: list[list[float]]) -> tuple[list[float], float]:
+    """The median of each block of A/B ratios, and their standard deviation (0 for one block)."""
+    medians = [float(np.median(block)) for block in blocks if block]
+    return medians, float(np.std(medians, ddof=1)) if len(medians) > 1 else 0.0
 
 
 def _agreement(common: dict, sigma: float) -> dict | None:
@@ -289,6 +294,10 @@ def _agreement(common: dict, sigma: float) -> dict | None:
     return {"sigma": sigma, "limit": float(limit), "largest_difference": abs(diffs[worst]),
             "largest_in_sigmas": abs(diffs[worst]) / (np.sqrt(2) * sigma) if sigma > 0 else float("inf"),
             "outside": sorted(s for s, d in diffs.items() if abs(d) > limit), "agrees": all(abs(d) <= limit for d in diffs.values())}
+
+
+def _joined(values: list[float]) -> str:
+    return ", ".join(f"{v:.4f}" for v in values)
 
 
 def _verdict(agreement: dict) -> str:
@@ -405,17 +414,16 @@ def markdown(data: dict) -> str:
                       f"{min(aa):.3f}-{max(aa):.3f}): {_verdict(agreement)}"]
         drift = w.get("agreement_with_drift")
         if drift is not None:
-            blocks = w["a_b_ratios"]
+            medians, sd = _block_drift(w["a_b_ratios"])
             lines += ["", f"Within the noise and the machine's drift: {'yes' if drift['agrees'] else 'NO'}. The A/B control, "
                       "a pruned model (`fold-bn,prune:target-latency=0.7`) timed against the original in the same rounds, "
-                      "block medians before, between and after the searches "
-                      f"{', '.join(f'{np.median(b):.4f}' for b in blocks)} (standard deviation {drift['drift_sigma']:.4f}, "
-                      f"added to the A/A sigma in quadrature): {_verdict(drift)}"]
+                      f"block medians before, between and after the searches {_joined(medians)} (standard deviation "
+                      f"{sd:.4f}, added to the A/A sigma in quadrature): {_verdict(drift)}"]
         if w.get("a_b_int8_ratios"):
+            medians, sd = _block_drift(w["a_b_int8_ratios"])
             lines += ["", f"The int8 A/B control (`{INT8_CONTROL}` against the original, timed right after each "
-                      "float one), block medians: " + ", ".join(f"{np.median(b):.4f}" for b in w["a_b_int8_ratios"])
-                      + f" (standard deviation {np.std([np.median(b) for b in w['a_b_int8_ratios']], ddof=1):.4f}; "
-                      "not in the verdict, which the float model's drift widens)"]
+                      f"float one), block medians: {_joined(medians)} (standard deviation {sd:.4f}; not in the verdict, "
+                      "which the float model's drift widens)"]
         apart = w.get("built_apart") or {}
         if apart:
             lines += ["", "Specs that built a different model in each run (a pass chose by timing), not compared: "
