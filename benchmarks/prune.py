@@ -44,6 +44,7 @@ from onnxopt import models
 from onnxopt.analysis.cost import model_stats
 from onnxopt.data.feeds import FeedSet
 from onnxopt.data.files import load_feeds
+from onnxopt.errors import one_line
 from onnxopt.measure.sidebyside import Settings, Subject, run_bench
 from onnxopt.measure.timing import interleave, session_runner
 from onnxopt.pipeline.run import Pipeline
@@ -409,7 +410,7 @@ def section_c(quick: bool) -> dict:
                 log(f"  {spec}: accuracy {row['accuracy']:.1%} (no recovery {row['no_recovery']['accuracy']:.1%}), "
                     f"{info['seconds']:.1f} s")
             except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
-                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                row["error"] = one_line(exc, 300)
                 log(f"  {spec}: FAILED {row['error']}")
             entry["rows"].append(row)
         out["models"].append(entry)

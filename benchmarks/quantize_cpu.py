@@ -31,6 +31,7 @@ import onnx
 
 from onnxopt import models
 from onnxopt.data.files import load_feeds
+from onnxopt.errors import one_line
 from onnxopt.measure.sidebyside import Settings
 from onnxopt.runtime.cpu import cpu_summary
 from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             out.append(measure(name, quick, saturates))
         except Exception as exc:  # noqa: BLE001 - one model failing is a row
-            out.append({"model": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
+            out.append({"model": name, "error": one_line(exc, 200)})
     data = {"machine": machine(), "cpu": cpu, "quick": quick, "models": out, "seconds": time.perf_counter() - start}
     write(f"quantize_cpu-{cpu['kind']}", data, markdown(data), quick)
     return data

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxopt.errors import one_line
 from onnxopt.measure.sidebyside import Settings, Subject, run_bench
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.pipeline.spec import parse_spec
@@ -151,7 +152,7 @@ def measure(entry: Corpus, quick: bool) -> dict:
         try:
             out["runs"].append(exact_pass(model, spec, entry.shapes, feeds))
         except Exception as exc:  # noqa: BLE001 - a model a pass cannot take is a row
-            out["runs"].append({"spec": spec, "error_text": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
+            out["runs"].append({"spec": spec, "error_text": one_line(exc, 200)})
     last = out["runs"][-1]
     optimized = last.pop("model", None)
     for r in out["runs"]:
@@ -165,17 +166,17 @@ def measure(entry: Corpus, quick: bool) -> dict:
             ref = bench.reference
             out["latency"] = {e.name: e.as_dict(ref)["latency"] for e in bench.entries}
         except Exception as exc:  # noqa: BLE001
-            out["latency_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            out["latency_error"] = one_line(exc, 200)
     if entry.task == "vad":
         try:
             out["int8"] = vad(entry, model, quick)
         except Exception as exc:  # noqa: BLE001
-            out["int8"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+            out["int8"] = {"error": one_line(exc, 200)}
     if "ppocrv5" in entry.member:
         try:
             out["int8"] = int8(entry, model, quick)
         except Exception as exc:  # noqa: BLE001
-            out["int8"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+            out["int8"] = {"error": one_line(exc, 200)}
     return out
 
 
@@ -284,7 +285,7 @@ def _variants(entry: Corpus, model: onnx.ModelProto, calib: list,
         variants["ORT U8S8" + ("" if peer_tools.has_vnni() else " reduce_range")] = {
             "model": peer_tools.ort_quantize_u8s8(floated, calib), "status": "applied"}
     except Exception as exc:  # noqa: BLE001
-        variants["ORT U8S8"] = {"status": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+        variants["ORT U8S8"] = {"status": f"failed: {one_line(exc, 120)}"}
     return floated, variants
 
 
@@ -300,7 +301,7 @@ def _judge_and_time(entry: Corpus, floated: onnx.ModelProto, variants: dict, met
                 v["task"] = metric(v["model"])
             except Exception as exc:  # noqa: BLE001
                 v.pop("model")
-                v["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                v["status"] = f"failed: {one_line(exc, 160)}"
                 continue
             subjects.append(Subject(label, v["model"], v["model"].SerializeToString()))
     bench = _bench(subjects, entry, quick, 5.0, feeds)
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             models.append(measure(entry, quick))
         except Exception as exc:  # noqa: BLE001 - a wheel that cannot be had is a row
-            models.append({"model": entry.member, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
+            models.append({"model": entry.member, "error": one_line(exc, 200)})
     data = {"machine": machine(), "models": models, "seconds": time.perf_counter() - start}
     # per CPU kind: int8's accuracy and speed differ by kernel (u8s8 saturates without VNNI)
     write(f"realworld-{data['machine'].get('cpu_kind', 'cpu')}", data, markdown(data), quick or bool(only))

@@ -14,6 +14,7 @@ import warnings
 
 import onnx
 
+from onnxopt.errors import first_line
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.testing import count_ops
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 model = export(module, shape, dynamo)
             except Exception as exc:  # noqa: BLE001 - an exporter may be unavailable
-                rows.append({"model": name, "exporter": exporter, "error": str(exc).splitlines()[0][:120]})
+                rows.append({"model": name, "exporter": exporter, "error": first_line(exc, 120)})
                 continue
             run = Pipeline.parse("fold-bn,cleanup", rtol=1e-5).run(model)
             fold = run.report.passes[0]

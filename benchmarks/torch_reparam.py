@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 
+from onnxopt.errors import first_line
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.testing import count_ops
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
                 try:
                     model = export(module, (1, 3, 32, 32), dynamo, folding)
                 except Exception as exc:  # noqa: BLE001 - an exporter may be unavailable
-                    rows.append(dict(row, error=str(exc).splitlines()[0][:120]))
+                    rows.append(dict(row, error=first_line(exc, 120)))
                     continue
                 spec = "simplify,reparam" if dynamo and not folding else "reparam"
                 run = Pipeline.parse(spec, rtol=1e-5).run(model)
