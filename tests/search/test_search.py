@@ -381,3 +381,26 @@ def test_a_malformed_cluster_address_is_a_one_line_error(address, message):
     from onnxopt.search import cluster
     with pytest.raises(UsageError, match=rf"--ray {address}: {message}"):
         cluster._reachable(address)
+
+
+def test_a_local_instance_stops_its_idle_autoscaler_monitor_before_ray_stops_the_gcs(monkeypatch):
+    """Ray stops the GCS before the monitor, whose SIGTERM handler then waits on the gone GCS for the
+    second Ray allows it (1.0 of a 1.3 s shutdown): killed first, nothing waits."""
+    from ray._private import node as ray_node
+    from ray._private import worker as ray_worker
+
+    from onnxopt.search import cluster
+    monitor_when_killed: dict[str, list] = {}  # process type -> the monitor's exit status as Ray stops it
+    stop = ray_node.Node._kill_process_impl
+
+    def watching(self, process_type, *args, **kwargs):
+        monitor_when_killed[process_type] = [m.process.poll() for m in self.all_processes.get("monitor", [])]
+        return stop(self, process_type, *args, **kwargs)
+    monkeypatch.setattr(ray_node.Node, "_kill_process_impl", watching)
+    cluster.connect(None, 1)
+    try:
+        monitors = ray_worker._global_node.all_processes.get("monitor", [])
+        assert [m.process.poll() for m in monitors] == [None]  # a local instance has one, running
+    finally:
+        cluster.shutdown()
+    assert monitor_when_killed["gcs_server"] == [-signal.SIGKILL]
