@@ -25,9 +25,14 @@ zoo: full-size MobileNetV2 and ResNet-50 with random weights, searched for outpu
 original; does the front reach 0.5x the original's latency, and is its cosine there above uniform
 pruning's at the same latency?
 
-Run: `python -m benchmarks search [--quick] [--only=digits,workers,zoo] [--workers=digits_resnet] [--zoo=resnet50]`
+drift: the workers section's models, and its A/B controls (a pruned model, an int8 one) and the A/A,
+timed as a trial times a candidate, back to back in one process for a few minutes: how far does one
+model's ratio wander with the machine's state, and does it wander in steps that last several
+timings (the workers section compares two runs' ratios taken minutes apart)?
+
+Run: `python -m benchmarks search [--quick] [--only=digits,workers,zoo,drift] [--workers=digits_resnet] [--zoo=resnet50]`
 (needs `pip install -e ".[search]"`); `--only` reruns those sections and keeps the others' last results,
-`--workers` and `--zoo` those models of their section.
+`--workers`, `--zoo` and `--drift` those models of their section.
 """
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ DIGITS = ("digits_resnet", "digits_mobilenetv2", "digits_mobilenet", "digits_rep
 RECIPES = ("fold-bn,reparam", "fold-bn,prune:ratio=0.3", "fold-bn,quantize", "fold-bn,prune:ratio=0.3,quantize")
 ZOO = ("mobilenetv2", "resnet50")
 WORKERS = ("digits_resnet", "resnet18")
+SECTIONS = ("digits", "workers", "zoo", "drift")
 TEST = models.FIXTURES / "digits_test.npz"
 CALIB = models.FIXTURES / "digits_calib.npz"
 
@@ -355,6 +361,52 @@ def zoo_run(name: str, quick: bool) -> dict:
             "reaches_half": best is not None, "best_at_half": best, "uniform_cosine_there": at}
 
 
+DRIFT_REPEATS = 40     # timings of each model
+DRIFT_SECONDS = 180.0  # spread over at least this long (a small model's timings would take seconds)
+
+
+def drift_run(name: str, quick: bool) -> dict:
+    """`name`'s pruned and int8 A/B controls and the A/A (workers_run), each ratio timed as a trial
+    times it (fresh sessions, the trials' budget and settling; trial.latency_ratio), DRIFT_REPEATS
+    times in this process, spread over DRIFT_SECONDS at least. Per model: the ratios' spread, their lag-1 autocorrelation
+    (near 0 for independent timings; well above 0 where the ratio moves in steps that outlast one
+    timing, which timings minutes apart do not share), and their correlation with the original's
+    own time in the same rounds (is it a slower machine that moves the ratio?)."""
+    from onnxopt.runtime.sessions import resolve_input_shapes
+    from onnxopt.search.trial import Payload, Samples, latency_ratio
+    if name.startswith("digits"):
+        model = onnx.load(str(models.fixture_path(name)))
+        calib = load_feeds(CALIB, model)
+    else:
+        from onnxopt.data.files import random_calibration
+        model = models.build(name, seed=0)
+        calib = random_calibration(model, samples=40)
+    candidates = {"pruned": "fold-bn,prune:target-latency=0.7", "int8": INT8_CONTROL}
+    built = {k: Pipeline(parse_spec(spec), calibration=calib, threads=1).run(model).model for k, spec in candidates.items()}
+    first = next(iter(calib))
+    shapes = resolve_input_shapes(model, {k: tuple(v.shape) for k, v in first.items()})
+    payload = Payload(model.SerializeToString(), shapes, Samples.of(calib, limit=1), "agreement",
+                      timing_budget=1.0 if quick else 2.0)
+    timed = []  # (candidate, its ratio, the A/A ratio, the original's ms), in the order timed
+    started = time.perf_counter()
+    repeats = 8 if quick else DRIFT_REPEATS
+    for i in range(repeats):
+        time.sleep(max(0.0, started + i * (20.0 if quick else DRIFT_SECONDS) / repeats - time.perf_counter()))
+        for kind in ("pruned", "int8") if i % 2 == 0 else ("int8", "pruned"):
+            got = latency_ratio(payload, built[kind], with_control=True)
+            timed.append((kind, got["latency_ratio"], got["control_ratio"], got["original_ms"]))
+    series = {"A/A": [(aa, ms) for _, _, aa, ms in timed],
+              **{kind: [(r, ms) for k, r, _, ms in timed if k == kind] for kind in candidates}}
+    rows = {}
+    for kind, pairs in series.items():
+        x, ms = np.asarray(pairs).T
+        rows[kind] = {"spec": candidates.get(kind, "the original"), "mean": float(x.mean()), "sd": float(x.std(ddof=1)),
+                      "low": float(x.min()), "high": float(x.max()), "lag1": float(np.corrcoef(x[:-1], x[1:])[0, 1]),
+                      "with_original_ms": float(np.corrcoef(x, ms)[0, 1]), "ratios": x.tolist()}
+    return {"model": name, "repeats": len(timed) // 2, "seconds": time.perf_counter() - started,
+            "original_ms": [min(t[3] for t in timed), max(t[3] for t in timed)], "kinds": rows}
+
+
 def _bias(common: dict) -> tuple[float, float, float] | None:
     """(mean, standard error, largest absolute) of the 2-worker minus 1-worker ratios of the same
     models: a mean several standard errors from 0 says one run measured under load."""
@@ -443,6 +495,18 @@ def markdown(data: dict) -> str:
         else:
             lines.append("front reaches 0.5x: NO")
         lines.append("")
+    for d in data.get("drift") or []:
+        low, high = d["original_ms"]
+        lines += [f"## Drift: {d['model']}", "", f"Each model's ratio to the original timed {d['repeats']} times as a "
+                  f"trial times it, in one process over {d['seconds']:.0f} s (the original took {low:.2f} to "
+                  f"{high:.2f} ms a run). The A/A is the original against itself in the same rounds. Lag 1: the "
+                  "correlation of each timing with the next, near 0 for independent timings.", "",
+                  "| model | mean ratio | standard deviation | range | lag-1 autocorrelation | "
+                  "correlation with the original's time |", "|---|---|---|---|---|---|"]
+        for kind, r in d["kinds"].items():
+            lines.append(f"| {kind} (`{r['spec']}`) | {r['mean']:.4f} | {r['sd']:.4f} | {r['low']:.4f}-{r['high']:.4f} | "
+                         f"{r['lag1']:+.2f} | {r['with_original_ms']:+.2f} |")
+        lines.append("")
     lines += ["", f"Took {data['seconds']:.0f} s (the sections rerun this time)."]
     return "\n".join(lines)
 
@@ -450,20 +514,20 @@ def markdown(data: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     quick = "--quick" in argv
-    only = next((a.split("=", 1)[1].split(",") for a in argv if a.startswith("--only=")), ["digits", "workers", "zoo"])
+    only = next((a.split("=", 1)[1].split(",") for a in argv if a.startswith("--only=")), list(SECTIONS))
     started = time.perf_counter()
-    data = {"machine": machine(), "digits": [], "workers": [], "zoo": []}
+    data = {"machine": machine(), **{section: [] for section in SECTIONS}}
     kind = data["machine"].get("cpu_kind", "cpu")
     earlier = results_dir(quick) / f"search-{kind}.json"
     picked = {section: next((a.split("=", 1)[1].split(",") for a in argv if a.startswith(f"--{section}=")), None)
-              for section in ("workers", "zoo")}
-    for section, known in (("workers", WORKERS), ("zoo", ZOO)):
+              for section in ("workers", "zoo", "drift")}
+    for section, known in (("workers", WORKERS), ("zoo", ZOO), ("drift", WORKERS)):
         unknown = [n for n in picked[section] or [] if n not in known]
         if unknown:
             raise SystemExit(f"--{section}={','.join(unknown)}: choose from {', '.join(known)}")
     # the sections (and the models of a section) not rerun keep their last results
-    if (len(only) < 3 or any(picked.values())) and earlier.exists():
-        data |= {k: v for k, v in json.loads(earlier.read_text()).items() if k in ("digits", "workers", "zoo")}
+    if (len(only) < len(SECTIONS) or any(picked.values())) and earlier.exists():
+        data |= {k: v for k, v in json.loads(earlier.read_text()).items() if k in SECTIONS}
     if "digits" in only:
         data["digits"] = []
         for name in DIGITS[:1] if quick else DIGITS:
@@ -484,6 +548,13 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[search] zoo: {name}", file=sys.stderr, flush=True)
             data["zoo"].append(zoo_run(name, quick))
         data["zoo"].sort(key=lambda z: ZOO.index(z["model"]))
+    if "drift" in only:
+        names = picked["drift"] or (("digits_resnet",) if quick else WORKERS)
+        data["drift"] = [d for d in data.get("drift") or [] if d["model"] not in names and d["model"] in WORKERS]
+        for name in names:
+            print(f"[search] drift: {name}", file=sys.stderr, flush=True)
+            data["drift"].append(drift_run(name, quick))
+        data["drift"].sort(key=lambda d: WORKERS.index(d["model"]))
     data["workers"].sort(key=lambda w: WORKERS.index(w["model"]))
     data["seconds"] = time.perf_counter() - started
     write(f"search-{kind}", data, markdown(data), quick)
