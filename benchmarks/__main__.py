@@ -11,7 +11,7 @@ SUITES = [foundation, reparam, peers, prune, quantize, quantize_cpu, startup]
 
 
 ON_REQUEST = {"realworld": realworld,  # fetches third-party wheels: only when named
-              "search": search}  # a quarter of an hour of searches, with Optuna and Ray: only when named
+              "search": search}  # about an hour of searches (x86-vnni), with Optuna and Ray: only when named
 
 
 def main(argv: list[str]) -> None:
