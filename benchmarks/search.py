@@ -40,6 +40,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -511,6 +512,16 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _rerun(data: dict, section: str, names: tuple[str, ...], known: tuple[str, ...],
+           run: Callable[[str, bool], dict], quick: bool) -> None:
+    """Run `names` of `section` again; its other models keep their last results; in `known`'s order."""
+    data[section] = [r for r in data.get(section) or [] if r["model"] not in names and r["model"] in known]
+    for name in names:
+        print(f"[search] {section}: {name}", file=sys.stderr, flush=True)
+        data[section].append(run(name, quick))
+    data[section].sort(key=lambda r: known.index(r["model"]))
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     quick = "--quick" in argv
@@ -533,29 +544,13 @@ def main(argv: list[str] | None = None) -> dict:
         for name in DIGITS[:1] if quick else DIGITS:
             print(f"[search] {name}", file=sys.stderr, flush=True)
             data["digits"].append(digits_run(name, quick))
+    # --workers=, --zoo=, --drift=NAME[,NAME]: rerun those models only, keep the others' last results
     if "workers" in only:
-        # --workers=NAME[,NAME]: rerun those models only, keep the others' last results
-        names = picked["workers"] or (("digits_resnet",) if quick else WORKERS)
-        data["workers"] = [w for w in data.get("workers") or [] if w["model"] not in names and w["model"] in WORKERS]
-        for name in names:
-            print(f"[search] workers: {name}", file=sys.stderr, flush=True)
-            data["workers"].append(workers_run(name, quick))
+        _rerun(data, "workers", picked["workers"] or (("digits_resnet",) if quick else WORKERS), WORKERS, workers_run, quick)
     if "zoo" in only:
-        # --zoo=NAME[,NAME]: rerun those zoo models only, keep the others' last results
-        names = picked["zoo"] or ZOO
-        data["zoo"] = [z for z in data.get("zoo") or [] if z["model"] not in names and z["model"] in ZOO]
-        for name in () if quick else names:
-            print(f"[search] zoo: {name}", file=sys.stderr, flush=True)
-            data["zoo"].append(zoo_run(name, quick))
-        data["zoo"].sort(key=lambda z: ZOO.index(z["model"]))
+        _rerun(data, "zoo", () if quick else picked["zoo"] or ZOO, ZOO, zoo_run, quick)
     if "drift" in only:
-        names = picked["drift"] or (("digits_resnet",) if quick else WORKERS)
-        data["drift"] = [d for d in data.get("drift") or [] if d["model"] not in names and d["model"] in WORKERS]
-        for name in names:
-            print(f"[search] drift: {name}", file=sys.stderr, flush=True)
-            data["drift"].append(drift_run(name, quick))
-        data["drift"].sort(key=lambda d: WORKERS.index(d["model"]))
-    data["workers"].sort(key=lambda w: WORKERS.index(w["model"]))
+        _rerun(data, "drift", picked["drift"] or (("digits_resnet",) if quick else WORKERS), WORKERS, drift_run, quick)
     data["seconds"] = time.perf_counter() - started
     write(f"search-{kind}", data, markdown(data), quick)
     return data
