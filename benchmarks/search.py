@@ -11,7 +11,7 @@ that is?
 
 workers: one 16-trial search with 1 worker, then the same 16 specs with 2 (queued in the first
 run's order: left to itself, Optuna asks other specs when two trials run at once), on this 2-core machine, of the digits
-ResNet (cheap builds: timing, which has the node alone, is most of a trial) and of a full-size
+ResNet (trials of 2 to 4 s, a tenth to a fifth of it timing: Ray's start and end weigh) and of a full-size
 ResNet-18 with random weights (agreement with the original on held-back random inputs; builds
 dominate): the wall-time ratio, and the latency ratios of the specs both runs measured (where both
 built the same model: a pass that decides by timing, quantize's speed check or prune's latency
@@ -26,9 +26,9 @@ original; does the front reach 0.5x the original's latency, and is its cosine th
 pruning's at the same latency?
 
 drift: the workers section's models, and its A/B controls (a pruned model, an int8 one) and the A/A,
-timed as a trial times a candidate, back to back in one process for a few minutes: how far does one
-model's ratio wander with the machine's state, and does it wander in steps that last several
-timings (the workers section compares two runs' ratios taken minutes apart)?
+timed as a trial times a candidate, in rounds over three minutes in one process (without Ray): how
+far does one model's ratio wander with the machine's state, and does it wander in steps that last
+several rounds (the workers section compares two runs' ratios taken minutes apart)?
 
 Run: `python -m benchmarks search [--quick] [--only=digits,workers,zoo,drift] [--workers=digits_resnet] [--zoo=resnet50]`
 (needs `pip install -e ".[search]"`); `--only` reruns those sections and keeps the others' last results,
@@ -40,7 +40,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -362,17 +362,19 @@ def zoo_run(name: str, quick: bool) -> dict:
             "reaches_half": best is not None, "best_at_half": best, "uniform_cosine_there": at}
 
 
-DRIFT_REPEATS = 40     # timings of each model
-DRIFT_SECONDS = 180.0  # spread over at least this long (a small model's timings would take seconds)
+DRIFT_REPEATS = 40     # rounds: each times the pruned model, then the int8 one, as the workers' controls do
+DRIFT_SECONDS = 180.0  # the first round to the last, at least (a small model's timings would take seconds)
 
 
 def drift_run(name: str, quick: bool) -> dict:
-    """`name`'s pruned and int8 A/B controls and the A/A (workers_run), each ratio timed as a trial
-    times it (fresh sessions, the trials' budget and settling; trial.latency_ratio), DRIFT_REPEATS
-    times in this process, spread over DRIFT_SECONDS at least. Per model: the ratios' spread, their lag-1 autocorrelation
-    (near 0 for independent timings; well above 0 where the ratio moves in steps that outlast one
-    timing, which timings minutes apart do not share), and their correlation with the original's
-    own time in the same rounds (is it a slower machine that moves the ratio?)."""
+    """`name`'s pruned and int8 A/B controls (workers_run), each ratio timed as a trial times it
+    (fresh sessions, the trials' budget and settling, the original against itself beside it:
+    trial.latency_ratio), DRIFT_REPEATS rounds spread over DRIFT_SECONDS in this process, without
+    Ray. Per model (the A/A: the mean of a round's two): the ratios' spread; their lag-1
+    autocorrelation (within about ±2/sqrt(rounds) of 0 for independent timings; above it where the
+    ratio moves in steps that outlast a round, which two timings minutes apart do not share); and
+    their correlation with the original's time as its second session (the A/A's) measured it, not
+    the first, whose noise is every ratio's denominator."""
     from onnxopt.runtime.sessions import resolve_input_shapes
     from onnxopt.search.trial import Payload, Samples, latency_ratio
     if name.startswith("digits"):
@@ -388,24 +390,27 @@ def drift_run(name: str, quick: bool) -> dict:
     shapes = resolve_input_shapes(model, {k: tuple(v.shape) for k, v in first.items()})
     payload = Payload(model.SerializeToString(), shapes, Samples.of(calib, limit=1), "agreement",
                       timing_budget=1.0 if quick else 2.0)
-    timed = []  # (candidate, its ratio, the A/A ratio, the original's ms), in the order timed
+    rounds = 8 if quick else DRIFT_REPEATS
+    span = 20.0 if quick else DRIFT_SECONDS
+    series: dict[str, list[tuple[float, float]]] = {"A/A": [], **{kind: [] for kind in candidates}}  # (ratio, ms)
     started = time.perf_counter()
-    repeats = 8 if quick else DRIFT_REPEATS
-    for i in range(repeats):
-        time.sleep(max(0.0, started + i * (20.0 if quick else DRIFT_SECONDS) / repeats - time.perf_counter()))
-        for kind in ("pruned", "int8") if i % 2 == 0 else ("int8", "pruned"):
+    for i in range(rounds):
+        time.sleep(max(0.0, started + i * span / (rounds - 1) - time.perf_counter()))
+        pair = []
+        for kind in candidates:
             got = latency_ratio(payload, built[kind], with_control=True)
-            timed.append((kind, got["latency_ratio"], got["control_ratio"], got["original_ms"]))
-    series = {"A/A": [(aa, ms) for _, _, aa, ms in timed],
-              **{kind: [(r, ms) for k, r, _, ms in timed if k == kind] for kind in candidates}}
+            series[kind].append((got["latency_ratio"], got["control_ms"]))
+            pair.append((got["control_ratio"], got["control_ms"]))
+        series["A/A"].append(tuple(np.mean(pair, axis=0)))
     rows = {}
     for kind, pairs in series.items():
         x, ms = np.asarray(pairs).T
-        rows[kind] = {"spec": candidates.get(kind, "the original"), "mean": float(x.mean()), "sd": float(x.std(ddof=1)),
+        rows[kind] = {"spec": candidates.get(kind), "mean": float(x.mean()), "sd": float(x.std(ddof=1)),
                       "low": float(x.min()), "high": float(x.max()), "lag1": float(np.corrcoef(x[:-1], x[1:])[0, 1]),
                       "with_original_ms": float(np.corrcoef(x, ms)[0, 1]), "ratios": x.tolist()}
-    return {"model": name, "repeats": len(timed) // 2, "seconds": time.perf_counter() - started,
-            "original_ms": [min(t[3] for t in timed), max(t[3] for t in timed)], "kinds": rows}
+    times = [ms for _, ms in series["A/A"]]
+    return {"model": name, "rounds": rounds, "seconds": time.perf_counter() - started,
+            "original_ms_range": [min(times), max(times)], "kinds": rows}
 
 
 def _bias(common: dict) -> tuple[float, float, float] | None:
@@ -497,22 +502,25 @@ def markdown(data: dict) -> str:
             lines.append("front reaches 0.5x: NO")
         lines.append("")
     for d in data.get("drift") or []:
-        low, high = d["original_ms"]
-        lines += [f"## Drift: {d['model']}", "", f"Each model's ratio to the original timed {d['repeats']} times as a "
-                  f"trial times it, in one process over {d['seconds']:.0f} s (the original took {low:.2f} to "
-                  f"{high:.2f} ms a run). The A/A is the original against itself in the same rounds. Lag 1: the "
-                  "correlation of each timing with the next, near 0 for independent timings.", "",
+        low, high = d["original_ms_range"]
+        lines += [f"## Drift: {d['model']}", "", f"{d['rounds']} rounds over {d['seconds']:.0f} s in one process, "
+                  "without Ray; each round times the pruned model's ratio to the original, then the int8 model's, "
+                  "as a trial times a candidate, with the original against itself beside each (the A/A: the mean of "
+                  f"the round's two). The original took {low:.2f} to {high:.2f} ms a run. Lag 1: the correlation of "
+                  f"each round's ratio with the next round's, within about ±{2 / np.sqrt(d['rounds']):.2f} of 0 for "
+                  "independent timings. The original's time: as its A/A session measured it.", "",
                   "| model | mean ratio | standard deviation | range | lag-1 autocorrelation | "
                   "correlation with the original's time |", "|---|---|---|---|---|---|"]
         for kind, r in d["kinds"].items():
-            lines.append(f"| {kind} (`{r['spec']}`) | {r['mean']:.4f} | {r['sd']:.4f} | {r['low']:.4f}-{r['high']:.4f} | "
+            label = f"{kind} (`{r['spec']}`)" if r["spec"] else "A/A (the original against itself)"
+            lines.append(f"| {label} | {r['mean']:.4f} | {r['sd']:.4f} | {r['low']:.4f}-{r['high']:.4f} | "
                          f"{r['lag1']:+.2f} | {r['with_original_ms']:+.2f} |")
         lines.append("")
     lines += ["", f"Took {data['seconds']:.0f} s (the sections rerun this time)."]
     return "\n".join(lines)
 
 
-def _rerun(data: dict, section: str, names: tuple[str, ...], known: tuple[str, ...],
+def _rerun(data: dict, section: str, names: Sequence[str], known: tuple[str, ...],
            run: Callable[[str, bool], dict], quick: bool) -> None:
     """Run `names` of `section` again; its other models keep their last results; in `known`'s order."""
     data[section] = [r for r in data.get(section) or [] if r["model"] not in names and r["model"] in known]

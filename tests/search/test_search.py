@@ -388,19 +388,21 @@ def test_a_local_instance_stops_its_idle_autoscaler_monitor_before_ray_stops_the
     second Ray allows it (1.0 of a 1.3 s shutdown): killed first, nothing waits."""
     from ray._private import node as ray_node
     from ray._private import worker as ray_worker
+    from ray._private.ray_constants import PROCESS_TYPE_GCS_SERVER, PROCESS_TYPE_MONITOR
 
     from onnxopt.search import cluster
-    monitor_when_killed: dict[str, list] = {}  # process type -> the monitor's exit status as Ray stops it
+    stopped: list[str] = []  # process types, in the order Ray's node stops them
     stop = ray_node.Node._kill_process_impl
 
     def watching(self, process_type, *args, **kwargs):
-        monitor_when_killed[process_type] = [m.process.poll() for m in self.all_processes.get("monitor", [])]
+        stopped.append(process_type)
         return stop(self, process_type, *args, **kwargs)
     monkeypatch.setattr(ray_node.Node, "_kill_process_impl", watching)
     cluster.connect(None, 1)
     try:
-        monitors = ray_worker._global_node.all_processes.get("monitor", [])
+        monitors = ray_worker._global_node.all_processes.get(PROCESS_TYPE_MONITOR, [])
         assert [m.process.poll() for m in monitors] == [None]  # a local instance has one, running
     finally:
         cluster.shutdown()
-    assert monitor_when_killed["gcs_server"] == [-signal.SIGKILL]
+    assert stopped.index(PROCESS_TYPE_MONITOR) < stopped.index(PROCESS_TYPE_GCS_SERVER), stopped
+    assert [m.process.poll() for m in monitors] == [-signal.SIGKILL]
