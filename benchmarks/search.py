@@ -407,7 +407,9 @@ def drift_run(name: str, quick: bool) -> dict:
         x, ms = np.asarray(pairs).T
         rows[kind] = {"spec": candidates.get(kind), "mean": float(x.mean()), "sd": float(x.std(ddof=1)),
                       "low": float(x.min()), "high": float(x.max()), "lag1": float(np.corrcoef(x[:-1], x[1:])[0, 1]),
-                      "with_original_ms": float(np.corrcoef(x, ms)[0, 1]), "ratios": x.tolist()}
+                      # the A/A's numerator is that very time: no correlation of its own to show
+                      "with_original_ms": float(np.corrcoef(x, ms)[0, 1]) if kind in candidates else None,
+                      "ratios": x.tolist()}
     times = [ms for _, ms in series["A/A"]]
     return {"model": name, "rounds": rounds, "seconds": time.perf_counter() - started,
             "original_ms_range": [min(times), max(times)], "kinds": rows}
@@ -514,7 +516,8 @@ def markdown(data: dict) -> str:
         for kind, r in d["kinds"].items():
             label = f"{kind} (`{r['spec']}`)" if r["spec"] else "A/A (the original against itself)"
             lines.append(f"| {label} | {r['mean']:.4f} | {r['sd']:.4f} | {r['low']:.4f}-{r['high']:.4f} | "
-                         f"{r['lag1']:+.2f} | {r['with_original_ms']:+.2f} |")
+                         f"{r['lag1']:+.2f} | " + (f"{r['with_original_ms']:+.2f} |" if r["with_original_ms"] is not None
+                                                   else "- |"))
         lines.append("")
     lines += ["", f"Took {data['seconds']:.0f} s (the sections rerun this time)."]
     return "\n".join(lines)
