@@ -370,7 +370,8 @@ def drift_run(name: str, quick: bool) -> dict:
     """`name`'s pruned and int8 A/B controls (workers_run), each ratio timed as a trial times it
     (fresh sessions, the trials' budget and settling, the original against itself beside it:
     trial.latency_ratio), DRIFT_REPEATS rounds spread over DRIFT_SECONDS in this process, without
-    Ray. Per model (the A/A: the mean of a round's two): the ratios' spread; their lag-1
+    Ray. Per model (the A/A: the one beside the pruned model, a single ratio as the others are): the
+    ratios' spread; their lag-1
     autocorrelation (within about ±2/sqrt(rounds) of 0 for independent timings; above it where the
     ratio moves in steps that outlast a round, which two timings minutes apart do not share); and
     their correlation with the original's time as its second session (the A/A's) measured it, not
@@ -396,12 +397,11 @@ def drift_run(name: str, quick: bool) -> dict:
     started = time.perf_counter()
     for i in range(rounds):
         time.sleep(max(0.0, started + i * span / (rounds - 1) - time.perf_counter()))
-        pair = []
         for kind in candidates:
             got = latency_ratio(payload, built[kind], with_control=True)
             series[kind].append((got["latency_ratio"], got["control_ms"]))
-            pair.append((got["control_ratio"], got["control_ms"]))
-        series["A/A"].append(tuple(np.mean(pair, axis=0)))
+            if kind == "pruned":
+                series["A/A"].append((got["control_ratio"], got["control_ms"]))
     rows = {}
     for kind, pairs in series.items():
         x, ms = np.asarray(pairs).T
@@ -507,8 +507,8 @@ def markdown(data: dict) -> str:
         low, high = d["original_ms_range"]
         lines += [f"## Drift: {d['model']}", "", f"{d['rounds']} rounds over {d['seconds']:.0f} s in one process, "
                   "without Ray; each round times the pruned model's ratio to the original, then the int8 model's, "
-                  "as a trial times a candidate, with the original against itself beside each (the A/A: the mean of "
-                  f"the round's two). The original took {low:.2f} to {high:.2f} ms a run. Lag 1: the correlation of "
+                  "as a trial times a candidate, with the original against itself beside each (the A/A: the one beside "
+                  "the pruned model). The original took {low:.2f} to {high:.2f} ms a run. Lag 1: the correlation of "
                   f"each round's ratio with the next round's, within about ±{2 / np.sqrt(d['rounds']):.2f} of 0 for "
                   "independent timings. The original's time: as its A/A session measured it.", "",
                   "| model | mean ratio | standard deviation | range | lag-1 autocorrelation | "
