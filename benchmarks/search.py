@@ -508,7 +508,7 @@ def markdown(data: dict) -> str:
         lines += [f"## Drift: {d['model']}", "", f"{d['rounds']} rounds over {d['seconds']:.0f} s in one process, "
                   "without Ray; each round times the pruned model's ratio to the original, then the int8 model's, "
                   "as a trial times a candidate, with the original against itself beside each (the A/A: the one beside "
-                  "the pruned model). The original took {low:.2f} to {high:.2f} ms a run. Lag 1: the correlation of "
+                  f"the pruned model). The original took {low:.2f} to {high:.2f} ms a run. Lag 1: the correlation of "
                   f"each round's ratio with the next round's, within about ±{2 / np.sqrt(d['rounds']):.2f} of 0 for "
                   "independent timings. The original's time: as its A/A session measured it.", "",
                   "| model | mean ratio | standard deviation | range | lag-1 autocorrelation | "
