@@ -21,6 +21,8 @@ from types import ModuleType
 import numpy as np
 import onnx
 
+from onnxopt.errors import first_line
+
 Job = Callable[[onnx.ModelProto, "list[dict[str, np.ndarray]] | None"], onnx.ModelProto]
 
 
@@ -234,7 +236,7 @@ def _pre_process(source: Path, tmp: Path) -> Path:
         try:
             quantization.quant_pre_process(source, prepared)
         except Exception as exc:  # noqa: BLE001 - symbolic shape inference raises many types
-            first = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, None).split(". ")[0]
             note(f"quant_pre_process ran with skip_symbolic_shape=True ({first[:160]})")
             quantization.quant_pre_process(source, prepared, skip_symbolic_shape=True)
     return prepared

@@ -30,6 +30,7 @@ import onnx
 
 from onnxopt import models
 from onnxopt.data.feeds import FeedSet
+from onnxopt.errors import one_line
 from onnxopt.measure.sidebyside import Settings, Subject, check_same_interface, run_bench
 from onnxopt.measure.timing import runner
 from onnxopt.runtime.sessions import make_session, random_feeds, resolve_input_shapes
@@ -88,11 +89,6 @@ def zoo_cases(quick: bool) -> list[Case]:
     return cases
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
-
-
 def run_job(job: peer_tools.PeerJob, case: Case) -> dict:
     """Run one job on a fresh copy of the model (a tool must not see another's edits): the result,
     the job's wall time, and what went wrong if it did."""
@@ -105,7 +101,7 @@ def run_job(job: peer_tools.PeerJob, case: Case) -> dict:
     except peer_tools.PeerUnavailable as exc:
         return {"status": "unavailable", "error": exc.reason, "notes": peer_tools.take_notes()}
     except Exception as exc:  # noqa: BLE001 - a peer failing is a result, not a crash of the suite
-        return {"status": "failed", "error": one_line(exc), "seconds": time.perf_counter() - t0,
+        return {"status": "failed", "error": one_line(exc, 200), "seconds": time.perf_counter() - t0,
                 "notes": peer_tools.take_notes()}
     seconds = time.perf_counter() - t0
     return {"status": "ok", "seconds": seconds, "model": result, "notes": peer_tools.take_notes()}
@@ -119,7 +115,7 @@ def runnable(original: onnx.ModelProto, label: str, candidate: onnx.ModelProto, 
         session = make_session(candidate.SerializeToString(), optimization="all", threads=THREADS)
         runner(session, feed)()
     except Exception as exc:  # noqa: BLE001 - onnxruntime and the interface check raise many types
-        return f"cannot be measured: {one_line(exc)}"
+        return f"cannot be measured: {one_line(exc, 200)}"
     return None
 
 

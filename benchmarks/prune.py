@@ -496,7 +496,7 @@ def guarded(what: str, fn: Callable[[], dict], **known) -> dict:
     try:
         return fn()
     except Exception as exc:  # noqa: BLE001
-        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        error = one_line(exc, 300)
         log(f"{what}: FAILED {error}")
         return {**known, "error": error}
 

@@ -42,6 +42,7 @@ import onnx
 from onnxopt import models
 from onnxopt.analysis.fusion import audit
 from onnxopt.data.files import load_feeds
+from onnxopt.errors import one_line
 from onnxopt.measure.sidebyside import Settings, Subject, run_bench
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.pipeline.spec import parse_spec
@@ -111,11 +112,6 @@ def float_spec(name: str) -> str:
 def quantize_spec(name: str, options: str = "") -> str:
     """`float_spec` then quantize with `options` ("k=v,k=v"; "" = the pass's defaults)."""
     return f"{float_spec(name)},quantize" + (f":{options}" if options else "")
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:240]}" if text else type(exc).__name__
 
 
 def na(error: str | None) -> str:
@@ -229,7 +225,7 @@ def attempt(label: str, fn: Callable[[], tuple[onnx.ModelProto, dict]]) -> dict:
     try:
         model, info = fn()
     except Exception as exc:  # noqa: BLE001 - a quantizer failing is a row, not the end of the suite
-        error = one_line(exc)
+        error = one_line(exc, 240)
         log(f"  {label}: FAILED {error}")
         return {"label": label, "status": "failed", "error": error, "seconds": time.perf_counter() - t0}
     info.setdefault("seconds", time.perf_counter() - t0)
@@ -239,7 +235,7 @@ def attempt(label: str, fn: Callable[[], tuple[onnx.ModelProto, dict]]) -> dict:
     try:
         info["fusion"] = fusion(model)
     except Exception as exc:  # noqa: BLE001
-        info["fusion"] = {"error": one_line(exc)}
+        info["fusion"] = {"error": one_line(exc, 240)}
     islands = info["fusion"].get("float_islands", "?")
     log(f"  {label}: {info['seconds']:.1f} s, {islands} float islands")
     return {"label": label, "status": "ok", "model": model, **info}
@@ -385,7 +381,7 @@ def section_b_model(name: str, variants: Sequence[tuple[str, str]]) -> dict:
                          top1_agreement=fid.top1_agreement)
                 log(f"    accuracy {v['accuracy']:.1%}, cosine {fid.cosine:.5f}")
             except Exception as exc:  # noqa: BLE001
-                v.update(status="failed", error=f"cannot be measured: {one_line(exc)}")
+                v.update(status="failed", error=f"cannot be measured: {one_line(exc, 240)}")
         rows.append(public(v))
     return {"model": name, "calibration": f"{CALIB.name}: {calib.samples} training samples",
             "test": f"{TEST.name}: {test.samples} held-out samples", "rows": rows}
@@ -410,8 +406,8 @@ def section_b(quick: bool) -> dict:
         try:
             out.append(section_b_model(name, variants))
         except Exception as exc:  # noqa: BLE001
-            log(f"B {name}: FAILED {one_line(exc)}")
-            out.append({"model": name, "error": one_line(exc)})
+            log(f"B {name}: FAILED {one_line(exc, 240)}")
+            out.append({"model": name, "error": one_line(exc, 240)})
     return {"models": out}
 
 
@@ -719,8 +715,8 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             return section_a_model(name, quick)
         except Exception as exc:  # noqa: BLE001 - one model failing must not lose the others
-            log(f"A {name}: FAILED {one_line(exc)}")
-            return {"model": name, "error": one_line(exc)}
+            log(f"A {name}: FAILED {one_line(exc, 240)}")
+            return {"model": name, "error": one_line(exc, 240)}
 
     a = timed("A+D", lambda: [a_model(n) for n in ZOO])
     d = section_d(a)
