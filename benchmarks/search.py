@@ -53,6 +53,7 @@ from onnxopt.pipeline.run import Pipeline
 from onnxopt.pipeline.spec import parse_spec
 from onnxopt.search import search
 from onnxopt.search.run import RACE_MARGIN
+from onnxopt.search.trial import Payload
 
 from .common import machine, results_dir, write
 
@@ -160,19 +161,14 @@ def digits_run(name: str, quick: bool) -> dict:
 
 def workers_run(name: str, quick: bool) -> dict:
     """One search of `name` with 1 worker, then with 2: wall times, and the specs both measured."""
-    if name.startswith("digits"):
-        model = onnx.load(str(models.fixture_path(name)))
-        calib, evaluation = load_feeds(CALIB, model), validation()
-    else:  # a zoo model (random weights): agreement with the original on held-back random inputs
-        from onnxopt.data.files import random_calibration
-        model = models.build(name, seed=0)
-        calib, evaluation = random_calibration(model, samples=40), None
-    # prune's latency target keeps a per-CPU table of layer timings across runs: fill it for this
-    # model first, so that neither run pays for it (the first would otherwise, the second not)
-    # (its model is also the A/B control below: a pruned model like the trials' against the original)
-    pruned = Pipeline(parse_spec("fold-bn,prune:target-latency=0.7"), calibration=calib, threads=1).run(model).model
-    # and an int8 one, timed beside it: does int8's ratio drift as a float model's does?
-    int8 = Pipeline(parse_spec(INT8_CONTROL), calibration=calib, threads=1).run(model).model
+    model, calib = _workload(name)
+    # digits: top-1 on images the search never saw; a zoo model (random weights): agreement with the
+    # original on held-back random inputs
+    evaluation = validation() if name.startswith("digits") else None
+    # prune's latency target keeps a per-CPU table of layer timings across runs: building the pruned
+    # control fills it for this model first, so that neither run pays for it (the first would
+    # otherwise, the second not)
+    pruned, int8 = _control_models(model, calib)
     import optuna
     runs = {}
     # the A/A noise of one trial's ratio as a trial measures it (fresh sessions, the trials' budget
@@ -226,7 +222,34 @@ def workers_run(name: str, quick: bool) -> dict:
 
 
 AA_REPEATS = 12   # A/A ratios timed around the searches: the spread of one trial's ratio
+PRUNED_CONTROL = "fold-bn,prune:target-latency=0.7"  # the A/B control: a pruned model like the trials'
 INT8_CONTROL = "fold-bn,quantize:speed=false"  # the int8 A/B control: int8 everywhere, as the search's int8 trials
+
+
+def _workload(name: str) -> tuple[onnx.ModelProto, FeedSet]:
+    """The workers and drift sections' model and its calibration data: a digits fixture with
+    digits_calib.npz, or a zoo model with random weights and 40 random samples."""
+    if name.startswith("digits"):
+        model = onnx.load(str(models.fixture_path(name)))
+        return model, load_feeds(CALIB, model)
+    from onnxopt.data.files import random_calibration
+    model = models.build(name, seed=0)
+    return model, random_calibration(model, samples=40)
+
+
+def _control_models(model: onnx.ModelProto, calib: FeedSet) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The A/B controls built from `model`: pruned (PRUNED_CONTROL) and int8 (INT8_CONTROL)."""
+    return tuple(Pipeline(parse_spec(spec), calibration=calib, threads=1).run(model).model
+                 for spec in (PRUNED_CONTROL, INT8_CONTROL))
+
+
+def _timing_payload(model: onnx.ModelProto, calib: FeedSet, budget: float) -> Payload:
+    """What trial.latency_ratio needs to time a candidate against `model` as a trial does."""
+    from onnxopt.runtime.sessions import resolve_input_shapes
+    from onnxopt.search.trial import Samples
+    first = next(iter(calib))
+    shapes = resolve_input_shapes(model, {k: tuple(v.shape) for k, v in first.items()})
+    return Payload(model.SerializeToString(), shapes, Samples.of(calib, limit=1), "agreement", timing_budget=budget)
 AGREE_SIGMAS = 3  # a same-model difference within 3 standard deviations of a two-run difference agrees
 
 
@@ -236,12 +259,8 @@ def _controls(model: onnx.ModelProto, others: tuple[onnx.ModelProto, onnx.ModelP
     (A/B), in the same rounds, then an int8 model against the original: each timed as a search's
     trial times a candidate beside its A/A control, in a Ray worker of a 2-CPU local instance, under
     the node's gate, with Ray's own processes running beside it, as they run beside a trial's timing."""
-    from onnxopt.runtime.sessions import resolve_input_shapes
     from onnxopt.search import cluster
-    from onnxopt.search.trial import Payload, Samples
-    first = next(iter(calib))
-    shapes = resolve_input_shapes(model, {k: tuple(v.shape) for k, v in first.items()})
-    payload = Payload(model.SerializeToString(), shapes, Samples.of(calib, limit=1), "agreement", timing_budget=budget)
+    payload = _timing_payload(model, calib, budget)
 
     def pair(payload: Payload, candidate: bytes) -> dict:  # nested: Ray ships it to the worker by value
         from onnxopt.search.trial import latency_ratio as _ratio
@@ -376,21 +395,11 @@ def drift_run(name: str, quick: bool) -> dict:
     ratio moves in steps that outlast a round, which two timings minutes apart do not share); and
     their correlation with the original's time as its second session (the A/A's) measured it, not
     the first, whose noise is every ratio's denominator."""
-    from onnxopt.runtime.sessions import resolve_input_shapes
-    from onnxopt.search.trial import Payload, Samples, latency_ratio
-    if name.startswith("digits"):
-        model = onnx.load(str(models.fixture_path(name)))
-        calib = load_feeds(CALIB, model)
-    else:
-        from onnxopt.data.files import random_calibration
-        model = models.build(name, seed=0)
-        calib = random_calibration(model, samples=40)
-    candidates = {"pruned": "fold-bn,prune:target-latency=0.7", "int8": INT8_CONTROL}
-    built = {k: Pipeline(parse_spec(spec), calibration=calib, threads=1).run(model).model for k, spec in candidates.items()}
-    first = next(iter(calib))
-    shapes = resolve_input_shapes(model, {k: tuple(v.shape) for k, v in first.items()})
-    payload = Payload(model.SerializeToString(), shapes, Samples.of(calib, limit=1), "agreement",
-                      timing_budget=1.0 if quick else 2.0)
+    from onnxopt.search.trial import latency_ratio
+    model, calib = _workload(name)
+    candidates = {"pruned": PRUNED_CONTROL, "int8": INT8_CONTROL}
+    built = dict(zip(candidates, _control_models(model, calib)))
+    payload = _timing_payload(model, calib, 1.0 if quick else 2.0)
     rounds = 8 if quick else DRIFT_REPEATS
     span = 20.0 if quick else DRIFT_SECONDS
     series: dict[str, list[tuple[float, float]]] = {"A/A": [], **{kind: [] for kind in candidates}}  # (ratio, ms)
@@ -476,7 +485,7 @@ def markdown(data: dict) -> str:
         if drift is not None:
             medians, sd = _block_drift(w["a_b_ratios"])
             lines += ["", f"Within the noise and the machine's drift: {'yes' if drift['agrees'] else 'NO'}. The A/B control, "
-                      "a pruned model (`fold-bn,prune:target-latency=0.7`) timed against the original in the same rounds, "
+                      f"a pruned model (`{PRUNED_CONTROL}`) timed against the original in the same rounds, "
                       f"block medians before, between and after the searches {_joined(medians)} (standard deviation "
                       f"{sd:.4f}, added to the A/A sigma in quadrature): {_verdict(drift)}"]
         if w.get("a_b_int8_ratios"):
