@@ -454,8 +454,9 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
               help="Trials at a time (a local Ray instance with this many CPUs).")
 @click.option("--ray", "ray_address", metavar="ADDRESS", help="Run on an existing Ray cluster (host:port) instead.")
 @click.option("--storage", metavar="URL", help="Optuna storage of the study [sqlite:///onnxopt-search.db]; a "
-              "database URL shares it between machines.")
-@click.option("--resume", is_flag=True, help="Continue the study in --storage: finished trials are not redone.")
+              "database URL shares it between machines of one kind (CPU, onnxruntime).")
+@click.option("--resume", is_flag=True, help="Continue the study in --storage, or join a search running on it: "
+              "finished trials are not redone, another search's running ones are left to it.")
 @click.option("--space", type=click.Path(path_type=Path), help="Search space file (.yaml/.json) narrowing or widening "
               "the default (see onnxopt.search.space).")
 @click.option("--timing-budget", type=click.FloatRange(0.2, 600), default=2.0, show_default=True,

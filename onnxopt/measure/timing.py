@@ -106,6 +106,16 @@ def machine() -> dict:
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
+def timed_on() -> str:
+    """The machine a latency ratio belongs to, in one line: the CPU with its int8 extensions (AMX
+    or VNNI moves an int8 model's ratio several-fold) and onnxruntime's version (its kernels
+    change between releases). Ratios timed on two such machines do not compare."""
+    import onnxruntime
+
+    from ..runtime.cpu import this_cpu
+    return f"{this_cpu().describe()}, onnxruntime {onnxruntime.__version__}"
+
+
 def round_orders(count: int, seed: int = 0) -> Iterator[list[int]]:
     """The order of the runners in each round: a seeded shuffle, then the same order reversed.
 

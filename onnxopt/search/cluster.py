@@ -47,6 +47,41 @@ def connect(address: str | None, workers: int) -> dict:
             "cpus": int(sum(n.get("Resources", {}).get("CPU", 0) for n in nodes))}
 
 
+ASK_NODE_SECONDS = 120.0  # how long a joined cluster's node may take to say what it times on
+
+
+def timed_on(joined: bool) -> str:
+    """The machine every trial's latency ratio will be timed on (measure.timing.timed_on). A local
+    instance is this machine; each node of a joined cluster is asked (a zero-CPU task pinned to it),
+    and nodes that differ are a one-line error: a front of ratios from two CPUs would rank a model
+    faster for where it happened to be timed."""
+    from ..measure.timing import timed_on as here
+    if not joined:
+        return here()
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    ask = ray.remote(num_cpus=0, max_retries=1)(here)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
+    if not nodes:
+        raise UsageError("the cluster has no node with a CPU to run trials on")
+    asked = [ask.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes]
+    try:
+        answers = ray.get(asked, timeout=ASK_NODE_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - a node lost or stuck: no search can trust it
+        raise UsageError(f"cannot ask the cluster's nodes what CPU they time on: {first_line(exc, 200)}") from None
+    return one_machine(answers)
+
+
+def one_machine(answers: list[str]) -> str:
+    """The one machine all nodes time on, or a one-line error naming how many nodes have which."""
+    kinds = sorted(set(answers), key=answers.index)
+    if len(kinds) > 1:
+        counts = "; ".join(f"{answers.count(k)} node(s) {k}" for k in kinds)
+        raise UsageError(f"the cluster's nodes time on different machines ({counts}): a search compares latency "
+                         "ratios of one machine; join nodes of one kind, the one the model will run on")
+    return kinds[0]
+
+
 PROBE_SECONDS = 5.0  # how long a cluster's address may take to answer a TCP connect
 
 
@@ -469,10 +504,10 @@ def _trial_on_node(payload: Any, spec: str, number: int, control: bool = False) 
 def _job_on_node(payload: Any, fn: Callable[..., dict], *args: Any) -> dict:
     """Other work of the search (the sensitivity scan; the A/A control where its trial failed):
     under the node's gate like a trial, so a timing never overlaps it."""
-    from ..measure.timing import quiet_machine
+    from ..measure.timing import quiet_machine, timed_on
     gate = node_gate()
     with gate.shared(), quiet_machine(gate.quiet):
-        return fn(payload, *args)
+        return fn(payload, *args) | {"timed_on": timed_on()}
 
 
 class Runner:
@@ -521,12 +556,13 @@ class Runner:
 
     def next(self, timeout: float | None = None) -> tuple[str, int | str, dict] | None:
         """The next finished task: ("trial", number, result) or ("job", name, result); a task Ray
-        gave up on is a result with an `error`."""
+        gave up on is a result with an `error`. None once nothing is pending; ("waiting", "", {})
+        when none finished within `timeout` seconds."""
         if not self.pending and not self.jobs:
             return None
         ready, _ = self.ray.wait([*self.pending, *self.jobs], num_returns=1, timeout=timeout)
         if not ready:
-            return None
+            return "waiting", "", {}
         ref = ready[0]
         self.placed.pop(ref, None)
         kind, key = ("trial", self.pending.pop(ref)) if ref in self.pending else ("job", self.jobs.pop(ref))

@@ -8,6 +8,7 @@ and the fastest trial whose metric drops at most `max_drop` below the original's
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 from collections.abc import Callable
@@ -103,9 +104,13 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         finally:  # a failed start still waits for the thread it began (a thread cannot be cancelled)
             concurrent.futures.wait([measuring])
         base_metric, (exact, exact_report, after_exact) = measuring.result()
+        timed_on = cluster.timed_on(joined=bool(ray_address))
         name = f"onnxopt-{hashlib.sha256(payload.model).hexdigest()[:12]}-{space.fingerprint}-{kind}"
-        study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)))
+        study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)),
+                                   timed_on=timed_on)
         requeued = studies.recover_unfinished(study) if resume else 0
+        me = studies.Driver(study)
+        me.beat()
         if not study.get_trials(deepcopy=False):
             for params in space.recipes():
                 study.enqueue_trial(params, user_attrs={"recipe": True})
@@ -130,7 +135,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     else:
         sensitive = []
     waiting: list[tuple[Any, dict]] = []  # asked trials that need the scan, until it is done
-    seen_specs = {t.user_attrs.get("spec"): t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
+    seen_specs = _measured_specs(study)
     building: dict[str, int] = {}         # spec -> the trial building it now
     twins: dict[int, list[Any]] = {}      # that trial -> trials asked for the same spec meanwhile
 
@@ -143,7 +148,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     def tell_same(trial: Any, source: Any) -> None:
         """`trial` asked for the spec `source` measured (or failed): that result stands for it."""
         for k, v in source.user_attrs.items():
-            if k not in ("spec", "recipe", "ladder", "resumed_from"):
+            if k not in ("spec", "recipe", "ladder", "resumed_from", studies.DRIVER):
                 trial.set_user_attr(k, v)
         trial.set_user_attr("same_as", source.number)
         if source.state.name == "COMPLETE":
@@ -156,6 +161,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         """Submit the trial; True if it was told at once (a spec already measured)."""
         spec = to_spec(params, exact, sensitive or [])  # only trials that use the scan need its ranking
         trial.set_user_attr("spec", spec)
+        if spec not in seen_specs:  # measured meanwhile by another search sharing the study?
+            seen_specs.update(_measured_specs(study))
         again = seen_specs.get(spec)
         if again is not None:  # the sampler asked for a spec already measured: its result stands
             tell_same(trial, again)
@@ -185,18 +192,23 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 while (len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) < total
                        and repeats + sum(map(len, twins.values())) < REPEATS_PER_TRIAL * total):
                     trial = study.ask()
+                    me.asked(trial)
                     params = space.suggest(trial)
                     if sensitive is None and uses_ranking(params):
                         waiting.append((trial, params))
                     elif dispatch(trial, params):
                         repeats += 1
-            got = runner.next()
+            # woken every beat: a search sharing the study must not take this one for gone
+            got = runner.next(timeout=studies.BEAT_SECONDS)
             if got is None:
                 break
             with cluster.driver_work(driver):
+                me.beat()
                 what, key, result = got
+                if what == "waiting":
+                    continue
                 if what == "job":
-                    jobs[key] = result
+                    jobs[key] = result if key == "scan" else _timed_here(result, timed_on)  # the scan times nothing
                     if key == "scan":
                         sensitive = result.get("layers", [])  # a failed scan: trials protect nothing
                         while waiting:  # one at a time: an interrupt leaves each trial in one place
@@ -205,6 +217,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                             waiting.pop(0)
                     continue
                 trial = asked.pop(key)
+                result = _timed_here(result, timed_on)
                 if key == carrier:  # a trial that failed before timing leaves it to a job of its own
                     carrier = None
                     if "control_ratio" in result:
@@ -212,7 +225,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                     else:
                         runner.start("control", control_ratio)
                 for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
-                          "gate_wait_seconds", "timings_cut", "model_sha256", "started_at"):
+                          "gate_wait_seconds", "timings_cut", "model_sha256", "started_at", "timed_on"):
                     if result.get(k) is not None:
                         trial.set_user_attr(k, result[k])
                 if "error" in result:
@@ -244,14 +257,14 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         best, closest = studies.choose(records, max_drop)
         sources = {n: data for n, (_, data) in kept.items()}
         if best is not None and best.number not in sources:
-            # measured in an earlier session of a resumed study: built again, and raced as built
+            # measured by an earlier search of a resumed study, or another sharing it: built again, and raced as built
             sources[best.number] = Pipeline(parse_spec(best.spec), calibration=payload.calibration.feedset(),
                                             input_shapes=shapes, seed=seed, threads=1).run(model).model.SerializeToString()
 
         def racing(count: int) -> None:
             if progress is not None:
                 progress(_progress_state(study, base_metric, max_drop, total) | {"racing": count})
-        best, race = _race_the_closest(runner, records, best, sources, max_drop, racing)
+        best, race = _race_the_closest(runner, records, best, sources, max_drop, racing, timed_on)
     except BaseException as exc:
         cut = {t.number: t for t in [asked.get(n) for n in runner.cancel()] + [t for t, _ in waiting]
                + [t for ts in twins.values() for t in ts] if t is not None}
@@ -263,6 +276,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                     study.tell(t, state=_fail())
         raise
     finally:
+        with contextlib.suppress(Exception):  # never hide the search's own exception
+            me.done()
         cluster.shutdown()
     control = jobs.get("control", {})
     if sensitive is None:
@@ -276,7 +291,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                     or hashlib.sha256(sources[best.number]).hexdigest() == best.model_sha256)
     front = sorted((r for r in records if r.on_front), key=lambda r: r.latency_ratio)
     report = {
-        "schema": "onnxopt.search/1", "study": name, "storage": storage, "cluster": info,
+        "schema": "onnxopt.search/1", "study": name, "storage": storage, "cluster": info, "timed_on": timed_on,
         "metric": {"kind": kind, "original": base_metric, "max_drop": max_drop},
         "space": dataclasses.asdict(space), "exact": exact, "exact_passes": exact_report,
         "sensitive_layers": sensitive, "scan_error": jobs.get("scan", {}).get("error"), "control": control,
@@ -291,14 +306,31 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     return SearchResult(best_model, best.spec if best else None, front, records, closest, report)
 
 
+def _measured_specs(study: Any) -> dict[str, Any]:
+    """spec -> a finished trial that measured it (or was told its result), in the study's storage."""
+    return {t.user_attrs.get("spec"): t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
+
+
 def _fail():
     import optuna
     return optuna.trial.TrialState.FAIL
 
 
+def _timed_here(result: dict, timed_on: str) -> dict:
+    """A trial's or job's result as the search takes it: failed, with the reason, where it was timed
+    on another machine than the search's (a node of another CPU that joined the cluster since the
+    search asked its nodes); its A/A control goes with it."""
+    there = result.get("timed_on", timed_on)
+    if "error" in result or there == timed_on:
+        return result
+    kept = {k: v for k, v in result.items() if k != "control_ratio"}
+    return kept | {"error": f"timed on {there}, where the search times on {timed_on}: latency ratios of two "
+                            "machines do not compare"}
+
+
 def _race_the_closest(runner: Any, records: list[studies.TrialRecord], best: studies.TrialRecord | None,
-                      sources: dict[int, bytes], max_drop: float,
-                      racing: Callable[[int], None]) -> tuple[studies.TrialRecord | None, dict]:
+                      sources: dict[int, bytes], max_drop: float, racing: Callable[[int], None],
+                      timed_on: str) -> tuple[studies.TrialRecord | None, dict]:
     """(the choice, the race for the report): the trials within the budget closest to the fastest
     (studies.contenders) whose models are at hand race (see RACE_MARGIN), and the fastest there is
     chosen; with fewer than two, `best` stands."""
@@ -307,19 +339,20 @@ def _race_the_closest(runner: Any, records: list[studies.TrialRecord], best: stu
     race: dict = {}
     if len(entrants) > 1:
         racing(len(entrants))
-        race = _race(runner, entrants, sources)
+        race = _race(runner, entrants, sources, timed_on)
         best = _race_winner(entrants, race)
-    if len(entrants) < len(close):  # measured in an earlier session: their models are gone
+    if len(entrants) < len(close):  # measured by an earlier or another search: their models are not here
         race["left_out"] = [r.number for r in close if r.number not in sources]
     return best, race
 
 
-def _race(runner: Any, entrants: list[studies.TrialRecord], sources: dict[int, bytes]) -> dict:
+def _race(runner: Any, entrants: list[studies.TrialRecord], sources: dict[int, bytes], timed_on: str) -> dict:
     """Time `entrants` again side by side (trial.race, a job on one node under its gate; the
     search's only task left): the race for the report, each entrant's trial and race ratios."""
     runner.start("race", trial_race, [sources[r.number] for r in entrants])
     what, key, race = runner.next()
     assert (what, key) == ("job", "race"), (what, key)
+    race = _timed_here(race, timed_on)
     if "error" not in race:
         race["entrants"] = [{"number": r.number, "spec": r.spec, "trial_ratio": r.latency_ratio, "race_ratio": ratio,
                              "interval": interval}

@@ -4,19 +4,38 @@ Optuna accepts to share a study), how a resumed study picks up, and the Pareto f
 Two objectives: the latency ratio against the original (minimize) and the metric (maximize).
 Finished trials carry their spec, size, MACs and timing in user attributes; a trial cut off by an
 interrupt is marked failed as "interrupted" and its choices are queued again on --resume, so a
-resumed search never repeats a finished trial and never loses an unfinished one."""
+resumed search never repeats a finished trial and never loses an unfinished one.
+
+Searches on several machines may share one study (a database URL, each after the first with
+--resume): each driver writes the time into the study every BEAT_SECONDS and names itself on the
+trials it asks, and a resuming search queues again only the running trials of drivers it has not
+heard from in STALE_SECONDS; those of a live one are that one's to finish."""
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
+import time
+import uuid
 from typing import Any
 
 from ..errors import BadInput, UsageError, first_line
 
 INTERRUPTED = "interrupted"
+TIMED_ON = "timed_on"  # the study's user attribute: the machine its latency ratios were timed on
+DRIVER = "driver"      # a trial's user attribute: the search that asked it (Driver.name)
+BEAT_SECONDS = 30.0    # how often a search says it is alive, while it waits for its trials
+# a search not heard from for this long is gone: its running trials are queued again by the next
+# search resuming the study (long beside the beat: a driver busy racing its last trials or paused
+# by a loaded machine is not taken for gone)
+STALE_SECONDS = 300.0
 
 
-def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int) -> Any:
+def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int, timed_on: str | None = None) -> Any:
+    """The study `name` in `storage`, new or (`resume`) continued. `timed_on`: the machine its
+    trials are timed on (cluster.timed_on), kept with the study; a resumed study timed on another
+    machine is refused, as its trials' latency ratios would not compare with the new ones."""
     import warnings
 
     import optuna
@@ -40,18 +59,61 @@ def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int
                          "--resume continues it, another --storage starts afresh")
     study = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "maximize"],
                                 sampler=sampler, load_if_exists=True)
+    if timed_on is not None:
+        before = study.user_attrs.get(TIMED_ON)
+        if before is None:  # new, or kept by an onnxopt that did not record it
+            study.set_user_attr(TIMED_ON, timed_on)
+        elif before != timed_on:
+            raise UsageError(f"--storage {storage}: search '{name}' was timed on {before}; its trials would now be "
+                             f"timed on {timed_on}, and latency ratios of two machines do not compare: "
+                             "resume it there, or start anew with another --storage")
     return study
 
 
-def recover_unfinished(study: Any) -> int:
+class Driver:
+    """This search in its study: the name it gives the trials it asks, and the time it was last
+    alive, a study user attribute `driver:NAME` (0 once it is done)."""
+
+    def __init__(self, study: Any) -> None:
+        self.study = study
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.last = 0.0
+
+    def beat(self, now: float | None = None) -> None:
+        """Say this search is alive, at most once in BEAT_SECONDS / 3 (it is asked far more often)."""
+        now = time.time() if now is None else now
+        if now - self.last >= BEAT_SECONDS / 3:
+            self.study.set_user_attr(f"{DRIVER}:{self.name}", now)
+            self.last = now
+
+    def done(self) -> None:
+        self.study.set_user_attr(f"{DRIVER}:{self.name}", 0.0)
+
+    def asked(self, trial: Any) -> None:
+        trial.set_user_attr(DRIVER, self.name)
+
+
+def live_drivers(study: Any, now: float | None = None) -> set[str]:
+    """The searches of this study heard from within STALE_SECONDS."""
+    now = time.time() if now is None else now
+    prefix = f"{DRIVER}:"
+    return {k[len(prefix):] for k, v in study.user_attrs.items()
+            if k.startswith(prefix) and isinstance(v, (int, float)) and now - v < STALE_SECONDS}
+
+
+def recover_unfinished(study: Any, now: float | None = None) -> int:
     """Trials left running by an interrupted search (or marked interrupted): failed as such, their
-    choices queued again, once. Returns how many were queued."""
+    choices queued again, once; trials running in a search still alive (live_drivers) are left to
+    it. Returns how many were queued."""
     import optuna
     trials = study.get_trials(deepcopy=False)
     queued = {t.user_attrs.get("resumed_from") for t in trials}
+    alive = live_drivers(study, now)
     count = 0
     for t in trials:
         if t.state == optuna.trial.TrialState.RUNNING:
+            if t.user_attrs.get(DRIVER) in alive:
+                continue
             study._storage.set_trial_user_attr(t._trial_id, "error", INTERRUPTED)
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         elif not (t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("error") == INTERRUPTED):

@@ -160,8 +160,8 @@ def run_trial(payload: Payload, spec: str, gate: Any = None, control: bool = Fal
     from ..analysis.cost import model_stats
     gate = gate or NoGate()
     started = time.perf_counter()
-    result: dict[str, Any] = {"spec": spec, "started_at": time.time()}
-    from ..measure.timing import quiet_machine
+    from ..measure.timing import quiet_machine, timed_on
+    result: dict[str, Any] = {"spec": spec, "started_at": time.time(), "timed_on": timed_on()}
     try:
         # the build shares the node with other trials' builds; every timing in it (its passes' and
         # the ratio below) has the node alone

@@ -67,6 +67,8 @@ def test_a_search_runs_its_trials_on_both_nodes(two_node_cluster, tmp_path):
     assert result.report["cluster"] == {"address": two_node_cluster, "nodes": 2, "cpus": 2}
     assert all(t.state == "complete" for t in result.trials), [t.error for t in result.trials]
     assert len({t.node for t in result.trials}) == 2  # both nodes built and timed trials
+    from onnxopt.measure.timing import timed_on
+    assert result.report["timed_on"] == timed_on()  # each node, asked, answered this machine
     assert not ray.is_initialized()  # the driver left ...
     ray.init(address=two_node_cluster, log_to_driver=False, logging_level="ERROR")
     try:  # ... the cluster stayed, with one timing gate per node

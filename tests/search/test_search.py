@@ -64,12 +64,17 @@ def test_the_chosen_spec_reproduces_its_model(tmp_path):
     assert result.front[0].latency_ratio <= chosen.latency_ratio
     assert [t.latency_ratio for t in result.front] == sorted(t.latency_ratio for t in result.front)
     assert abs(result.report["control"]["control_ratio"] - 1) < 0.5  # the A/A control was measured
+    # every ratio was timed on this machine, and the report and the study say which one it is
+    from onnxopt.measure.timing import timed_on
+    assert result.report["timed_on"] == timed_on() and "onnxruntime" in timed_on()
     # the scan ran beside the recipes (the space spreads ratios by it), and every trial timed alone
     assert sorted(result.report["sensitive_layers"]) == ["c1", "c2"] and result.report["scan_error"] is None
     assert all(0 < t.timing_seconds < t.seconds for t in result.trials)
     # the sampler knows each trial's overrun of the budget (feasible at <= 0), from its drop
     import optuna
     study = optuna.load_study(study_name=result.report["study"], storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert study.user_attrs["timed_on"] == timed_on()
+    assert {t.user_attrs["timed_on"] for t in study.trials} == {timed_on()}
     drop_of = {t.spec: t.drop for t in result.trials}  # repeats of a spec too
     assert [round(t.constraints["drop"], 9) for t in study.trials] == \
         [round(drop_of[t.user_attrs["spec"]] - 0.5, 9) for t in study.trials]
@@ -114,6 +119,20 @@ def test_a_failing_metric_fails_only_its_trials(tmp_path):
     # unpruned model passes asks it again)
     assert len(result.trials) + result.report["repeats"] >= 5 and completed and result.best is not None
     assert {t.params for t in completed} == {model_stats(_model(), {"x": (1, 3, 16, 16)}).params}
+
+
+def test_a_trial_timed_on_another_machine_than_the_search_fails_with_the_reason(tmp_path, monkeypatch):
+    # as if a node of another CPU had joined the cluster after the search asked its nodes: the search
+    # times on one machine, and this machine's trials report another
+    from onnxopt.search import cluster
+    other = "Another CPU (x86-avx2: avx2), onnxruntime 0.0"
+    monkeypatch.setattr(cluster, "timed_on", lambda joined: other)
+    result = _run(tmp_path, trials=2)
+    assert result.best is None and result.report["timed_on"] == other
+    assert len(result.trials) == 2 and all(t.state == "failed" for t in result.trials), result.trials
+    assert all(f"where the search times on {other}: latency ratios of two machines do not compare" in t.error
+               for t in result.trials), [t.error for t in result.trials]
+    assert "control_ratio" not in result.report["control"]  # nor does the A/A control timed there count
 
 
 def test_the_a_a_control_passes_to_the_next_trial_when_its_first_carrier_fails(tmp_path):

@@ -31,6 +31,26 @@ def test_an_interrupted_recipe_is_queued_again_as_a_recipe():
     assert Space().suggest(again)["quantize.speed"] is True  # what makes a recipe trial the recipe
 
 
+def test_a_resumed_study_leaves_the_running_trials_of_a_live_search_to_it():
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    alive, gone = studies.Driver(study), studies.Driver(study)
+    now = 1_000_000.0
+    alive.beat(now - 10)                           # heard from 10 s ago
+    gone.beat(now - studies.STALE_SECONDS - 1)     # not heard from for longer than a search may be silent
+    mine, theirs, nobodys = study.ask(), study.ask(), study.ask()
+    alive.asked(mine)
+    gone.asked(theirs)                             # `nobodys`: asked by an onnxopt that named no driver
+    assert studies.live_drivers(study, now) == {alive.name}
+    assert studies.recover_unfinished(study, now) == 2
+    states = {t.number: (t.state.name, t.user_attrs.get("error")) for t in study.trials}
+    assert states[mine.number] == ("RUNNING", None)
+    assert states[theirs.number] == states[nobodys.number] == ("FAIL", studies.INTERRUPTED)
+    assert sorted(t.user_attrs["resumed_from"] for t in study.trials if t.state.name == "WAITING") == \
+        [theirs.number, nobodys.number]
+    alive.done()  # a search that ended says so: its trials are anyone's at once
+    assert studies.live_drivers(study, now) == set()
+
+
 def test_the_sensitivity_scan_runs_when_only_spread_uses_it():
     assert not Space(protect=(0.0,), spread=(0.0,)).uses_ranking
     assert Space(protect=(0.0,), spread=(0.0, 0.5)).uses_ranking
@@ -57,6 +77,34 @@ def test_resume_refuses_a_search_of_this_model_with_another_space(tmp_path):
     # without --resume it is a new search; another model's searches are not in the way
     studies.open_study(f"onnxopt-abc123-{new.fingerprint}-top-1", storage, resume=False, seed=0, startup=4)
     studies.open_study(f"onnxopt-def456-{new.fingerprint}-top-1", storage, resume=True, seed=0, startup=4)
+
+
+def test_a_study_keeps_the_machine_it_is_timed_on_and_is_resumed_only_there(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    here, there = "CPU A (x86-vnni: avx512_vnni), onnxruntime 1.0", "CPU B (x86-avx2: avx2), onnxruntime 1.0"
+    name = f"onnxopt-abc123-{Space().fingerprint}-top-1"
+    assert studies.open_study(name, storage, resume=False, seed=0, startup=4, timed_on=here).user_attrs == \
+        {"timed_on": here}
+    studies.open_study(name, storage, resume=True, seed=0, startup=4, timed_on=here)
+    with pytest.raises(UsageError) as refused:
+        studies.open_study(name, storage, resume=True, seed=0, startup=4, timed_on=there)
+    message = str(refused.value)
+    assert "\n" not in message and f"was timed on {here}" in message and f"now be timed on {there}" in message
+    # a study kept by an onnxopt that did not record the machine takes the first one resuming it
+    old = f"onnxopt-def456-{Space().fingerprint}-top-1"
+    optuna.create_study(study_name=old, storage=storage, directions=["minimize", "maximize"])
+    assert studies.open_study(old, storage, resume=True, seed=0, startup=4, timed_on=there).user_attrs == \
+        {"timed_on": there}
+
+
+def test_a_cluster_whose_nodes_time_on_different_machines_is_refused():
+    from onnxopt.search.cluster import one_machine
+    a, b = "CPU A (x86-vnni: avx512_vnni), onnxruntime 1.0", "CPU B (arm64: asimddp), onnxruntime 1.0"
+    assert one_machine([a, a]) == a
+    with pytest.raises(UsageError) as refused:
+        one_machine([a, b, a])
+    assert str(refused.value).startswith(f"the cluster's nodes time on different machines (2 node(s) {a}; "
+                                         f"1 node(s) {b})")
 
 
 def test_the_race_takes_the_trials_within_the_budget_and_the_margin_of_the_fastest():

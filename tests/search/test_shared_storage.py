@@ -1,0 +1,102 @@
+"""Two searches sharing one study in a real PostgreSQL server (pgserver runs one from its wheel), as
+two machines of one kind would through `--storage postgresql://...`: the second joins with
+`--resume` while the first runs, leaves the first's running trials to it, and together they build
+the study's trials, each counted once."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxopt.search import study as studies
+
+pgserver = pytest.importorskip("pgserver", reason="pgserver (PostgreSQL in a wheel) is not installed here")
+pytest.importorskip("psycopg2")
+optuna = pytest.importorskip("optuna")
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+TRIALS = 24  # enough for the second search to join while the first has trials left (~0.5 s each)
+
+
+@pytest.fixture
+def database_url():
+    # a short path: the server's Unix socket lives in its data folder (a socket path has ~100 bytes)
+    folder = tempfile.mkdtemp(prefix="onnxopt-pg-")
+    server = pgserver.get_server(folder, cleanup_mode="stop")
+    try:
+        yield server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _inputs(tmp_path):
+    from onnx import helper
+
+    from onnxopt.testing import conv_node, make_model, random_weights
+    c1, i1 = conv_node("x", "a", "c1", 3, 64, seed=0)
+    nodes = [c1, helper.make_node("Relu", ["a"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], transB=1)]
+    model = make_model(nodes, {**i1, "fc.w": random_weights(2, 10, 64), "fc.b": random_weights(3, 10)},
+                       [("x", [1, 3, 16, 16])], [("y", [1, 10])])
+    onnx.save(model, tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32))
+    (tmp_path / "space.yaml").write_text("exact: [cleanup]\nprune: {modes: [off, ratio], ratio: [0.2, 0.6], "
+                                         "protect: [0]}\nquantize: {modes: [off]}\n")
+
+
+def _search(tmp_path, url, *extra):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.Popen([sys.executable, "-m", "onnxopt", "search", str(tmp_path / "model.onnx"),
+                             "--calib", str(tmp_path / "calib.npz"), "--space", str(tmp_path / "space.yaml"),
+                             "--storage", url, "--trials", str(TRIALS), "--workers", "1", "--timing-budget", "0.2",
+                             "--max-drop", "0.5", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _study(url):
+    names = [s.study_name for s in optuna.get_all_study_summaries(url)]
+    return optuna.load_study(study_name=names[0], storage=url) if names else None
+
+
+def test_two_searches_share_one_study_in_a_real_database(tmp_path, database_url):
+    _inputs(tmp_path)
+    first = _search(tmp_path, database_url)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:  # the first has measured a trial
+            study = _study(database_url)
+            if study and any(t.state.name == "COMPLETE" for t in study.trials):
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, first.communicate()[0]
+        running = [t.number for t in _study(database_url).trials if t.state.name == "RUNNING"]
+        second = _search(tmp_path, database_url, "--resume")
+        out2, _ = second.communicate(timeout=300)
+        out1, _ = first.communicate(timeout=300)
+    finally:
+        for p in (first, locals().get("second")):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert first.returncode == 0 and second.returncode == 0, (out1, out2)
+    study = _study(database_url)
+    trials = study.trials
+    built = [t for t in trials if t.state.name == "COMPLETE" and "same_as" not in t.user_attrs]
+    # the first's running trials were its own to finish: none failed as interrupted, none left running
+    assert running and not [t for t in trials if t.user_attrs.get("error") == studies.INTERRUPTED]
+    assert all(study.trials[n].state.name == "COMPLETE" for n in running)
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    # both built trials, the study's --trials between them (each may have one more under way as the
+    # other finishes the count), and both said they were done
+    drivers = {t.user_attrs[studies.DRIVER] for t in built}
+    assert len(drivers) == 2, drivers
+    assert TRIALS <= len(built) <= TRIALS + 1, [t.user_attrs["spec"] for t in built]
+    assert [v for k, v in study.user_attrs.items() if k.startswith(f"{studies.DRIVER}:")] == [0.0, 0.0]
+    assert "Pareto front" in out1 and "Pareto front" in out2
