@@ -556,13 +556,12 @@ class Runner:
 
     def next(self, timeout: float | None = None) -> tuple[str, int | str, dict] | None:
         """The next finished task: ("trial", number, result) or ("job", name, result); a task Ray
-        gave up on is a result with an `error`. None once nothing is pending; ("waiting", "", {})
-        when none finished within `timeout` seconds."""
+        gave up on is a result with an `error`."""
         if not self.pending and not self.jobs:
             return None
         ready, _ = self.ray.wait([*self.pending, *self.jobs], num_returns=1, timeout=timeout)
         if not ready:
-            return "waiting", "", {}
+            return None
         ref = ready[0]
         self.placed.pop(ref, None)
         kind, key = ("trial", self.pending.pop(ref)) if ref in self.pending else ("job", self.jobs.pop(ref))

@@ -109,8 +109,6 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)),
                                    timed_on=timed_on)
         requeued = studies.recover_unfinished(study) if resume else 0
-        me = studies.Driver(study)
-        me.beat()
         if not study.get_trials(deepcopy=False):
             for params in space.recipes():
                 study.enqueue_trial(params, user_attrs={"recipe": True})
@@ -180,6 +178,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         runner.submit(trial.number, spec, control)
         return False
 
+    me = studies.Driver(study)  # says this search is alive to others sharing the study
+    me.start()
     try:
         total = trials
         while True:
@@ -192,21 +192,20 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 while (len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) < total
                        and repeats + sum(map(len, twins.values())) < REPEATS_PER_TRIAL * total):
                     trial = study.ask()
-                    me.asked(trial)
+                    try:
+                        me.asked(trial)
+                    except _taken():  # failed by a search that took this one for gone: its trial now
+                        continue
                     params = space.suggest(trial)
                     if sensitive is None and uses_ranking(params):
                         waiting.append((trial, params))
                     elif dispatch(trial, params):
                         repeats += 1
-            # woken every beat: a search sharing the study must not take this one for gone
-            got = runner.next(timeout=studies.BEAT_SECONDS)
+            got = runner.next()
             if got is None:
                 break
             with cluster.driver_work(driver):
-                me.beat()
                 what, key, result = got
-                if what == "waiting":
-                    continue
                 if what == "job":
                     jobs[key] = result if key == "scan" else _timed_here(result, timed_on)  # the scan times nothing
                     if key == "scan":
@@ -224,16 +223,19 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                         jobs["control"] = {"control_ratio": result.pop("control_ratio")}
                     else:
                         runner.start("control", control_ratio)
-                for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
-                          "gate_wait_seconds", "timings_cut", "model_sha256", "started_at", "timed_on"):
-                    if result.get(k) is not None:
-                        trial.set_user_attr(k, result[k])
-                if "error" in result:
-                    trial.set_user_attr("error", result["error"])
-                    study.tell(trial, state=_fail())
-                else:
-                    over_budget(trial, result["metric"])
-                    study.tell(trial, [result["latency_ratio"], result["metric"]])
+                # a trial another search failed and queued again (it took this one for gone) is its now
+                with contextlib.suppress(_taken()):
+                    for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
+                              "gate_wait_seconds", "timings_cut", "model_sha256", "started_at", "timed_on"):
+                        if result.get(k) is not None:
+                            trial.set_user_attr(k, result[k])
+                    if "error" in result:
+                        trial.set_user_attr("error", result["error"])
+                        study.tell(trial, state=_fail())
+                    else:
+                        over_budget(trial, result["metric"])
+                        study.tell(trial, [result["latency_ratio"], result["metric"]])
+                if "error" not in result:
                     # keep the bytes of the race's entrants so far only (a full-size model per trial would
                     # not fit in memory); a choice not kept is built again below
                     if studies.within_budget(base_metric - result["metric"], max_drop):
@@ -291,7 +293,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                     or hashlib.sha256(sources[best.number]).hexdigest() == best.model_sha256)
     front = sorted((r for r in records if r.on_front), key=lambda r: r.latency_ratio)
     report = {
-        "schema": "onnxopt.search/1", "study": name, "storage": storage, "cluster": info, "timed_on": timed_on,
+        "schema": "onnxopt.search/1", "study": name, "storage": studies.shown(storage), "cluster": info, "timed_on": timed_on,
         "metric": {"kind": kind, "original": base_metric, "max_drop": max_drop},
         "space": dataclasses.asdict(space), "exact": exact, "exact_passes": exact_report,
         "sensitive_layers": sensitive, "scan_error": jobs.get("scan", {}).get("error"), "control": control,
@@ -309,6 +311,12 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
 def _measured_specs(study: Any) -> dict[str, Any]:
     """spec -> a finished trial that measured it (or was told its result), in the study's storage."""
     return {t.user_attrs.get("spec"): t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
+
+
+def _taken() -> type[Exception]:
+    """What Optuna raises on a change to a trial that is finished already."""
+    import optuna
+    return optuna.exceptions.UpdateFinishedTrialError
 
 
 def _fail():

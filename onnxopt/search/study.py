@@ -12,10 +12,12 @@ trials it asks, and a resuming search queues again only the running trials of dr
 heard from in STALE_SECONDS; those of a live one are that one's to finish."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from typing import Any
@@ -30,6 +32,14 @@ BEAT_SECONDS = 30.0    # how often a search says it is alive, while it waits for
 # search resuming the study (long beside the beat: a driver busy racing its last trials or paused
 # by a loaded machine is not taken for gone)
 STALE_SECONDS = 300.0
+
+
+def shown(storage: str) -> str:
+    """A storage URL as messages and reports show it: its password masked."""
+    with contextlib.suppress(Exception):  # not a URL SQLAlchemy reads: nothing to mask
+        from sqlalchemy.engine import make_url
+        return make_url(storage).render_as_string(hide_password=True)
+    return storage
 
 
 def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int, timed_on: str | None = None) -> Any:
@@ -48,14 +58,14 @@ def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int
     try:
         existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
-        raise BadInput(f"--storage {storage}: cannot open: {first_line(exc, 200)}") from None
+        raise BadInput(f"--storage {shown(storage)}: cannot open: {first_line(exc, 200)}") from None
     _, model, _, kind = name.split("-", 3)  # onnxopt-<model hash>-<space fingerprint>-<metric kind>
     other_space = [n for n in existing if n != name and n.startswith(f"onnxopt-{model}-") and n.endswith(f"-{kind}")]
     if resume and name not in existing and other_space:
-        raise UsageError(f"--storage {storage} holds a search of this model with another space ({other_space[0]}): "
+        raise UsageError(f"--storage {shown(storage)} holds a search of this model with another space ({other_space[0]}): "
                          "--resume continues only the same space (file, or defaults of this onnxopt); drop --resume to start anew")
     if name in existing and not resume:
-        raise UsageError(f"--storage {storage} already holds search '{name}' of this model and space; "
+        raise UsageError(f"--storage {shown(storage)} already holds search '{name}' of this model and space; "
                          "--resume continues it, another --storage starts afresh")
     study = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "maximize"],
                                 sampler=sampler, load_if_exists=True)
@@ -64,7 +74,7 @@ def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int
         if before is None:  # new, or kept by an onnxopt that did not record it
             study.set_user_attr(TIMED_ON, timed_on)
         elif before != timed_on:
-            raise UsageError(f"--storage {storage}: search '{name}' was timed on {before}; its trials would now be "
+            raise UsageError(f"--storage {shown(storage)}: search '{name}' was timed on {before}; its trials would now be "
                              f"timed on {timed_on}, and latency ratios of two machines do not compare: "
                              "resume it there, or start anew with another --storage")
     return study
@@ -72,21 +82,33 @@ def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int
 
 class Driver:
     """This search in its study: the name it gives the trials it asks, and the time it was last
-    alive, a study user attribute `driver:NAME` (0 once it is done)."""
+    alive, a study user attribute `driver:NAME` (0 once it is done), written by a thread every
+    BEAT_SECONDS: the search loop itself may wait minutes for a timing to end."""
 
     def __init__(self, study: Any) -> None:
         self.study = study
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.last = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def beat(self, now: float | None = None) -> None:
-        """Say this search is alive, at most once in BEAT_SECONDS / 3 (it is asked far more often)."""
-        now = time.time() if now is None else now
-        if now - self.last >= BEAT_SECONDS / 3:
-            self.study.set_user_attr(f"{DRIVER}:{self.name}", now)
-            self.last = now
+        """Say this search is alive (at `now`, for tests)."""
+        self.study.set_user_attr(f"{DRIVER}:{self.name}", time.time() if now is None else now)
+
+    def start(self) -> None:
+        self.beat()
+        self._thread = threading.Thread(target=self._beating, name="onnxopt-search-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beating(self) -> None:
+        while not self._stop.wait(BEAT_SECONDS):
+            with contextlib.suppress(Exception):  # a missed beat is made up by the next one
+                self.beat()
 
     def done(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         self.study.set_user_attr(f"{DRIVER}:{self.name}", 0.0)
 
     def asked(self, trial: Any) -> None:
@@ -104,15 +126,18 @@ def live_drivers(study: Any, now: float | None = None) -> set[str]:
 def recover_unfinished(study: Any, now: float | None = None) -> int:
     """Trials left running by an interrupted search (or marked interrupted): failed as such, their
     choices queued again, once; trials running in a search still alive (live_drivers) are left to
-    it. Returns how many were queued."""
+    it, and so are those of nobody asked within STALE_SECONDS while one is (a search names its
+    trial just after Optuna makes it). Returns how many were queued."""
     import optuna
+    now = time.time() if now is None else now
     trials = study.get_trials(deepcopy=False)
     queued = {t.user_attrs.get("resumed_from") for t in trials}
     alive = live_drivers(study, now)
     count = 0
     for t in trials:
         if t.state == optuna.trial.TrialState.RUNNING:
-            if t.user_attrs.get(DRIVER) in alive:
+            driver = t.user_attrs.get(DRIVER)
+            if driver in alive or (driver is None and alive and _age(t, now) < STALE_SECONDS):
                 continue
             study._storage.set_trial_user_attr(t._trial_id, "error", INTERRUPTED)
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
@@ -127,6 +152,12 @@ def recover_unfinished(study: Any, now: float | None = None) -> int:
             study.enqueue_trial(t.params, user_attrs=attrs)
             count += 1
     return count
+
+
+def _age(trial: Any, now: float) -> float:
+    """Seconds since the trial was asked (Optuna keeps the asking machine's local time)."""
+    start = trial.datetime_start
+    return float("inf") if start is None else now - start.timestamp()
 
 
 def done_count(study: Any) -> tuple[int, int]:

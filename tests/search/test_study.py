@@ -32,23 +32,32 @@ def test_an_interrupted_recipe_is_queued_again_as_a_recipe():
 
 
 def test_a_resumed_study_leaves_the_running_trials_of_a_live_search_to_it():
+    import time
     study = optuna.create_study(directions=["minimize", "maximize"])
     alive, gone = studies.Driver(study), studies.Driver(study)
-    now = 1_000_000.0
+    now = time.time()
     alive.beat(now - 10)                           # heard from 10 s ago
     gone.beat(now - studies.STALE_SECONDS - 1)     # not heard from for longer than a search may be silent
     mine, theirs, nobodys = study.ask(), study.ask(), study.ask()
     alive.asked(mine)
-    gone.asked(theirs)                             # `nobodys`: asked by an onnxopt that named no driver
+    gone.asked(theirs)
+    # `nobodys` was asked just now and not named yet (a search names its trial right after asking it)
     assert studies.live_drivers(study, now) == {alive.name}
-    assert studies.recover_unfinished(study, now) == 2
-    states = {t.number: (t.state.name, t.user_attrs.get("error")) for t in study.trials}
-    assert states[mine.number] == ("RUNNING", None)
-    assert states[theirs.number] == states[nobodys.number] == ("FAIL", studies.INTERRUPTED)
+    assert studies.recover_unfinished(study, now) == 1
+
+    def states():
+        return {t.number: (t.state.name, t.user_attrs.get("error")) for t in study.trials}
+    assert states()[mine.number] == states()[nobodys.number] == ("RUNNING", None)
+    assert states()[theirs.number] == ("FAIL", studies.INTERRUPTED)
+    # minutes later a trial nobody named is nobody's: queued again, the live search's still its own
+    later = now + studies.STALE_SECONDS + 5
+    alive.beat(later - 10)
+    assert studies.recover_unfinished(study, later) == 1
+    assert states()[nobodys.number] == ("FAIL", studies.INTERRUPTED) and states()[mine.number] == ("RUNNING", None)
     assert sorted(t.user_attrs["resumed_from"] for t in study.trials if t.state.name == "WAITING") == \
         [theirs.number, nobodys.number]
     alive.done()  # a search that ended says so: its trials are anyone's at once
-    assert studies.live_drivers(study, now) == set()
+    assert studies.live_drivers(study, later) == set()
 
 
 def test_the_sensitivity_scan_runs_when_only_spread_uses_it():
@@ -95,6 +104,11 @@ def test_a_study_keeps_the_machine_it_is_timed_on_and_is_resumed_only_there(tmp_
     optuna.create_study(study_name=old, storage=storage, directions=["minimize", "maximize"])
     assert studies.open_study(old, storage, resume=True, seed=0, startup=4, timed_on=there).user_attrs == \
         {"timed_on": there}
+
+
+def test_a_storage_url_is_shown_without_its_password():
+    assert studies.shown("postgresql+psycopg2://bob:secret@db:5432/onnxopt") == "postgresql+psycopg2://bob:***@db:5432/onnxopt"
+    assert studies.shown("sqlite:///onnxopt-search.db") == "sqlite:///onnxopt-search.db"
 
 
 def test_a_cluster_whose_nodes_time_on_different_machines_is_refused():
