@@ -522,15 +522,20 @@ class Runner:
         self.pending: dict[Any, int] = {}  # trial task -> trial number
         self.jobs: dict[Any, str] = {}     # job task -> its name
         self.placed: dict[Any, str] = {}   # pending task -> the node it was sent to
+        self.avoided: set[str] = set()     # node ids (their first 12 characters, as trials report them)
+
+    def avoid(self, node: str) -> None:
+        """Send no more tasks to `node` (a node of another machine than the search times on)."""
+        self.avoided.add(node[:12])
 
     def _least_loaded_node(self) -> str | None:
         """The alive node with the fewest of our pending tasks per CPU. Ray alone would not spread
         them: a trial waiting on its gate (in ray.get) gives its CPU back, so a second trial fits
-        on the same node while another node idles."""
+        on the same node while another node idles. Nodes avoided (avoid()) get none."""
         load: dict[str, float] = {}
         for node in self.ray.nodes():
             cpus = node.get("Resources", {}).get("CPU", 0)
-            if node.get("Alive") and cpus >= 1:
+            if node.get("Alive") and cpus >= 1 and node["NodeID"][:12] not in self.avoided:
                 load[node["NodeID"]] = sum(1 for n in self.placed.values() if n == node["NodeID"]) / cpus
         return min(load, key=load.get) if load else None
 

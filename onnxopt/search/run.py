@@ -216,6 +216,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                             waiting.pop(0)
                     continue
                 trial = asked.pop(key)
+                if result.get("timed_on", timed_on) != timed_on and result.get("node"):
+                    runner.avoid(result["node"])  # its next trials would fail the same way
                 result = _timed_here(result, timed_on)
                 if key == carrier:  # a trial that failed before timing leaves it to a job of its own
                     carrier = None

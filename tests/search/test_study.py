@@ -106,6 +106,20 @@ def test_a_study_keeps_the_machine_it_is_timed_on_and_is_resumed_only_there(tmp_
         {"timed_on": there}
 
 
+def test_a_node_that_timed_on_another_machine_gets_no_more_trials():
+    from types import SimpleNamespace
+
+    from onnxopt.search.cluster import Runner
+    nodes = [{"NodeID": f"{name}" * 20, "Alive": True, "Resources": {"CPU": 1}} for name in ("a", "b")]
+    runner = Runner.__new__(Runner)  # its Ray: two idle nodes of one CPU each
+    runner.ray, runner.placed, runner.avoided = SimpleNamespace(nodes=lambda: nodes), {}, set()
+    assert runner._least_loaded_node() == "a" * 20
+    runner.avoid("a" * 12)  # as a trial reports its node
+    assert runner._least_loaded_node() == "b" * 20
+    runner.avoid("b" * 20)
+    assert runner._least_loaded_node() is None  # then Ray places the tasks
+
+
 def test_a_storage_url_is_shown_without_its_password():
     assert studies.shown("postgresql+psycopg2://bob:secret@db:5432/onnxopt") == "postgresql+psycopg2://bob:***@db:5432/onnxopt"
     assert studies.shown("sqlite:///onnxopt-search.db") == "sqlite:///onnxopt-search.db"
