@@ -250,6 +250,8 @@ def _timing_payload(model: onnx.ModelProto, calib: FeedSet, budget: float) -> Pa
     first = next(iter(calib))
     shapes = resolve_input_shapes(model, {k: tuple(v.shape) for k, v in first.items()})
     return Payload(model.SerializeToString(), shapes, Samples.of(calib, limit=1), "agreement", timing_budget=budget)
+
+
 AGREE_SIGMAS = 3  # a same-model difference within 3 standard deviations of a two-run difference agrees
 
 

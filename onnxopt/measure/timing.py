@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -106,6 +107,7 @@ def machine() -> dict:
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
+@functools.lru_cache(maxsize=1)  # a process keeps its machine: asked once per trial, read once
 def timed_on() -> str:
     """The machine a latency ratio belongs to, in one line: the CPU with its int8 extensions (AMX
     or VNNI moves an int8 model's ratio several-fold) and onnxruntime's version (its kernels

@@ -60,7 +60,7 @@ def timed_on(joined: bool) -> str:
         return here()
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    ask = ray.remote(num_cpus=0, max_retries=1)(here)
+    ask = ray.remote(num_cpus=0, max_retries=1)(_node_timed_on)
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
     if not nodes:
         raise UsageError("the cluster has no node with a CPU to run trials on")
@@ -70,6 +70,12 @@ def timed_on(joined: bool) -> str:
     except Exception as exc:  # noqa: BLE001 - a node lost or stuck: no search can trust it
         raise UsageError(f"cannot ask the cluster's nodes what CPU they time on: {first_line(exc, 200)}") from None
     return one_machine(answers)
+
+
+def _node_timed_on() -> str:
+    """measure.timing.timed_on() on the node that runs this (Ray takes functions, not its cached one)."""
+    from ..measure.timing import timed_on
+    return timed_on()
 
 
 def one_machine(answers: list[str]) -> str:
@@ -504,16 +510,18 @@ def _trial_on_node(payload: Any, spec: str, number: int, control: bool = False) 
 def _job_on_node(payload: Any, fn: Callable[..., dict], *args: Any) -> dict:
     """Other work of the search (the sensitivity scan; the A/A control where its trial failed):
     under the node's gate like a trial, so a timing never overlaps it."""
-    from ..measure.timing import quiet_machine, timed_on
+    from ..measure.timing import quiet_machine
     gate = node_gate()
     with gate.shared(), quiet_machine(gate.quiet):
-        return fn(payload, *args) | {"timed_on": timed_on()}
+        return fn(payload, *args)
 
 
 class Runner:
     """Submits trials and the search's other jobs as Ray tasks and hands back finished ones."""
 
-    def __init__(self, payload: Any) -> None:
+    def __init__(self, payload: Any, timed_on: str | None = None) -> None:
+        """`timed_on`: the machine the search times on (timed_on()); a result a timing function
+        stamped with another is a failure (see _timed_here). None: no check."""
         import ray
         self.ray = ray
         self.payload = ray.put(payload)
@@ -523,10 +531,7 @@ class Runner:
         self.jobs: dict[Any, str] = {}     # job task -> its name
         self.placed: dict[Any, str] = {}   # pending task -> the node it was sent to
         self.avoided: set[str] = set()     # node ids (their first 12 characters, as trials report them)
-
-    def avoid(self, node: str) -> None:
-        """Send no more tasks to `node` (a node of another machine than the search times on)."""
-        self.avoided.add(node[:12])
+        self.timed_on = timed_on
 
     def _least_loaded_node(self) -> str | None:
         """The alive node with the fewest of our pending tasks per CPU. Ray alone would not spread
@@ -571,10 +576,24 @@ class Runner:
         self.placed.pop(ref, None)
         kind, key = ("trial", self.pending.pop(ref)) if ref in self.pending else ("job", self.jobs.pop(ref))
         try:
-            return kind, key, self.ray.get(ref)
+            return kind, key, self._timed_here(self.ray.get(ref))
         except Exception as exc:  # noqa: BLE001 - a worker lost for good: the task failed
             cause = getattr(exc, "cause", None) or exc  # a task's own exception, not Ray's wrapper of it
             return kind, key, {"error": one_line(cause), "seconds": 0.0}
+
+    def _timed_here(self, result: dict) -> dict:
+        """A task's result as the search takes it: failed, with the reason, where a timing in it was
+        stamped with another machine than the search's (a node of another CPU that joined the
+        cluster since the search asked its nodes); its A/A control goes with it, and its node, as
+        the trial reports it, gets no more tasks."""
+        there = result.get("timed_on")
+        if self.timed_on is None or there in (None, self.timed_on) or "error" in result:
+            return result
+        if result.get("node"):
+            self.avoided.add(result["node"][:12])
+        kept = {k: v for k, v in result.items() if k != "control_ratio"}
+        return kept | {"error": f"timed on {there}, where the search times on {self.timed_on}: latency ratios of "
+                                "two machines do not compare"}
 
     def cancel(self) -> list[int]:
         """Stop the pending tasks; no build is left stopped by a timer that was cancelled. Returns

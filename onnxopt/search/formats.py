@@ -26,7 +26,7 @@ def format_front(result: SearchResult) -> str:
     metric = r["metric"]
     again = f" (+{r['repeats']} asked again, not rebuilt)" if r.get("repeats") else ""
     lines = [f"search {r['study']}: {len(result.trials)} trials{again} on {r['cluster']['nodes']} node(s) "
-             f"({r['cluster']['cpus']} CPUs); timed on {r.get('timed_on') or r['machine']['cpu']}",
+             f"({r['cluster']['cpus']} CPUs); timed on {r['timed_on']}",
              f"metric: {metric['kind']} {metric['original'] * 100:.2f} for the original; budget: drop <= "
              f"{metric['max_drop'] * 100:.2f} points; A/A control of a trial ratio: "
              f"{r['control'].get('control_ratio', float('nan')):.3f}", ""]
@@ -111,7 +111,7 @@ def plot_front(result: SearchResult, path: str | Path) -> None:
         ax.scatter([best.latency_ratio], [best.drop * 100], marker="*", s=160, color="C1", zorder=5, label="chosen")
     ax.set_xlabel("latency / original (side by side, 1 thread)")
     ax.set_ylabel("metric drop (points)")
-    ax.set_title(f"onnxopt search: {result.report.get('timed_on') or result.report['machine']['cpu']}", fontsize=9)
+    ax.set_title(f"onnxopt search: {result.report['timed_on']}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     import io

@@ -117,7 +117,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     except BaseException:
         cluster.shutdown()
         raise
-    runner = cluster.Runner(payload)
+    runner = cluster.Runner(payload, timed_on)
     driver = cluster.driver_gate()
     kept: dict[int, tuple[tuple, bytes]] = {}  # trial number -> (its choice order, model): the race's entrants
     asked: dict[int, Any] = {}
@@ -207,7 +207,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
             with cluster.driver_work(driver):
                 what, key, result = got
                 if what == "job":
-                    jobs[key] = result if key == "scan" else _timed_here(result, timed_on)  # the scan times nothing
+                    jobs[key] = result
                     if key == "scan":
                         sensitive = result.get("layers", [])  # a failed scan: trials protect nothing
                         while waiting:  # one at a time: an interrupt leaves each trial in one place
@@ -216,9 +216,6 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                             waiting.pop(0)
                     continue
                 trial = asked.pop(key)
-                if result.get("timed_on", timed_on) != timed_on and result.get("node"):
-                    runner.avoid(result["node"])  # its next trials would fail the same way
-                result = _timed_here(result, timed_on)
                 if key == carrier:  # a trial that failed before timing leaves it to a job of its own
                     carrier = None
                     if "control_ratio" in result:
@@ -268,7 +265,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         def racing(count: int) -> None:
             if progress is not None:
                 progress(_progress_state(study, base_metric, max_drop, total) | {"racing": count})
-        best, race = _race_the_closest(runner, records, best, sources, max_drop, racing, timed_on)
+        best, race = _race_the_closest(runner, records, best, sources, max_drop, racing)
     except BaseException as exc:
         cut = {t.number: t for t in [asked.get(n) for n in runner.cancel()] + [t for t, _ in waiting]
                + [t for ts in twins.values() for t in ts] if t is not None}
@@ -326,21 +323,9 @@ def _fail():
     return optuna.trial.TrialState.FAIL
 
 
-def _timed_here(result: dict, timed_on: str) -> dict:
-    """A trial's or job's result as the search takes it: failed, with the reason, where it was timed
-    on another machine than the search's (a node of another CPU that joined the cluster since the
-    search asked its nodes); its A/A control goes with it."""
-    there = result.get("timed_on", timed_on)
-    if "error" in result or there == timed_on:
-        return result
-    kept = {k: v for k, v in result.items() if k != "control_ratio"}
-    return kept | {"error": f"timed on {there}, where the search times on {timed_on}: latency ratios of two "
-                            "machines do not compare"}
-
-
 def _race_the_closest(runner: Any, records: list[studies.TrialRecord], best: studies.TrialRecord | None,
-                      sources: dict[int, bytes], max_drop: float, racing: Callable[[int], None],
-                      timed_on: str) -> tuple[studies.TrialRecord | None, dict]:
+                      sources: dict[int, bytes], max_drop: float,
+                      racing: Callable[[int], None]) -> tuple[studies.TrialRecord | None, dict]:
     """(the choice, the race for the report): the trials within the budget closest to the fastest
     (studies.contenders) whose models are at hand race (see RACE_MARGIN), and the fastest there is
     chosen; with fewer than two, `best` stands."""
@@ -349,20 +334,19 @@ def _race_the_closest(runner: Any, records: list[studies.TrialRecord], best: stu
     race: dict = {}
     if len(entrants) > 1:
         racing(len(entrants))
-        race = _race(runner, entrants, sources, timed_on)
+        race = _race(runner, entrants, sources)
         best = _race_winner(entrants, race)
     if len(entrants) < len(close):  # measured by an earlier or another search: their models are not here
         race["left_out"] = [r.number for r in close if r.number not in sources]
     return best, race
 
 
-def _race(runner: Any, entrants: list[studies.TrialRecord], sources: dict[int, bytes], timed_on: str) -> dict:
+def _race(runner: Any, entrants: list[studies.TrialRecord], sources: dict[int, bytes]) -> dict:
     """Time `entrants` again side by side (trial.race, a job on one node under its gate; the
     search's only task left): the race for the report, each entrant's trial and race ratios."""
     runner.start("race", trial_race, [sources[r.number] for r in entrants])
     what, key, race = runner.next()
     assert (what, key) == ("job", "race"), (what, key)
-    race = _timed_here(race, timed_on)
     if "error" not in race:
         race["entrants"] = [{"number": r.number, "spec": r.spec, "trial_ratio": r.latency_ratio, "race_ratio": ratio,
                              "interval": interval}

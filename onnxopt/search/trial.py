@@ -112,7 +112,7 @@ def score(payload: Payload, model: onnx.ModelProto) -> float:
 def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool = False) -> dict:
     """The candidate's latency over the original's: both timed in the same interleaved rounds on one
     thread (the median of the per-round ratios); with_control adds the original against itself."""
-    from ..measure.timing import interleave, session_runner
+    from ..measure.timing import interleave, session_runner, timed_on
     feed = next(iter(payload.calibration.feedset()))
     runners = [("original", session_runner(payload.model, feed)), ("candidate", session_runner(model, feed))]
     if with_control:
@@ -121,7 +121,7 @@ def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool =
     timings = interleave(runners, warmup=5, rounds=20000, budget_seconds=payload.timing_budget, seed=payload.seed,
                          settle=SETTLE)
     out = {"latency_ratio": timings[1].median_round_ratio, "original_ms": timings[0].median * 1e3,
-           "rounds": len(timings[0].seconds)}
+           "rounds": len(timings[0].seconds), "timed_on": timed_on()}
     if with_control:
         out["control_ratio"] = timings[2].median_round_ratio
         out["control_ms"] = timings[2].median * 1e3  # the original's time, apart from the ratios' denominator
@@ -141,6 +141,7 @@ def race(payload: Payload, candidates: list[bytes]) -> dict:
     few percent, and the fastest of several close trials is the one whose timing erred lowest.
     Returns each candidate's ratio to the original and its interval."""
     from ..measure.sidebyside import Settings, time_side_by_side
+    from ..measure.timing import timed_on
     started = time.perf_counter()
     feed = next(iter(payload.calibration.feedset()))
     models = [("original", payload.model), *((f"candidate {i}", c) for i, c in enumerate(candidates))]
@@ -150,7 +151,7 @@ def race(payload: Payload, candidates: list[bytes]) -> dict:
     timings = time_side_by_side(models, feed, settings)
     return {"ratios": [t.median_round_ratio for t in timings[1:]],
             "intervals": [list(t.round_ratio_interval()) for t in timings[1:]], "rounds": len(timings[0].seconds),
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "timed_on": timed_on()}
 
 
 def run_trial(payload: Payload, spec: str, gate: Any = None, control: bool = False) -> dict:
@@ -160,8 +161,8 @@ def run_trial(payload: Payload, spec: str, gate: Any = None, control: bool = Fal
     from ..analysis.cost import model_stats
     gate = gate or NoGate()
     started = time.perf_counter()
-    from ..measure.timing import quiet_machine, timed_on
-    result: dict[str, Any] = {"spec": spec, "started_at": time.time(), "timed_on": timed_on()}
+    result: dict[str, Any] = {"spec": spec, "started_at": time.time()}
+    from ..measure.timing import quiet_machine
     try:
         # the build shares the node with other trials' builds; every timing in it (its passes' and
         # the ratio below) has the node alone

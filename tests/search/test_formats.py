@@ -7,7 +7,7 @@ from onnxopt.search.study import TrialRecord
 
 
 def _result(trials: list[TrialRecord]) -> SearchResult:
-    report = {"study": "onnxopt-x", "cluster": {"nodes": 1, "cpus": 2}, "machine": {"cpu": "test CPU"},
+    report = {"study": "onnxopt-x", "cluster": {"nodes": 1, "cpus": 2}, "timed_on": "test CPU",
               "metric": {"kind": "top-1", "original": 0.9, "max_drop": 0.01}, "control": {"control_ratio": 1.0},
               "best_is_measured_model": True}
     best = trials[0]

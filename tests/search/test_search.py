@@ -321,7 +321,7 @@ def test_on_the_cli_no_trial_within_the_budget_is_exit_4(capsys, tmp_path, monke
     closest = TrialRecord(1, "prune:ratio=0.5", "complete", 0.8, 0.2, 0.61, 1000)
 
     def no_luck(model, calibration, **kwargs):
-        report = {"study": "s", "cluster": {"nodes": 1, "cpus": 1}, "machine": {"cpu": "test"}, "control": {},
+        report = {"study": "s", "cluster": {"nodes": 1, "cpus": 1}, "timed_on": "test", "control": {},
                   "metric": {"kind": "agreement", "original": 1.0, "max_drop": kwargs["max_drop"]}}
         return search_run.SearchResult(None, None, [closest], [closest], closest, report)
     monkeypatch.setattr(search_run, "search", no_luck)

@@ -110,14 +110,21 @@ def test_a_node_that_timed_on_another_machine_gets_no_more_trials():
     from types import SimpleNamespace
 
     from onnxopt.search.cluster import Runner
-    nodes = [{"NodeID": f"{name}" * 20, "Alive": True, "Resources": {"CPU": 1}} for name in ("a", "b")]
+    here, there = "CPU A (x86-vnni: avx512_vnni), onnxruntime 1.0", "CPU B (x86-avx2: avx2), onnxruntime 1.0"
+    nodes = [{"NodeID": name * 20, "Alive": True, "Resources": {"CPU": 1}} for name in ("a", "b")]
+    # a trial node "a" ran (a trial reports its node's first 12 characters) with its A/A control
+    result = {"spec": "cleanup", "latency_ratio": 0.9, "control_ratio": 1.0, "timed_on": there, "node": "a" * 12}
     runner = Runner.__new__(Runner)  # its Ray: two idle nodes of one CPU each
-    runner.ray, runner.placed, runner.avoided = SimpleNamespace(nodes=lambda: nodes), {}, set()
+    runner.ray = SimpleNamespace(nodes=lambda: nodes, wait=lambda refs, num_returns, timeout: (refs[:1], refs[1:]),
+                                 get=lambda ref: dict(result))
+    runner.pending, runner.jobs, runner.placed, runner.avoided, runner.timed_on = {"ref": 3}, {}, {}, set(), here
     assert runner._least_loaded_node() == "a" * 20
-    runner.avoid("a" * 12)  # as a trial reports its node
+    kind, number, got = runner.next()
+    assert (kind, number) == ("trial", 3) and "control_ratio" not in got
+    assert got["error"] == f"timed on {there}, where the search times on {here}: latency ratios of two machines do not compare"
     assert runner._least_loaded_node() == "b" * 20
-    runner.avoid("b" * 20)
-    assert runner._least_loaded_node() is None  # then Ray places the tasks
+    runner.pending, result["timed_on"] = {"ref": 4}, here  # timed here: taken as it is
+    assert runner.next() == ("trial", 4, result) and runner._least_loaded_node() == "b" * 20
 
 
 def test_a_storage_url_is_shown_without_its_password():
