@@ -508,12 +508,16 @@ def _trial_on_node(payload: Any, spec: str, number: int, control: bool = False) 
 
 
 def _job_on_node(payload: Any, fn: Callable[..., dict], *args: Any) -> dict:
-    """Other work of the search (the sensitivity scan; the A/A control where its trial failed):
-    under the node's gate like a trial, so a timing never overlaps it."""
+    """Other work of the search (the sensitivity scan; the A/A control where its trial failed; the
+    race): under the node's gate like a trial, so a timing never overlaps it. Its result names the
+    node, as a trial's does: a job that timed on another machine has its node avoided too."""
+    import ray
+
     from ..measure.timing import quiet_machine
     gate = node_gate()
     with gate.shared(), quiet_machine(gate.quiet):
-        return fn(payload, *args)
+        result = fn(payload, *args)
+    return result | {"node": ray.get_runtime_context().get_node_id()[:12]}
 
 
 class Runner:
@@ -585,7 +589,7 @@ class Runner:
         """A task's result as the search takes it: failed, with the reason, where a timing in it was
         stamped with another machine than the search's (a node of another CPU that joined the
         cluster since the search asked its nodes); its A/A control goes with it, and its node, as
-        the trial reports it, gets no more tasks."""
+        the task reports it, gets no more tasks."""
         there = result.get("timed_on")
         if self.timed_on is None or there in (None, self.timed_on) or "error" in result:
             return result

@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ REPEATS_PER_TRIAL = 3  # specs asked again (cheap: no build) before a search tha
 # recipes). Those within RACE_MARGIN of the fastest trial's ratio race, RACE_SIZE at most.
 RACE_MARGIN = 0.05
 RACE_SIZE = 4
+OTHERS_POLL_SECONDS = 2.0  # how often a search whose last trials other searches build looks for their results
 
 
 @dataclasses.dataclass
@@ -186,10 +188,12 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
             # the loop's own work never overlaps a timing on its node (see cluster.driver_work)
             with cluster.driver_work(driver):
                 finished, repeats = studies.done_count(study)
+                elsewhere = studies.building_elsewhere(study, me.name)  # by other searches sharing the study
                 # a trial waiting for the scan leaves its worker to the next one that does not; a
                 # repeated spec costs no build and does not count toward --trials, but a sampler that
                 # keeps repeating (a space with few specs) is not asked forever
-                while (len(runner.pending) < workers and finished + len(runner.pending) + len(waiting) < total
+                while (len(runner.pending) < workers
+                       and finished + len(runner.pending) + len(waiting) + elsewhere < total
                        and repeats + sum(map(len, twins.values())) < REPEATS_PER_TRIAL * total):
                     trial = study.ask()
                     try:
@@ -201,6 +205,11 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                         waiting.append((trial, params))
                     elif dispatch(trial, params):
                         repeats += 1
+            if not runner.pending and not runner.jobs and elsewhere:
+                # the rest of --trials is being built by other searches: their results, not more
+                # trials (until they end, or their searches are gone: live_drivers)
+                time.sleep(OTHERS_POLL_SECONDS)
+                continue
             got = runner.next()
             if got is None:
                 break

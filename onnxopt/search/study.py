@@ -123,6 +123,18 @@ def live_drivers(study: Any, now: float | None = None) -> set[str]:
             if k.startswith(prefix) and isinstance(v, (int, float)) and now - v < STALE_SECONDS}
 
 
+def building_elsewhere(study: Any, me: str, now: float | None = None) -> int:
+    """Trials that other searches sharing the study (alive: live_drivers) are building now. They
+    count toward --trials as this search's own do: counted as not yet asked, each search sharing a
+    study would run up to its workers' worth of trials past it."""
+    import optuna
+    others = live_drivers(study, now) - {me}
+    if not others:
+        return 0
+    return sum(t.user_attrs.get(DRIVER) in others
+               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
 def recover_unfinished(study: Any, now: float | None = None) -> int:
     """Trials left running by an interrupted search (or marked interrupted): failed as such, their
     choices queued again, once; trials running in a search still alive (live_drivers) are left to

@@ -93,8 +93,9 @@ def build(payload: Payload, spec: str) -> tuple[onnx.ModelProto, dict]:
 def score(payload: Payload, model: onnx.ModelProto) -> float:
     """Higher is better: the user's metric, top-1 accuracy on the labelled data, or agreement with
     the original on held-back calibration samples (top-1 agreement for [N, classes] outputs, else
-    the output cosine)."""
-    from ..runtime.fidelity import compare
+    the cosine of what the input decides: runtime.fidelity.centred_cosine, or the plain output
+    cosine where the original's outputs do not vary across those samples)."""
+    from ..runtime.fidelity import centred_cosine, compare
     from ..runtime.sessions import run_model
     if payload.metric_kind == "metric":
         return float(payload.metric(model))
@@ -106,7 +107,10 @@ def score(payload: Payload, model: onnx.ModelProto) -> float:
         return float(np.mean(predictions == data.labels[:len(predictions)]))
     outs = run_model(model, list(payload.holdback.feedset()), optimization="all")
     fid = compare(payload.reference, outs)
-    return float(fid.top1_agreement if fid.top1_agreement is not None else fid.cosine)
+    if fid.top1_agreement is not None:
+        return float(fid.top1_agreement)
+    centred = centred_cosine(payload.reference, outs)
+    return float(fid.cosine if centred is None else centred)
 
 
 def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool = False) -> dict:

@@ -425,3 +425,24 @@ def test_a_local_instance_stops_its_idle_autoscaler_monitor_before_ray_stops_the
         cluster.shutdown()
     assert stopped.index(PROCESS_TYPE_MONITOR) < stopped.index(PROCESS_TYPE_GCS_SERVER), stopped
     assert [m.process.poll() for m in monitors] == [-signal.SIGKILL]
+
+
+def test_agreement_on_an_output_that_is_not_classes_is_the_cosine_of_what_the_input_decides():
+    from onnxopt.runtime.fidelity import compare
+    from onnxopt.runtime.sessions import run_model
+    from onnxopt.search.trial import score
+
+    def conv(scale: float, bias: float) -> onnx.ModelProto:  # a feature map over a large common bias
+        node, inits = conv_node("x", "y", "c", 3, 4, seed=0)
+        inits = {"c.w": inits["c.w"] * np.float32(scale), "c.b": np.full(4, bias, np.float32)}
+        return make_model([node], inits, [("x", [1, 3, 8, 8])], [("y", [1, 4, 8, 8])])
+    original = conv(1.0, 20.0)
+    held = Samples.of(FeedSet({"x": np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)}, 1))
+    payload = Payload(original.SerializeToString(), {"x": (1, 3, 8, 8)}, held, "agreement", holdback=held)
+    payload.reference = run_model(original, list(held.feedset()), optimization="all")
+    assert score(payload, original) > 1 - 1e-9
+    # the bias alone: a plain cosine above 0.99, and nothing of what the input decides
+    bias_only = conv(0.0, 20.0)
+    assert compare(payload.reference, run_model(bias_only, list(held.feedset()), optimization="all")).cosine > 0.99
+    assert abs(score(payload, bias_only)) < 1e-9
+    assert 0.5 < score(payload, conv(0.5, 20.0)) < 0.99  # half the input's part, the common part moved

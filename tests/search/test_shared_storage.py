@@ -95,8 +95,8 @@ def test_two_searches_share_one_study_in_a_real_database(tmp_path, database_url)
     assert running and not [t for t in trials if t.user_attrs.get("error") == studies.INTERRUPTED]
     assert all(study.trials[n].state.name == "COMPLETE" for n in running)
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
-    # both built trials, the study's --trials between them (each may have one more under way as the
-    # other finishes the count), and both said they were done
+    # both built trials, the study's --trials between them (the trials one builds count toward the
+    # other's --trials; two asking in the same instant may take one more), and both said they were done
     drivers = [t.user_attrs[studies.DRIVER] for t in built]
     assert len(set(drivers)) == 2, {d: drivers.count(d) for d in drivers}
     assert TRIALS <= len(built) <= TRIALS + 1, [t.user_attrs["spec"] for t in built]

@@ -60,6 +60,29 @@ def test_a_resumed_study_leaves_the_running_trials_of_a_live_search_to_it():
     assert studies.live_drivers(study, later) == set()
 
 
+def test_trials_other_live_searches_build_count_toward_the_trials_asked():
+    import time
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    me, other, gone = studies.Driver(study), studies.Driver(study), studies.Driver(study)
+    now = time.time()
+    me.beat(now)
+    other.beat(now - 10)
+    gone.beat(now - studies.STALE_SECONDS - 1)
+    assert studies.building_elsewhere(study, me.name, now) == 0
+    for driver, count in ((me, 2), (other, 3), (gone, 1)):
+        for _ in range(count):
+            driver.asked(study.ask())
+    study.ask()  # not named yet: nobody's to count
+    # the live other search's three: not this search's own two, nor those of a search gone
+    assert studies.building_elsewhere(study, me.name, now) == 3
+    finished = [t for t in study.trials if t.user_attrs.get(studies.DRIVER) == other.name][0]
+    study.tell(finished.number, [0.5, 1.0])
+    assert studies.building_elsewhere(study, me.name, now) == 2
+    assert studies.building_elsewhere(study, other.name, now) == 2  # the other search sees this one's two
+    other.done()
+    assert studies.building_elsewhere(study, me.name, now) == 0
+
+
 def test_the_sensitivity_scan_runs_when_only_spread_uses_it():
     assert not Space(protect=(0.0,), spread=(0.0,)).uses_ranking
     assert Space(protect=(0.0,), spread=(0.0, 0.5)).uses_ranking
@@ -125,6 +148,14 @@ def test_a_node_that_timed_on_another_machine_gets_no_more_trials():
     assert runner._least_loaded_node() == "b" * 20
     runner.pending, result["timed_on"] = {"ref": 4}, here  # timed here: taken as it is
     assert runner.next() == ("trial", 4, result) and runner._least_loaded_node() == "b" * 20
+    # a job (the race, the A/A control) timed on another machine: failed, and its node avoided too
+    nodes.append({"NodeID": "c" * 20, "Alive": True, "Resources": {"CPU": 1}})
+    result.clear()
+    result.update(control_ratio=1.0, timed_on=there, node="b" * 12)
+    runner.pending, runner.jobs = {}, {"ref": "control"}
+    kind, name, got = runner.next()
+    assert (kind, name) == ("job", "control") and "control_ratio" not in got and got["error"].startswith(f"timed on {there}")
+    assert runner._least_loaded_node() == "c" * 20
 
 
 def test_a_storage_url_is_shown_without_its_password():

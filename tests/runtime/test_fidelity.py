@@ -1,0 +1,38 @@
+"""The centred cosine: what the input decides, which a plain cosine hides behind the part of the
+outputs common to every input."""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxopt.runtime.fidelity import centred_cosine, compare
+
+
+def _runs(outputs):
+    return [{"y": o} for o in outputs]
+
+
+def test_a_model_that_kept_only_the_common_part_passes_a_plain_cosine_and_fails_the_centred_one():
+    rng = np.random.default_rng(0)
+    common = rng.standard_normal((1, 100)) * 10         # an anchor grid, a bias: the same for every input
+    own = rng.standard_normal((8, 1, 100))             # what each input decides
+    reference = _runs(common + own)
+    constant = _runs(np.broadcast_to(common, (8, 1, 100)).copy())
+    assert compare(reference, constant).cosine > 0.99  # a plain cosine passes a model that ignores its input
+    assert abs(centred_cosine(reference, constant)) < 1e-12
+    halved = _runs(common + 0.5 * own + 0.5 * rng.standard_normal((8, 1, 100)))
+    assert 0.6 < centred_cosine(reference, halved) < 0.8  # cos 45 degrees: half the signal, as much noise
+    assert centred_cosine(reference, reference) == 1.0
+
+
+def test_the_centred_cosine_is_the_worst_output_and_says_none_where_it_cannot_tell():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((4, 1, 10)), rng.standard_normal((4, 1, 10))
+    reference = [{"a": x, "b": y} for x, y in zip(a, b)]
+    candidate = [{"a": x, "b": 2 * b.mean(0) - y} for x, y in zip(a, b)]  # b's own part turned round
+    assert np.isclose(centred_cosine(reference, candidate), -1.0)
+    assert centred_cosine(_runs(np.ones((4, 1, 10))), _runs(np.ones((4, 1, 10)))) is None  # nothing varies
+    assert centred_cosine(reference[:1], candidate[:1]) is None                            # one input
+    nan = a.copy()
+    nan[0, 0, 0] = np.nan
+    assert centred_cosine(_runs(nan), _runs(nan)) is None
+    assert centred_cosine(_runs(a), _runs(a[:, :, :5])) == 0.0                              # a changed shape
