@@ -377,18 +377,16 @@ def zoo_run(name: str, quick: bool) -> dict:
     (spec_in,) = input_specs(model)
     shape = shapes[spec_in.name]
     held = [{spec_in.name: x[None]} for x in scenes(ZOO_HELD_BACK, 7, shape[1:])]
-    reference = np.concatenate([next(iter(o.values())) for o in run_model(model, held, optimization="all")])
+    reference_runs = run_model(model, held, optimization="all")
+    reference = np.concatenate([next(iter(o.values())) for o in reference_runs])
 
-    def metric(candidate):
-        """The cosine of what the input decides: the candidate's and the original's outputs, each
-        less the original's mean output over the held-back scenes (the part common to every input,
-        which a plain cosine rewards a model for keeping alone). 1 for the original, ~0 for a model
-        whose outputs no longer follow its input. Self-contained: Ray ships it to the workers by value."""
+    def metric(candidate):  # self-contained: Ray ships it to the workers by value
+        """The cosine of what the input decides (the search's own agreement metric on an output
+        that is not a classifier's): a plain cosine rewards a model for keeping the part common to
+        every input alone."""
+        from onnxopt.runtime.fidelity import centred_cosine
         from onnxopt.runtime.sessions import run_model as _run
-        outs = np.concatenate([next(iter(o.values())) for o in _run(candidate, held, optimization="all")])
-        mean = reference.mean(axis=0, keepdims=True)
-        a, b = (outs - mean).ravel(), (reference - mean).ravel()
-        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
+        return float(centred_cosine(reference_runs, _run(candidate, held, optimization="all")))
     calib = FeedSet({spec_in.name: scenes(ZOO_CALIBRATION, 0, shape[1:])}, 1, None,
                     f"{ZOO_CALIBRATION} synthetic scenes")
     common = float(1 - np.sum((reference - reference.mean(0)) ** 2) / np.sum(reference ** 2))
