@@ -95,7 +95,7 @@ def compare(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Fidelity:
     )
 
 
-VARYING_FLOOR = 1e-6  # a reference whose outputs vary less than this share across the feeds: nothing to centre
+VARYING_FLOOR = 1e-6  # a reference output varying less than this share across the feeds: nothing to centre
 
 
 def centred_cosine(reference: Sequence[Feed], candidate: Sequence[Feed]) -> float | None:
@@ -104,27 +104,49 @@ def centred_cosine(reference: Sequence[Feed], candidate: Sequence[Feed]) -> floa
     model that kept only that common part: the outputs of a detector's anchor grid, or of a net
     with random weights on white noise (one vector common to every input held 95% of MobileNetV2's
     outputs' sum of squares, 98% of ResNet-50's; pruned models that kept nothing else scored 0.83 to
-    0.94). None where it cannot say: an output that does not vary
-    across the feeds, a non-finite value, fewer than two feeds (the caller keeps the plain cosine).
-    A changed shape is total disagreement (0)."""
+    0.94). An output that cannot be centred (the same for every feed, a shape that changes from feed
+    to feed, a non-finite reference) counts by its plain cosine; None where no output can be centred
+    (or fewer than two feeds): the caller keeps compare()'s cosine. A changed shape, or a non-finite
+    value where the reference is finite, is total disagreement (0). The runs are read one at a time:
+    a large output is not held twice over in float64."""
     if len(reference) != len(candidate):
         raise ValueError("reference and candidate ran on different numbers of samples")
     if len(reference) < 2:
         return None
-    worst = 1.0
+    worst, centred = 1.0, False
     for k in range(len(reference[0])):
         refs = [np.asarray(list(r.values())[k]) for r in reference]
         gots = [np.asarray(list(c.values())[k]) for c in candidate]
         if any(r.shape != g.shape for r, g in zip(refs, gots)):
             return 0.0
-        if len({r.shape for r in refs}) > 1:  # runs of different shapes have no common part to take out
-            return None
-        ref, got = np.stack(refs).astype(np.float64), np.stack(gots).astype(np.float64)
-        if not (np.isfinite(ref).all() and np.isfinite(got).all()):
-            return None
-        mean = ref.mean(axis=0)
-        varying, total = ref - mean, float(np.linalg.norm(ref))
-        if float(np.linalg.norm(varying)) <= VARYING_FLOOR * total:
-            return None
-        worst = min(worst, _cosine(varying.ravel(), (got - mean).ravel()))
-    return worst
+        if any(not np.isfinite(g).all() and np.isfinite(r).all() for r, g in zip(refs, gots)):
+            return 0.0
+        own = _centred_one(refs, gots)
+        if own is None:  # the plain cosine of this output, as compare() takes it
+            finite = [np.isfinite(r) & np.isfinite(g) for r, g in zip(refs, gots)]
+            own = _cosine(np.concatenate([r[f].astype(np.float64) for r, f in zip(refs, finite)]),
+                          np.concatenate([g[f].astype(np.float64) for g, f in zip(gots, finite)]))
+        else:
+            centred = True
+        worst = min(worst, own)
+    return worst if centred else None
+
+
+def _centred_one(refs: list[np.ndarray], gots: list[np.ndarray]) -> float | None:
+    """One output's centred cosine over the runs, or None where it cannot be centred."""
+    if len({r.shape for r in refs}) > 1 or not all(np.isfinite(r).all() for r in refs):
+        return None
+    mean = np.zeros(refs[0].shape, np.float64)
+    for r in refs:
+        mean += r
+    mean /= len(refs)
+    dot = ref_sq = got_sq = total_sq = 0.0
+    for r, g in zip(refs, gots):
+        dr, dg = r - mean, g - mean
+        dot += float(np.vdot(dr, dg))
+        ref_sq += float(np.vdot(dr, dr))
+        got_sq += float(np.vdot(dg, dg))
+        total_sq += float(np.vdot(r.astype(np.float64), r))
+    if np.sqrt(ref_sq) <= VARYING_FLOOR * np.sqrt(total_sq):
+        return None
+    return dot / np.sqrt(ref_sq * got_sq) if got_sq > 0 else 0.0

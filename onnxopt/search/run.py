@@ -107,7 +107,10 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
             concurrent.futures.wait([measuring])
         base_metric, (exact, exact_report, after_exact) = measuring.result()
         timed_on = cluster.timed_on(joined=bool(ray_address))
-        name = f"onnxopt-{hashlib.sha256(payload.model).hexdigest()[:12]}-{space.fingerprint}-{kind}"
+        # the study's kind names how the metric is taken: "agreement" studies of an earlier onnxopt
+        # scored by the plain cosine, and their trials' metrics do not compare with centred ones
+        study_kind = "agreement.centred" if kind == "agreement" else kind
+        name = f"onnxopt-{hashlib.sha256(payload.model).hexdigest()[:12]}-{space.fingerprint}-{study_kind}"
         study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)),
                                    timed_on=timed_on)
         requeued = studies.recover_unfinished(study) if resume else 0
@@ -205,7 +208,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                         waiting.append((trial, params))
                     elif dispatch(trial, params):
                         repeats += 1
-            if not runner.pending and not runner.jobs and elsewhere:
+            if not runner.pending and not runner.jobs and elsewhere and finished < total:
                 # the rest of --trials is being built by other searches: their results, not more
                 # trials (until they end, or their searches are gone: live_drivers)
                 time.sleep(OTHERS_POLL_SECONDS)

@@ -59,11 +59,16 @@ def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int
         existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
         raise BadInput(f"--storage {shown(storage)}: cannot open: {first_line(exc, 200)}") from None
-    _, model, _, kind = name.split("-", 3)  # onnxopt-<model hash>-<space fingerprint>-<metric kind>
+    _, model, space, kind = name.split("-", 3)  # onnxopt-<model hash>-<space fingerprint>-<metric kind>
     other_space = [n for n in existing if n != name and n.startswith(f"onnxopt-{model}-") and n.endswith(f"-{kind}")]
     if resume and name not in existing and other_space:
         raise UsageError(f"--storage {shown(storage)} holds a search of this model with another space ({other_space[0]}): "
                          "--resume continues only the same space (file, or defaults of this onnxopt); drop --resume to start anew")
+    other_metric = [n for n in existing if n != name and n.startswith(f"onnxopt-{model}-{space}-")]
+    if resume and name not in existing and other_metric:
+        raise UsageError(f"--storage {shown(storage)} holds a search of this model scored by another metric "
+                         f"({other_metric[0]}): --resume continues only the same metric (agreement without --eval "
+                         "was the plain output cosine before onnxopt scored it centred); drop --resume to start anew")
     if name in existing and not resume:
         raise UsageError(f"--storage {shown(storage)} already holds search '{name}' of this model and space; "
                          "--resume continues it, another --storage starts afresh")

@@ -36,3 +36,18 @@ def test_the_centred_cosine_is_the_worst_output_and_says_none_where_it_cannot_te
     nan[0, 0, 0] = np.nan
     assert centred_cosine(_runs(nan), _runs(nan)) is None
     assert centred_cosine(_runs(a), _runs(a[:, :, :5])) == 0.0                              # a changed shape
+
+
+def test_an_output_that_cannot_be_centred_counts_by_its_plain_cosine_and_a_lost_value_is_total_disagreement():
+    rng = np.random.default_rng(2)
+    varying = rng.standard_normal((4, 1, 10))
+    fixed = np.ones((1, 3))  # an anchor grid beside the boxes: the same for every input
+    reference = [{"boxes": v, "anchors": fixed} for v in varying]
+    candidate = [{"boxes": v + 0.3 * rng.standard_normal(v.shape), "anchors": fixed} for v in varying]
+    boxes = centred_cosine([{"y": r["boxes"]} for r in reference], [{"y": c["boxes"]} for c in candidate])
+    assert 0.5 < boxes < 0.99 and centred_cosine(reference, candidate) == boxes  # the anchors: cosine 1
+    broken = [{"boxes": c["boxes"], "anchors": -fixed} for c in candidate]
+    assert np.isclose(centred_cosine(reference, broken), -1.0)  # that output's own plain cosine, the worst
+    lost = [dict(c) for c in candidate]
+    lost[2]["boxes"] = np.full((1, 10), np.nan)
+    assert centred_cosine(reference, lost) == 0.0

@@ -111,6 +111,32 @@ def test_resume_refuses_a_search_of_this_model_with_another_space(tmp_path):
     studies.open_study(f"onnxopt-def456-{new.fingerprint}-top-1", storage, resume=True, seed=0, startup=4)
 
 
+def test_resume_refuses_a_search_of_this_model_scored_by_another_metric(tmp_path):
+    # an earlier onnxopt's agreement study (plain cosines) is not continued with centred ones
+    storage, fingerprint = f"sqlite:///{tmp_path / 'study.db'}", Space().fingerprint
+    studies.open_study(f"onnxopt-abc123-{fingerprint}-agreement", storage, resume=False, seed=0, startup=4)
+    with pytest.raises(UsageError) as refused:
+        studies.open_study(f"onnxopt-abc123-{fingerprint}-agreement.centred", storage, resume=True, seed=0, startup=4)
+    assert "another metric (onnxopt-abc123-" in str(refused.value) and "\n" not in str(refused.value)
+    studies.open_study(f"onnxopt-abc123-{fingerprint}-agreement.centred", storage, resume=False, seed=0, startup=4)
+    studies.open_study(f"onnxopt-abc123-{fingerprint}-agreement.centred", storage, resume=True, seed=0, startup=4)
+
+
+def test_a_job_names_the_node_it_ran_on(monkeypatch):
+    import ray
+
+    from onnxopt.search import cluster
+    from onnxopt.search.trial import NoGate
+
+    class Gate(NoGate):
+        def quiet(self):
+            return NoGate().quiet()
+    monkeypatch.setattr(cluster, "node_gate", Gate)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Context", (), {"get_node_id": lambda self: "n" * 40})())
+    assert cluster._job_on_node("payload", lambda payload, x: {"control_ratio": x}, 1.0) == \
+        {"control_ratio": 1.0, "node": "n" * 12}
+
+
 def test_a_study_keeps_the_machine_it_is_timed_on_and_is_resumed_only_there(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     here, there = "CPU A (x86-vnni: avx512_vnni), onnxruntime 1.0", "CPU B (x86-avx2: avx2), onnxruntime 1.0"
