@@ -1,7 +1,7 @@
 """Two searches sharing one study in a real PostgreSQL server (pgserver runs one from its wheel), as
 two machines of one kind would through `--storage postgresql://...`: the second joins with
 `--resume` while the first runs, leaves the first's running trials to it, and together they build
-the study's trials, each counted once."""
+the study's trials, each counted once, each search ending at its own --trials."""
 from __future__ import annotations
 
 import os
@@ -23,6 +23,7 @@ optuna = pytest.importorskip("optuna")
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 TRIALS = 40  # the second search joins while the first has most of its trials left (~0.5 s each)
+JOINED_TRIALS = 20  # the second's --trials: the study reaches them long before the first's
 
 
 @pytest.fixture
@@ -52,11 +53,11 @@ def _inputs(tmp_path):
                                          "protect: [0], spread: [0]}\nquantize: {modes: [off]}\n")
 
 
-def _search(tmp_path, url, *extra):
+def _search(tmp_path, url, trials, *extra):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.Popen([sys.executable, "-m", "onnxopt", "search", str(tmp_path / "model.onnx"),
                              "--calib", str(tmp_path / "calib.npz"), "--space", str(tmp_path / "space.yaml"),
-                             "--storage", url, "--trials", str(TRIALS), "--workers", "1", "--timing-budget", "0.2",
+                             "--storage", url, "--trials", str(trials), "--workers", "1", "--timing-budget", "0.2",
                              "--max-drop", "0.5", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -68,7 +69,7 @@ def _study(url):
 
 def test_two_searches_share_one_study_in_a_real_database(tmp_path, database_url):
     _inputs(tmp_path)
-    first = _search(tmp_path, database_url)
+    first = _search(tmp_path, database_url, TRIALS)
     try:
         deadline = time.monotonic() + 240
         running: list[int] = []
@@ -80,14 +81,18 @@ def test_two_searches_share_one_study_in_a_real_database(tmp_path, database_url)
                 break
             time.sleep(0.2)
         assert first.poll() is None, first.communicate()[0]
-        second = _search(tmp_path, database_url, "--resume")
+        second = _search(tmp_path, database_url, JOINED_TRIALS, "--resume")
         out2, _ = second.communicate(timeout=300)
+        # the study's trials count toward the second's --trials, the first's too: it ends once the
+        # study has its 20, and does not wait for the first's own 40
+        first_outlived_second = first.poll() is None
         out1, _ = first.communicate(timeout=300)
     finally:
         for p in (first, locals().get("second")):
             if p is not None and p.poll() is None:
                 p.kill()
     assert first.returncode == 0 and second.returncode == 0, (out1, out2)
+    assert first_outlived_second, (out1, out2)
     study = _study(database_url)
     trials = study.trials
     built = [t for t in trials if t.state.name == "COMPLETE" and "same_as" not in t.user_attrs]
