@@ -444,7 +444,8 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--calib", type=click.Path(path_type=Path), metavar="DATA", required=True,
               help="Sample inputs (.npz/.npy or a folder): passes calibrate on them and, without --eval, the "
-                   "metric is agreement with the original on the last fifth of them.")
+                   "metric is agreement with the original on the last fifth of them (top-1 agreement for a "
+                   "classifier's [N, classes] output, else the output cosine less the part common to every input).")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), metavar="LABELLED",
               help="Labelled data (.npz with `labels`): the metric is top-1 accuracy on it.")
 @click.option("--max-drop", type=float, default=0.01, show_default=True,

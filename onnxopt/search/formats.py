@@ -27,7 +27,8 @@ def format_front(result: SearchResult) -> str:
     again = f" (+{r['repeats']} asked again, not rebuilt)" if r.get("repeats") else ""
     lines = [f"search {r['study']}: {len(result.trials)} trials{again} on {r['cluster']['nodes']} node(s) "
              f"({r['cluster']['cpus']} CPUs); timed on {r['timed_on']}",
-             f"metric: {metric['kind']} {metric['original'] * 100:.2f} for the original; budget: drop <= "
+             f"metric: {metric['kind']}{f' ({measure})' if (measure := metric.get('measure')) else ''} "
+             f"{metric['original'] * 100:.2f} for the original; budget: drop <= "
              f"{metric['max_drop'] * 100:.2f} points; A/A control of a trial ratio: "
              f"{r['control'].get('control_ratio', float('nan')):.3f}", ""]
     rows = [[str(t.number), f"{t.latency_ratio:.3f}", _pct(t.metric), _pct(t.drop), human_bytes(t.size or 0),

@@ -21,7 +21,7 @@ from ..data.feeds import FeedSet
 from ..errors import BadData, UsageError
 from . import study as studies
 from .space import BISECT_STEPS, Space, decided_by_timing, load_space, spec_safe, to_spec, uses_ranking
-from .trial import Metric, Payload, Samples, control_ratio
+from .trial import Metric, Payload, Samples, agreement_measure, control_ratio
 from .trial import race as trial_race
 
 DEFAULT_STORAGE = "sqlite:///onnxopt-search.db"
@@ -305,7 +305,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     front = sorted((r for r in records if r.on_front), key=lambda r: r.latency_ratio)
     report = {
         "schema": "onnxopt.search/1", "study": name, "storage": studies.shown(storage), "cluster": info, "timed_on": timed_on,
-        "metric": {"kind": kind, "original": base_metric, "max_drop": max_drop},
+        "metric": {"kind": kind, "original": base_metric, "max_drop": max_drop,
+                   "measure": agreement_measure(payload.reference) if holdback else None},
         "space": dataclasses.asdict(space), "exact": exact, "exact_passes": exact_report,
         "sensitive_layers": sensitive, "scan_error": jobs.get("scan", {}).get("error"), "control": control,
         "requeued": requeued, "trials_asked": trials, "repeats": studies.done_count(study)[1],

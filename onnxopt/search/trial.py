@@ -113,6 +113,14 @@ def score(payload: Payload, model: onnx.ModelProto) -> float:
     return float(fid.cosine if centred is None else centred)
 
 
+def agreement_measure(reference: list[Feed]) -> str:
+    """What score() measures as agreement with the original on these outputs of it, for the report."""
+    from ..runtime.fidelity import centred_cosine, compare
+    if compare(reference, reference).top1_agreement is not None:
+        return "top-1 agreement"
+    return "output cosine" if centred_cosine(reference, reference) is None else "centred output cosine"
+
+
 def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool = False) -> dict:
     """The candidate's latency over the original's: both timed in the same interleaved rounds on one
     thread (the median of the per-round ratios); with_control adds the original against itself."""

@@ -298,6 +298,7 @@ def test_the_cli_writes_the_choice_report_and_plot(capsys, tmp_path):
     doc = json.loads(report.read_text())
     assert doc["schema"] == "onnxopt.search/1" and len(doc["trials"]) == 3 and doc["best"]["spec"]
     assert doc["metric"]["kind"] == "agreement" and doc["machine"]["cpu_kind"]
+    assert doc["metric"]["measure"] == "top-1 agreement" and "metric: agreement (top-1 agreement) 100.00" in text
     assert onnx.load(str(out)).graph.node and plot.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -430,7 +431,7 @@ def test_a_local_instance_stops_its_idle_autoscaler_monitor_before_ray_stops_the
 def test_agreement_on_an_output_that_is_not_classes_is_the_cosine_of_what_the_input_decides():
     from onnxopt.runtime.fidelity import compare
     from onnxopt.runtime.sessions import run_model
-    from onnxopt.search.trial import score
+    from onnxopt.search.trial import agreement_measure, score
 
     def conv(scale: float, bias: float) -> onnx.ModelProto:  # a feature map over a large common bias
         node, inits = conv_node("x", "y", "c", 3, 4, seed=0)
@@ -440,7 +441,7 @@ def test_agreement_on_an_output_that_is_not_classes_is_the_cosine_of_what_the_in
     held = Samples.of(FeedSet({"x": np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)}, 1))
     payload = Payload(original.SerializeToString(), {"x": (1, 3, 8, 8)}, held, "agreement", holdback=held)
     payload.reference = run_model(original, list(held.feedset()), optimization="all")
-    assert score(payload, original) > 1 - 1e-9
+    assert score(payload, original) > 1 - 1e-9 and agreement_measure(payload.reference) == "centred output cosine"
     # the bias alone: a plain cosine above 0.99, and nothing of what the input decides
     bias_only = conv(0.0, 20.0)
     assert compare(payload.reference, run_model(bias_only, list(held.feedset()), optimization="all")).cosine > 0.99
