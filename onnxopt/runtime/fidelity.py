@@ -107,8 +107,8 @@ def centred_cosine(reference: Sequence[Feed], candidate: Sequence[Feed]) -> floa
     0.94). An output that cannot be centred (the same for every feed, a shape that changes from feed
     to feed, a non-finite reference) counts by its plain cosine; None where no output can be centred
     (or fewer than two feeds): the caller keeps compare()'s cosine. A changed shape, or a non-finite
-    value where the reference is finite, is total disagreement (0). The runs are read one at a time:
-    a large output is not held twice over in float64."""
+    value where the reference has one, is total disagreement (0). An output it centres is read one
+    run at a time: a large output is not held twice over in float64."""
     if len(reference) != len(candidate):
         raise ValueError("reference and candidate ran on different numbers of samples")
     if len(reference) < 2:
@@ -119,8 +119,8 @@ def centred_cosine(reference: Sequence[Feed], candidate: Sequence[Feed]) -> floa
         gots = [np.asarray(list(c.values())[k]) for c in candidate]
         if any(r.shape != g.shape for r, g in zip(refs, gots)):
             return 0.0
-        if any(not np.isfinite(g).all() and np.isfinite(r).all() for r, g in zip(refs, gots)):
-            return 0.0
+        if any(np.any(np.isfinite(r) & ~np.isfinite(g)) for r, g in zip(refs, gots)):
+            return 0.0  # a value lost where the reference has one
         own = _centred_one(refs, gots)
         if own is None:  # the plain cosine of this output, as compare() takes it
             finite = [np.isfinite(r) & np.isfinite(g) for r, g in zip(refs, gots)]
@@ -134,7 +134,8 @@ def centred_cosine(reference: Sequence[Feed], candidate: Sequence[Feed]) -> floa
 
 def _centred_one(refs: list[np.ndarray], gots: list[np.ndarray]) -> float | None:
     """One output's centred cosine over the runs, or None where it cannot be centred."""
-    if len({r.shape for r in refs}) > 1 or not all(np.isfinite(r).all() for r in refs):
+    if (len({r.shape for r in refs}) > 1 or any(np.iscomplexobj(r) for r in refs)
+            or not all(np.isfinite(r).all() for r in refs)):
         return None
     mean = np.zeros(refs[0].shape, np.float64)
     for r in refs:
@@ -149,4 +150,4 @@ def _centred_one(refs: list[np.ndarray], gots: list[np.ndarray]) -> float | None
         total_sq += float(np.vdot(r.astype(np.float64), r))
     if np.sqrt(ref_sq) <= VARYING_FLOOR * np.sqrt(total_sq):
         return None
-    return dot / np.sqrt(ref_sq * got_sq) if got_sq > 0 else 0.0
+    return dot / (np.sqrt(ref_sq) * np.sqrt(got_sq)) if got_sq > 0 else 0.0

@@ -66,9 +66,12 @@ def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int
                          "--resume continues only the same space (file, or defaults of this onnxopt); drop --resume to start anew")
     other_metric = [n for n in existing if n != name and n.startswith(f"onnxopt-{model}-{space}-")]
     if resume and name not in existing and other_metric:
-        raise UsageError(f"--storage {shown(storage)} holds a search of this model scored by another metric "
-                         f"({other_metric[0]}): --resume continues only the same metric (agreement without --eval "
-                         "was the plain output cosine before onnxopt scored it centred); drop --resume to start anew")
+        other = other_metric[0].split("-", 3)[3]
+        why = (" (agreement was the plain output cosine before onnxopt took out the part common to every input)"
+               if other == "agreement" else "")
+        raise UsageError(f"--storage {shown(storage)} holds a search of this model scored by {other} ({other_metric[0]}), "
+                         f"where this one scores by {kind}: --resume continues only the same metric{why}; "
+                         "drop --resume to start anew")
     if name in existing and not resume:
         raise UsageError(f"--storage {shown(storage)} already holds search '{name}' of this model and space; "
                          "--resume continues it, another --storage starts afresh")

@@ -51,3 +51,14 @@ def test_an_output_that_cannot_be_centred_counts_by_its_plain_cosine_and_a_lost_
     lost = [dict(c) for c in candidate]
     lost[2]["boxes"] = np.full((1, 10), np.nan)
     assert centred_cosine(reference, lost) == 0.0
+
+
+def test_a_value_lost_beside_one_the_reference_lacks_too_is_total_disagreement():
+    rng = np.random.default_rng(3)
+    reference = _runs(rng.standard_normal((4, 1, 10)))
+    reference[1]["y"][0, 0] = np.nan  # the reference's own NaN (a Log of a negative input)
+    candidate = [dict(r) for r in reference]
+    candidate[1] = {"y": reference[1]["y"].copy()}
+    candidate[1]["y"][0, 5] = np.nan  # lost where the reference has a value
+    assert centred_cosine(reference, candidate) == 0.0
+    assert centred_cosine(reference, reference) is None  # NaN where the reference has it: nothing to centre

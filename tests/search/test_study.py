@@ -117,9 +117,18 @@ def test_resume_refuses_a_search_of_this_model_scored_by_another_metric(tmp_path
     studies.open_study(f"onnxopt-abc123-{fingerprint}-agreement", storage, resume=False, seed=0, startup=4)
     with pytest.raises(UsageError) as refused:
         studies.open_study(f"onnxopt-abc123-{fingerprint}-agreement.centred", storage, resume=True, seed=0, startup=4)
-    assert "another metric (onnxopt-abc123-" in str(refused.value) and "\n" not in str(refused.value)
+    message = str(refused.value)
+    assert "scored by agreement (onnxopt-abc123-" in message and "this one scores by agreement.centred" in message
+    assert "plain output cosine" in message and "\n" not in message
     studies.open_study(f"onnxopt-abc123-{fingerprint}-agreement.centred", storage, resume=False, seed=0, startup=4)
     studies.open_study(f"onnxopt-abc123-{fingerprint}-agreement.centred", storage, resume=True, seed=0, startup=4)
+    # a search with --eval resumed without it (or with a metric of one's own): refused too, and said so
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    studies.open_study(f"onnxopt-abc123-{fingerprint}-top-1", other, resume=False, seed=0, startup=4)
+    with pytest.raises(UsageError) as refused:
+        studies.open_study(f"onnxopt-abc123-{fingerprint}-metric", other, resume=True, seed=0, startup=4)
+    assert "scored by top-1" in str(refused.value) and "this one scores by metric" in str(refused.value)
+    assert "plain output cosine" not in str(refused.value)
 
 
 def test_a_job_names_the_node_it_ran_on(monkeypatch):
