@@ -366,6 +366,13 @@ def scenes(count: int, seed: int, shape: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
+def common_share(runs: list[dict]) -> float:
+    """The share of a model's outputs (its first, over these runs) held by their mean: the part
+    common to every input, by sum of squares."""
+    out = np.concatenate([next(iter(o.values())) for o in runs])
+    return float(1 - np.sum((out - out.mean(0)) ** 2) / np.sum(out ** 2))
+
+
 def zoo_run(name: str, quick: bool) -> dict:
     """A full-size zoo model (random weights), fed synthetic scenes (scenes()), searched for the
     centred output cosine with the original on ZOO_HELD_BACK held-back scenes: does
@@ -378,7 +385,6 @@ def zoo_run(name: str, quick: bool) -> dict:
     shape = shapes[spec_in.name]
     held = [{spec_in.name: x[None]} for x in scenes(ZOO_HELD_BACK, 7, shape[1:])]
     reference_runs = run_model(model, held, optimization="all")
-    reference = np.concatenate([next(iter(o.values())) for o in reference_runs])
 
     def metric(candidate):  # self-contained: Ray ships it to the workers by value
         """The cosine of what the input decides (the search's own agreement metric on an output
@@ -389,7 +395,7 @@ def zoo_run(name: str, quick: bool) -> dict:
         return float(centred_cosine(reference_runs, _run(candidate, held, optimization="all")))
     calib = FeedSet({spec_in.name: scenes(ZOO_CALIBRATION, 0, shape[1:])}, 1, None,
                     f"{ZOO_CALIBRATION} synthetic scenes")
-    common = float(1 - np.sum((reference - reference.mean(0)) ** 2) / np.sum(reference ** 2))
+    common = common_share(reference_runs)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = search(model, calib, metric=metric, max_drop=0.5, trials=6 if quick else 16, workers=2,
@@ -540,15 +546,11 @@ def markdown(data: dict) -> str:
                       + "; ".join(f"`{s}` {r['one_worker']:.3f} / {r['two_workers']:.3f}" for s, r in apart.items())]
         lines.append("")
     for z in data.get("zoo") or []:
-        if z.get("metric") == "centred cosine":
-            lines += [f"## Zoo: {z['model']} (random weights, synthetic scenes; metric: centred output cosine on "
-                      f"{ZOO_HELD_BACK} held-back scenes)", "",
-                      f"The part of the original's outputs common to every scene: {100 * z['common_share']:.1f}%, "
-                      "taken out of both sides before the cosine.", ""]
-        else:
-            lines += [f"## Zoo: {z['model']} (random weights; metric: output cosine on 8 held-back white-noise inputs, "
-                      "95-98% of it the part common to every input)", ""]
-        lines += [f"search: {z['search_seconds']:.0f} s. Front (latency, cosine, spec):", ""]
+        lines += [f"## Zoo: {z['model']} (random weights, synthetic scenes; metric: centred output cosine on "
+                  f"{ZOO_HELD_BACK} held-back scenes)", "",
+                  f"The part of the original's outputs common to every scene: {100 * z['common_share']:.1f}%, "
+                  "taken out of both sides before the cosine.", "",
+                  f"search: {z['search_seconds']:.0f} s. Front (latency, cosine, spec):", ""]
         lines += [f"- {lat:.3f}, {cos:.4f}, `{spec}`" for lat, cos, spec in sorted(z["front"])]
         lines += ["", "uniform `fold-bn,prune:ratio=r` timed side by side: " + ", ".join(
             f"{lat:.3f}x cos {cos:.4f}" for lat, cos in z["uniform"])]

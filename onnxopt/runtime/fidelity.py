@@ -7,7 +7,7 @@ is what "max relative output error <= 1e-5" means throughout onnxopt.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -60,18 +60,12 @@ def compare(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Fidelity:
     A shape change counts as total disagreement. Positions where both models give the same
     non-finite value (NaN and NaN, inf and inf: Log of a negative random input) agree; the error
     is measured over the finite rest, and a non-finite value on one side only is an infinite error."""
-    if len(reference) != len(candidate):
-        raise ValueError("reference and candidate ran on different numbers of samples")
-    names = list(reference[0]) if reference else []
     per: dict[str, OutputFidelity] = {}
-    for k, name in enumerate(names):
-        refs = [np.asarray(list(r.values())[k]) for r in reference]
-        gots = [np.asarray(list(c.values())[k]) for c in candidate]
+    for name, refs, gots in _output_runs(reference, candidate):
         if any(r.shape != g.shape for r, g in zip(refs, gots)):
             per[name] = OutputFidelity(float("inf"), float("inf"), 0.0, 0.0)
             continue
-        ref = np.concatenate([r.astype(np.float64).ravel() for r in refs])
-        got = np.concatenate([g.astype(np.float64).ravel() for g in gots])
+        ref, got = _flat(refs), _flat(gots)
         same_nonfinite = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
         finite = np.isfinite(ref) & np.isfinite(got)
         if np.any(~(finite | same_nonfinite)):
@@ -95,6 +89,19 @@ def compare(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Fidelity:
     )
 
 
+def _output_runs(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Iterator[tuple[str, list, list]]:
+    """Each output's name and its arrays run by run, the reference's and the candidate's, matched by
+    position (onnxopt never renames graph outputs)."""
+    if len(reference) != len(candidate):
+        raise ValueError("reference and candidate ran on different numbers of samples")
+    for k, name in enumerate(list(reference[0]) if reference else []):
+        yield name, [np.asarray(list(r.values())[k]) for r in reference], [np.asarray(list(c.values())[k]) for c in candidate]
+
+
+def _flat(runs: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([r.astype(np.float64).ravel() for r in runs])
+
+
 VARYING_FLOOR = 1e-6  # a reference output varying less than this share across the feeds: nothing to centre
 
 
@@ -109,23 +116,19 @@ def centred_cosine(reference: Sequence[Feed], candidate: Sequence[Feed]) -> floa
     (or fewer than two feeds): the caller keeps compare()'s cosine. A changed shape, or a non-finite
     value where the reference has one, is total disagreement (0). An output it centres is read one
     run at a time: a large output is not held twice over in float64."""
-    if len(reference) != len(candidate):
-        raise ValueError("reference and candidate ran on different numbers of samples")
-    if len(reference) < 2:
-        return None
     worst, centred = 1.0, False
-    for k in range(len(reference[0])):
-        refs = [np.asarray(list(r.values())[k]) for r in reference]
-        gots = [np.asarray(list(c.values())[k]) for c in candidate]
+    for _, refs, gots in _output_runs(reference, candidate):
+        if len(refs) < 2:
+            return None
         if any(r.shape != g.shape for r, g in zip(refs, gots)):
             return 0.0
         if any(np.any(np.isfinite(r) & ~np.isfinite(g)) for r, g in zip(refs, gots)):
             return 0.0  # a value lost where the reference has one
         own = _centred_one(refs, gots)
         if own is None:  # the plain cosine of this output, as compare() takes it
-            finite = [np.isfinite(r) & np.isfinite(g) for r, g in zip(refs, gots)]
-            own = _cosine(np.concatenate([r[f].astype(np.float64) for r, f in zip(refs, finite)]),
-                          np.concatenate([g[f].astype(np.float64) for g, f in zip(gots, finite)]))
+            ref, got = _flat(refs), _flat(gots)
+            finite = np.isfinite(ref) & np.isfinite(got)
+            own = _cosine(ref[finite], got[finite])
         else:
             centred = True
         worst = min(worst, own)

@@ -25,10 +25,10 @@ def format_front(result: SearchResult) -> str:
     r = result.report
     metric = r["metric"]
     again = f" (+{r['repeats']} asked again, not rebuilt)" if r.get("repeats") else ""
+    measure = f" ({metric['measure']})" if metric.get("measure") else ""
     lines = [f"search {r['study']}: {len(result.trials)} trials{again} on {r['cluster']['nodes']} node(s) "
              f"({r['cluster']['cpus']} CPUs); timed on {r['timed_on']}",
-             f"metric: {metric['kind']}{f' ({measure})' if (measure := metric.get('measure')) else ''} "
-             f"{metric['original'] * 100:.2f} for the original; budget: drop <= "
+             f"metric: {metric['kind']}{measure} {metric['original'] * 100:.2f} for the original; budget: drop <= "
              f"{metric['max_drop'] * 100:.2f} points; A/A control of a trial ratio: "
              f"{r['control'].get('control_ratio', float('nan')):.3f}", ""]
     rows = [[str(t.number), f"{t.latency_ratio:.3f}", _pct(t.metric), _pct(t.drop), human_bytes(t.size or 0),

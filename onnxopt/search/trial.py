@@ -95,7 +95,6 @@ def score(payload: Payload, model: onnx.ModelProto) -> float:
     the original on held-back calibration samples (top-1 agreement for [N, classes] outputs, else
     the cosine of what the input decides: runtime.fidelity.centred_cosine, or the plain output
     cosine where the original's outputs do not vary across those samples)."""
-    from ..runtime.fidelity import centred_cosine, compare
     from ..runtime.sessions import run_model
     if payload.metric_kind == "metric":
         return float(payload.metric(model))
@@ -106,19 +105,23 @@ def score(payload: Payload, model: onnx.ModelProto) -> float:
                                       .argmax(1) for o in outs])
         return float(np.mean(predictions == data.labels[:len(predictions)]))
     outs = run_model(model, list(payload.holdback.feedset()), optimization="all")
-    fid = compare(payload.reference, outs)
-    if fid.top1_agreement is not None:
-        return float(fid.top1_agreement)
-    centred = centred_cosine(payload.reference, outs)
-    return float(fid.cosine if centred is None else centred)
+    return _agreement(payload.reference, outs)[1]
 
 
 def agreement_measure(reference: list[Feed]) -> str:
     """What score() measures as agreement with the original on these outputs of it, for the report."""
+    return _agreement(reference, reference)[0]
+
+
+def _agreement(reference: list[Feed], outputs: list[Feed]) -> tuple[str, float]:
+    """(what agreement measures on these outputs, its value): top-1 agreement for [N, classes]
+    outputs, else the centred cosine, else the plain one where the original's outputs do not vary."""
     from ..runtime.fidelity import centred_cosine, compare
-    if compare(reference, reference).top1_agreement is not None:
-        return "top-1 agreement"
-    return "output cosine" if centred_cosine(reference, reference) is None else "centred output cosine"
+    fid = compare(reference, outputs)
+    if fid.top1_agreement is not None:
+        return "top-1 agreement", float(fid.top1_agreement)
+    centred = centred_cosine(reference, outputs)
+    return ("output cosine", float(fid.cosine)) if centred is None else ("centred output cosine", float(centred))
 
 
 def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool = False) -> dict:

@@ -48,8 +48,7 @@ def test_the_zoo_scenes_make_a_random_weight_model_answer_its_input():
     name = model.graph.input[0].name
 
     def common_share(feeds):
-        out = np.concatenate([next(iter(o.values())) for o in run_model(model, feeds, optimization="all")])
-        return 1 - float(np.sum((out - out.mean(0)) ** 2) / np.sum(out ** 2))
+        return bench.common_share(run_model(model, feeds, optimization="all"))
     noise = random_feeds(model, resolve_input_shapes(model), seed=7, count=8)
     scenes = bench.scenes(8, 7, (3, 224, 224))
     assert scenes.shape == (8, 3, 224, 224) and scenes.dtype == np.float32
