@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,28 @@ def _study(url):
     return optuna.load_study(study_name=names[0], storage=url) if names else None
 
 
+def _hold_outside_a_transaction(process, url) -> bool:
+    """Stop the search at a moment its connections hold no open transaction: stopped inside one (Optuna
+    locks the study's row to number a new trial) it would hold up every other search of the study."""
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(url)
+    try:
+        for _ in range(200):
+            os.kill(process.pid, signal.SIGSTOP)
+            time.sleep(0.05)  # a statement it sent just before has ended in the server
+            with engine.connect() as connection:
+                busy = connection.execute(sqlalchemy.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND state <> 'idle'")).scalar()
+            if not busy:
+                return True
+            os.kill(process.pid, signal.SIGCONT)
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    raise AssertionError("the first search was never seen outside a transaction")
+
+
 def test_two_searches_share_one_study_in_a_real_database(tmp_path, database_url):
     _inputs(tmp_path)
     first = _search(tmp_path, database_url, TRIALS)
@@ -81,20 +104,35 @@ def test_two_searches_share_one_study_in_a_real_database(tmp_path, database_url)
                 break
             time.sleep(0.2)
         assert first.poll() is None, first.communicate()[0]
+        # the first is held while the second starts (as a slow machine would be), so that the study has
+        # not reached the second's --trials before the second asks its first trial: the second's start-up
+        # (imports, its own Ray) takes longer than the first needs for 20 trials on a busy CI machine
+        first_driver = next(t.user_attrs[studies.DRIVER] for t in _study(database_url).trials
+                            if t.state.name == "COMPLETE")
+        held = _hold_outside_a_transaction(first, database_url)
         second = _search(tmp_path, database_url, JOINED_TRIALS, "--resume")
+        while time.monotonic() < deadline and second.poll() is None and not [
+                t for t in _study(database_url).trials if t.state.name == "COMPLETE"
+                and "same_as" not in t.user_attrs and t.user_attrs.get(studies.DRIVER) != first_driver]:
+            time.sleep(0.2)
+        os.kill(first.pid, signal.SIGCONT)
+        held = False
         out2, _ = second.communicate(timeout=300)
         # the study's trials count toward the second's --trials, the first's too: it ends once the
         # study has its 20, and does not wait for the first's own 40
         first_outlived_second = first.poll() is None
-        built_when_second_ended = sum(t.state.name == "COMPLETE" and "same_as" not in t.user_attrs
-                                      for t in _study(database_url).trials)
+        built_when_second_ended = studies.done_count(_study(database_url))[0]
         out1, _ = first.communicate(timeout=300)
     finally:
+        if locals().get("held"):
+            os.kill(first.pid, signal.SIGCONT)
         for p in (first, locals().get("second")):
             if p is not None and p.poll() is None:
                 p.kill()
     assert first.returncode == 0 and second.returncode == 0, (out1, out2)
-    assert first_outlived_second and built_when_second_ended < TRIALS, (built_when_second_ended, out1, out2)
+    # and it ended with its --trials finished, not while the last of them still ran in the first
+    assert first_outlived_second and JOINED_TRIALS <= built_when_second_ended < TRIALS, (
+        built_when_second_ended, out1, out2)
     study = _study(database_url)
     trials = study.trials
     built = [t for t in trials if t.state.name == "COMPLETE" and "same_as" not in t.user_attrs]
