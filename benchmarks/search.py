@@ -58,6 +58,7 @@ from onnxopt.search.run import RACE_MARGIN
 from onnxopt.search.trial import Payload
 
 from .common import machine, results_dir, write
+from .scenes import common_share, scenes
 
 DIGITS = ("digits_resnet", "digits_mobilenetv2", "digits_mobilenet", "digits_repvgg")
 RECIPES = ("fold-bn,reparam", "fold-bn,prune:ratio=0.3", "fold-bn,quantize", "fold-bn,prune:ratio=0.3,quantize")
@@ -339,38 +340,6 @@ def _verdict(agreement: dict) -> str:
 
 ZOO_HELD_BACK = 16   # held-back scenes the zoo metric compares outputs on
 ZOO_CALIBRATION = 48  # calibration scenes
-
-
-def scenes(count: int, seed: int, shape: tuple[int, int, int]) -> np.ndarray:
-    """[count, C, H, W] synthetic scenes for a zoo model with random weights: each a smooth random
-    field (a g x g grid of normal values, g from 2 to 8, upsampled bilinearly), its contrast and each
-    channel's level drawn per image, plus a little pixel noise. Not white noise: global average
-    pooling makes every white-noise image alike to the network: on 16 of them, a vector common to
-    all held 95% (MobileNetV2) and 98% (ResNet-50) of the outputs' sum of squares, and a pruned
-    model that kept that vector and nothing of what the input decides scored cosine 0.83 to 0.94.
-    On 16 scenes the common vector holds 92% and 82%."""
-    rng = np.random.default_rng(seed)
-    c, h, w = shape
-    out = np.empty((count, c, h, w), np.float32)
-    for i in range(count):
-        g = int(rng.integers(2, 9))
-        grid = rng.standard_normal((c, g, g))
-        ys, xs = np.linspace(0, g - 1, h), np.linspace(0, g - 1, w)
-        y0, x0 = np.floor(ys).astype(int).clip(0, g - 2), np.floor(xs).astype(int).clip(0, g - 2)
-        fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-        rows0, rows1 = grid[:, y0], grid[:, y0 + 1]
-        field = ((1 - fy) * ((1 - fx) * rows0[:, :, x0] + fx * rows0[:, :, x0 + 1])
-                 + fy * ((1 - fx) * rows1[:, :, x0] + fx * rows1[:, :, x0 + 1]))
-        out[i] = (field * rng.uniform(0.5, 1.5) + rng.normal(0, 0.5, (c, 1, 1))
-                  + 0.3 * rng.standard_normal((c, h, w)))
-    return out
-
-
-def common_share(runs: list[dict]) -> float:
-    """The share of a model's outputs (its first, over these runs) held by their mean: the part
-    common to every input, by sum of squares."""
-    out = np.concatenate([next(iter(o.values())) for o in runs])
-    return float(1 - np.sum((out - out.mean(0)) ** 2) / np.sum(out ** 2))
 
 
 def zoo_run(name: str, quick: bool) -> dict:

@@ -97,3 +97,21 @@ def test_uniform_cosine_at_equal_latency_interpolates_between_the_bracketing_mod
         0.4596 + (0.6536 - 0.4596) * 0.044 / 0.368)
     assert prune.at_equal_latency([(1.2, 0.8), (1.1, 0.7)]) is None  # both slower: no bracket
     assert prune.verdict(0.6, [(1.324, 0.6536), (0.956, 0.4596)])["uniform_cosine_at_equal_latency"] < 0.6
+
+
+def test_section_d_fidelity_is_the_centred_cosine_on_scenes():
+    """Section D's verdict compares the cosine of what the input decides: a model against itself
+    scores 1, and a pruned one less than its plain cosine on the same scenes, which the part of the
+    outputs common to every scene props up."""
+    from onnxopt.pipeline.run import Pipeline
+    from onnxopt.runtime.fidelity import compare
+    from onnxopt.runtime.sessions import run_model
+
+    original = Pipeline.parse("fold-bn").run(build("mobilenetv2-tiny", seed=0)).model
+    pruned = Pipeline.parse("fold-bn,prune:ratio=0.5").run(build("mobilenetv2-tiny", seed=0)).model
+    cosines, common = prune.centred_fidelity(original, [("same", original), ("pruned", pruned)])
+    assert cosines["same"] == pytest.approx(1.0, abs=1e-6)
+    name = original.graph.input[0].name
+    held = [{name: x[None]} for x in prune.scenes(prune.HELD_BACK_SCENES, 7, (3, 32, 32))]
+    plain = compare(run_model(original, held, optimization="all"), run_model(pruned, held, optimization="all")).cosine
+    assert 0.0 < common < 1.0 and cosines["pruned"] < plain - 0.01, (cosines, plain, common)

@@ -8,6 +8,7 @@ from onnxopt.models import digits
 from onnxopt.testing import load_benchmark
 
 bench = load_benchmark("search")
+zoo_inputs = load_benchmark("scenes")
 
 
 def test_no_warp_gives_the_images_back(monkeypatch):
@@ -40,7 +41,7 @@ def test_validation_is_labelled_and_unseen():
 
 
 def test_the_zoo_scenes_make_a_random_weight_model_answer_its_input():
-    """The zoo section's premise: on white noise a random-weight MobileNetV2 gives all but one
+    """The zoo sections' premise (search, prune): on white noise a random-weight MobileNetV2 gives all but one
     output for every input; on the scenes more of its outputs follow the input."""
     from onnxopt import models
     from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_model
@@ -48,9 +49,9 @@ def test_the_zoo_scenes_make_a_random_weight_model_answer_its_input():
     name = model.graph.input[0].name
 
     def common_share(feeds):
-        return bench.common_share(run_model(model, feeds, optimization="all"))
+        return zoo_inputs.common_share(run_model(model, feeds, optimization="all"))
     noise = random_feeds(model, resolve_input_shapes(model), seed=7, count=8)
-    scenes = bench.scenes(8, 7, (3, 224, 224))
+    scenes = zoo_inputs.scenes(8, 7, (3, 224, 224))
     assert scenes.shape == (8, 3, 224, 224) and scenes.dtype == np.float32
     # smooth: neighbouring pixels alike, where white noise has them independent
     assert np.corrcoef(scenes[:, :, :, 1:].ravel(), scenes[:, :, :, :-1].ravel())[0, 1] > 0.7
