@@ -194,25 +194,31 @@ def prune_headline(folder: Path = RESULTS) -> list[str]:
                              f"({r['no_recovery']['accuracy']:.1%}) | {m['before']['params']:,} → {r['params']:,} |")
     d = data.get("d") or []
     if d:
+        # runs before 2026-12-07 kept only the plain cosine on white noise, which cannot tell here
+        centred = all("centred_cosine" in m for m in d if "error" not in m)
+        measure = ("centred output cosine vs the original on held-back synthetic scenes, every cut calibrated "
+                   "on others" if centred else "plain cosine vs the original on 8 white-noise inputs, which "
+                   "cannot tell: these random-weight networks answer nearly one vector whatever such an input "
+                   "(notes/prune-fidelity-x86-vnni.md)")
         lines += ["", "**D.** target-latency=0.6: the pass's own predicted / measured ratio, then measured "
-                  "independently side by side; cosine vs the original (8 random inputs) against the uniform-ratio "
+                  f"independently side by side; {measure}; against the uniform-ratio "
                   "models closest to its latency on either side (widths rounded as the pass rounds them):", "",
                   "| model | pass: predicted / measured | measured (independent) | cosine | uniform cut at equal "
                   "latency (interpolated) | uniform models: latency vs the target-latency model, cosine |",
                   "|---|---|---:|---:|---:|---|"]
+        from .prune import at_equal_latency
         for m in d:
             if "error" in m:
                 lines.append(f"| {m['model']} | failed: {m['error']} | | | | |")
                 continue
             chosen = m["latency"]["chosen"]
-            t = m["bench"]["rows"][m["labels"][1]]
-            others = "; ".join(f"r={u['ratio']:.3f}: {u['latency_vs_target_model']:.3f}x, {u['cosine']:.4f}"
+            key = "centred_cosine" if centred else "cosine"
+            target = m["centred_cosine"][m["labels"][1]] if centred else m["bench"]["rows"][m["labels"][1]]["cosine"]
+            others = "; ".join(f"r={u['ratio']:.3f}: {u['latency_vs_target_model']:.3f}x, {u[key]:.4f}"
                                for u in m["uniform"])
-            from .prune import at_equal_latency
-
-            equal = at_equal_latency([(u["latency_vs_target_model"], u["cosine"]) for u in m["uniform"]])
+            equal = at_equal_latency([(u["latency_vs_target_model"], u[key]) for u in m["uniform"]])
             lines.append(f"| {m['model']} | {chosen['predicted']:.3f} / {chosen['measured']:.3f} | "
-                         f"**{m['measured_ratio']:.3f}** | {t['cosine']:.4f} | "
+                         f"**{m['measured_ratio']:.3f}** | {target:.4f} | "
                          f"{'-' if equal is None else format(equal, '.4f')} | {others} |")
     return lines + [""]
 
