@@ -21,7 +21,10 @@ def fidelity_line(fid: Fidelity | None) -> str:
     if fid is None:
         return "not measured"
     top1 = f", top-1 agreement {fid.top1_agreement:.1%}" if fid.top1_agreement is not None else ""
-    return (f"max abs {fid.max_abs:.3g}, max rel {fid.max_rel:.3g}, cosine {fid.cosine:.6f}{top1} "
+    # centred: the cosine of what the input decides, which a plain cosine hides where most of an output
+    # is common to every input (runtime.fidelity.centred_cosine)
+    centred = f" (centred {fid.centred_cosine:.6f})" if fid.centred_cosine is not None else ""
+    return (f"max abs {fid.max_abs:.3g}, max rel {fid.max_rel:.3g}, cosine {fid.cosine:.6f}{centred}{top1} "
             f"({fid.samples} samples)")
 
 

@@ -20,6 +20,7 @@ class OutputFidelity:
     max_rel: float
     cosine: float
     top1_agreement: float | None  # for [N, classes] outputs; None otherwise
+    centred_cosine: float | None = None  # what the input decides (centred_cosine()); None: cannot be centred
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Fidelity:
     top1_agreement: float | None
     samples: int
     outputs: dict[str, OutputFidelity]
+    centred_cosine: float | None = None  # as centred_cosine() takes it: None where no output can be centred
 
     def within(self, rtol: float) -> bool:
         return self.max_rel <= rtol and np.isfinite(self.max_abs)
@@ -63,7 +65,7 @@ def compare(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Fidelity:
     per: dict[str, OutputFidelity] = {}
     for name, refs, gots in _output_runs(reference, candidate):
         if any(r.shape != g.shape for r, g in zip(refs, gots)):
-            per[name] = OutputFidelity(float("inf"), float("inf"), 0.0, 0.0)
+            per[name] = OutputFidelity(float("inf"), float("inf"), 0.0, 0.0, 0.0)
             continue
         ref, got = _flat(refs), _flat(gots)
         same_nonfinite = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
@@ -77,7 +79,8 @@ def compare(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Fidelity:
         top1 = None
         if refs[0].ndim == 2 and refs[0].shape[1] > 1:
             top1 = float(np.concatenate([np.argmax(r, 1) == np.argmax(g, 1) for r, g in zip(refs, gots)]).mean())
-        per[name] = OutputFidelity(max_abs, max_rel, _cosine(ref[finite], got[finite]), top1)
+        per[name] = OutputFidelity(max_abs, max_rel, _cosine(ref[finite], got[finite]), top1,
+                                   _centred_or_lost(refs, gots))
     tops = [o.top1_agreement for o in per.values() if o.top1_agreement is not None]
     return Fidelity(
         max_abs=max((o.max_abs for o in per.values()), default=0.0),
@@ -86,7 +89,38 @@ def compare(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Fidelity:
         top1_agreement=min(tops) if tops else None,
         samples=len(reference),
         outputs=per,
+        centred_cosine=_worst_centred([(o.centred_cosine, o.cosine) for o in per.values()]),
     )
+
+
+def _centred_or_lost(refs: list[np.ndarray], gots: list[np.ndarray]) -> float | None:
+    """One output's centred cosine (same shapes on both sides): 0 where the candidate lost a value the
+    reference has, None where it cannot be centred (fewer than two runs, or see _centred_one)."""
+    if len(refs) < 2:
+        return None
+    if any(np.any(np.isfinite(r) & ~np.isfinite(g)) for r, g in zip(refs, gots)):
+        return 0.0
+    return _centred_one(refs, gots)
+
+
+def _worst_centred(outputs: list[tuple[float | None, float]]) -> float | None:
+    """Over (centred, plain) cosines of the outputs: the worst, an output that cannot be centred
+    counting by its plain cosine; None where none can be centred."""
+    if not any(centred is not None for centred, _ in outputs):
+        return None
+    return min(plain if centred is None else centred for centred, plain in outputs)
+
+
+def agreement(reference: Sequence[Feed], candidate: Sequence[Feed]) -> tuple[str, float]:
+    """(what agreement measures on these outputs, its value), higher is better: top-1 agreement for
+    [N, classes] outputs, else the centred cosine, else the plain one where the reference's outputs
+    do not vary. The default metric of `onnxopt search` and of quantize's max-drop."""
+    fid = compare(reference, candidate)
+    if fid.top1_agreement is not None:
+        return "top-1 agreement", float(fid.top1_agreement)
+    if fid.centred_cosine is None:
+        return "output cosine", float(fid.cosine)
+    return "centred output cosine", float(fid.centred_cosine)
 
 
 def _output_runs(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Iterator[tuple[str, list, list]]:
@@ -116,23 +150,19 @@ def centred_cosine(reference: Sequence[Feed], candidate: Sequence[Feed]) -> floa
     (or fewer than two feeds): the caller keeps compare()'s cosine. A changed shape, or a non-finite
     value where the reference has one, is total disagreement (0). An output it centres is read one
     run at a time: a large output is not held twice over in float64."""
-    worst, centred = 1.0, False
+    outputs: list[tuple[float | None, float]] = []
     for _, refs, gots in _output_runs(reference, candidate):
-        if len(refs) < 2:
-            return None
         if any(r.shape != g.shape for r, g in zip(refs, gots)):
-            return 0.0
-        if any(np.any(np.isfinite(r) & ~np.isfinite(g)) for r, g in zip(refs, gots)):
-            return 0.0  # a value lost where the reference has one
-        own = _centred_one(refs, gots)
+            outputs.append((0.0, 0.0))
+            continue
+        own = _centred_or_lost(refs, gots)
+        plain = 0.0
         if own is None:  # the plain cosine of this output, as compare() takes it
             ref, got = _flat(refs), _flat(gots)
             finite = np.isfinite(ref) & np.isfinite(got)
-            own = _cosine(ref[finite], got[finite])
-        else:
-            centred = True
-        worst = min(worst, own)
-    return worst if centred else None
+            plain = _cosine(ref[finite], got[finite])
+        outputs.append((own, plain))
+    return _worst_centred(outputs)
 
 
 def _centred_one(refs: list[np.ndarray], gots: list[np.ndarray]) -> float | None:

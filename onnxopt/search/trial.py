@@ -104,24 +104,15 @@ def score(payload: Payload, model: onnx.ModelProto) -> float:
         predictions = np.concatenate([np.asarray(next(iter(o.values()))).reshape(len(next(iter(o.values()))), -1)
                                       .argmax(1) for o in outs])
         return float(np.mean(predictions == data.labels[:len(predictions)]))
+    from ..runtime.fidelity import agreement
     outs = run_model(model, list(payload.holdback.feedset()), optimization="all")
-    return _agreement(payload.reference, outs)[1]
+    return agreement(payload.reference, outs)[1]
 
 
 def agreement_measure(reference: list[Feed]) -> str:
     """What score() measures as agreement with the original on these outputs of it, for the report."""
-    return _agreement(reference, reference)[0]
-
-
-def _agreement(reference: list[Feed], outputs: list[Feed]) -> tuple[str, float]:
-    """(what agreement measures on these outputs, its value): top-1 agreement for [N, classes]
-    outputs, else the centred cosine, else the plain one where the original's outputs do not vary."""
-    from ..runtime.fidelity import centred_cosine, compare
-    fid = compare(reference, outputs)
-    if fid.top1_agreement is not None:
-        return "top-1 agreement", float(fid.top1_agreement)
-    centred = centred_cosine(reference, outputs)
-    return ("output cosine", float(fid.cosine)) if centred is None else ("centred output cosine", float(centred))
+    from ..runtime.fidelity import agreement
+    return agreement(reference, reference)[0]
 
 
 def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool = False) -> dict:

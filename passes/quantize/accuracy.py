@@ -4,7 +4,8 @@ As NNCF's quantize_with_accuracy_control: measure the metric of the float and th
 if the drop exceeds max-drop, rank the quantized ops by how much the output recovers when that op
 alone stays float, then return them to float in that order, measuring after each, until the drop is
 within budget. The metric is the user's (an evaluate function, or accuracy on --eval data with
-labels), else top-1 agreement with the float model on held-back calibration samples.
+labels), else agreement with the float model on held-back calibration samples (top-1 agreement for
+a classifier's output, else the cosine of what the input decides: runtime.fidelity.agreement).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import onnx
 from onnxopt.errors import BadData
 from onnxopt.graph.core import Graph
 from onnxopt.pipeline.contract import PassContext, PassResult
-from onnxopt.runtime.fidelity import compare
+from onnxopt.runtime.fidelity import agreement, compare
 from onnxopt.runtime.sessions import Feed, make_session, run_feeds
 
 MAX_RETURNED = 64
@@ -45,10 +46,10 @@ def _metric(p, reference_model: onnx.ModelProto, held: list[Feed], ctx: PassCont
                       "or --eval labelled data")
     reference = _outputs(reference_model, held, ctx.threads)
 
-    def agreement(m: onnx.ModelProto) -> float:
-        fid = compare(reference, _outputs(m, held, ctx.threads))
-        return fid.top1_agreement if fid.top1_agreement is not None else fid.cosine
-    return agreement, f"agreement with the float model on {len(held)} held-back calibration samples"
+    def agreement_with_float(m: onnx.ModelProto) -> float:
+        return agreement(reference, _outputs(m, held, ctx.threads))[1]
+    measure = agreement(reference, reference)[0]
+    return agreement_with_float, f"{measure} with the float model on {len(held)} held-back calibration samples"
 
 
 def control(p, builder, reference_model: onnx.ModelProto, float_keys: set[str], held: list[Feed], ctx: PassContext,
@@ -78,9 +79,9 @@ def control(p, builder, reference_model: onnx.ModelProto, float_keys: set[str], 
         ctx.progress("quantize: ranking layers", i, len(candidates))
         key = u.node.outputs[0]
         trial, _, _ = builder.build(float_keys | {key})
-        if reference is not None:
+        if reference is not None:  # a continuous measure ranks where top-1 on a few samples ties
             fid = compare(reference, _outputs(trial, ranking, ctx.threads))
-            sensitivity[key] = fid.cosine
+            sensitivity[key] = fid.cosine if fid.centred_cosine is None else fid.centred_cosine
         else:
             sensitivity[key] = metric(trial)
     order = sorted(sensitivity, key=lambda k: -sensitivity[k])

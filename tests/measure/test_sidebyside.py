@@ -501,8 +501,10 @@ def test_as_dict_is_plain_json(report):
     for m in (scaled, perm):
         fid = m["fidelity_vs_reference"]
         assert set(fid["outputs"]) == {"logits", "probs"}
-        assert set(fid["outputs"]["logits"]) == {"max_abs", "max_rel", "cosine", "top1_agreement"}
+        assert set(fid["outputs"]["logits"]) == {"max_abs", "max_rel", "cosine", "top1_agreement", "centred_cosine"}
     assert scaled["fidelity_vs_reference"]["outputs"]["logits"]["max_rel"] == pytest.approx(0.1, rel=1e-5)
+    # one batched run a model: nothing to centre over (runtime.fidelity centres over runs)
+    assert scaled["fidelity_vs_reference"]["centred_cosine"] is None
     assert scaled["fidelity_vs_reference"]["max_rel"] == max(
         o["max_rel"] for o in scaled["fidelity_vs_reference"]["outputs"].values())
     assert [m["accuracy"] for m in d["models"]][:2] == [0.75, 0.75]

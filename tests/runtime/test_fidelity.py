@@ -62,3 +62,24 @@ def test_a_value_lost_beside_one_the_reference_lacks_too_is_total_disagreement()
     candidate[1]["y"][0, 5] = np.nan  # lost where the reference has a value
     assert centred_cosine(reference, candidate) == 0.0
     assert centred_cosine(reference, reference) is None  # NaN where the reference has it: nothing to centre
+
+
+def test_compare_carries_the_centred_cosine_and_agreement_picks_the_measure_the_outputs_allow():
+    from onnxopt.runtime.fidelity import agreement
+    rng = np.random.default_rng(4)
+    common = rng.standard_normal((1, 1, 50)) * 10  # [1, 1, 50]: not a classifier's [N, classes]
+    reference = [{"y": common + x, "z": x * 0 + 3.0} for x in rng.standard_normal((6, 1, 1, 50))]
+    candidate = [{"y": r["y"] + rng.standard_normal((1, 1, 50)), "z": r["z"]} for r in reference]
+    fid = compare(reference, candidate)
+    # per output: y is centred; z is the same for every input, so it cannot be, and counts by its plain cosine
+    assert fid.outputs["y"].centred_cosine == centred_cosine([{"y": r["y"]} for r in reference],
+                                                             [{"y": c["y"]} for c in candidate])
+    assert fid.outputs["z"].centred_cosine is None
+    assert fid.centred_cosine == centred_cosine(reference, candidate) < fid.cosine - 0.1
+    assert agreement(reference, candidate) == ("centred output cosine", fid.centred_cosine)
+    # a classifier's [N, classes] output is judged by its top-1; one run has nothing to centre over
+    logits = [{"p": rng.standard_normal((4, 10))}]
+    assert agreement(logits, logits) == ("top-1 agreement", 1.0)
+    assert compare(logits, logits).centred_cosine is None
+    flat = [{"v": rng.standard_normal(7)}]
+    assert agreement(flat, flat)[0] == "output cosine"
