@@ -199,7 +199,7 @@ def prune_headline(folder: Path = RESULTS) -> list[str]:
         measure = ("centred output cosine vs the original on held-back synthetic scenes, every cut calibrated "
                    "on others" if centred else "plain cosine vs the original on 8 white-noise inputs, which "
                    "cannot tell: these random-weight networks answer nearly one vector whatever such an input "
-                   "(notes/prune-fidelity-x86-vnni.md)")
+                   "(notes/zoo-fidelity-x86-vnni.md)")
         lines += ["", "**D.** target-latency=0.6: the pass's own predicted / measured ratio, then measured "
                   f"independently side by side; {measure}; against the uniform-ratio "
                   "models closest to its latency on either side (widths rounded as the pass rounds them):", "",
