@@ -265,7 +265,8 @@ def _tables(result: PassResult) -> None:
     sens = result.details.get("sensitivity")
     if sens:
         ratios = sens["ratios"]
-        tables.append({"title": "sensitivity: output cosine vs original with only this group pruned",
+        tables.append({"title": f"sensitivity: {sens.get('measure', 'output cosine')} vs original with only this "
+                                "group pruned",
                        "headers": ["group", *[f"{r:.0%}" for r in ratios]],
                        "rows": [[row["group"], *[f"{c:.4f}" if c is not None else "-" for c in row["cosine"]]]
                                 for row in sens["rows"]]})

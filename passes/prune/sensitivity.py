@@ -2,7 +2,9 @@
 
 For each coupled group the model is pruned at each ratio with every other group left whole and
 run on a few samples; the cosine of its outputs with the original's says which groups tolerate
-pruning (a sensitivity scan in the manner of Li et al. 2016, Fig. 2)."""
+pruning (a sensitivity scan in the manner of Li et al. 2016, Fig. 2). The centred cosine where the
+original's outputs vary over the samples: what the input decides, which a plain cosine hides where
+most of an output is the same for every input (runtime.fidelity.centred_cosine)."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,6 +32,7 @@ def sensitivity_table(graph: Graph, groups: list[Group], scores: dict[int, np.nd
     if not feeds:
         feeds = random_feeds(model, shapes, seed=ctx.seed, count=SAMPLES)
     reference = run_model(model, feeds, threads=ctx.threads)
+    centred = compare(reference, reference).centred_cosine is not None
     rows = []
     for k, g in enumerate(groups):
         cosines = []
@@ -42,10 +45,11 @@ def sensitivity_table(graph: Graph, groups: list[Group], scores: dict[int, np.nd
             if trial is None:
                 raise RuntimeError(f"{g.label}: not found again in the model")
             fid = compare(reference, run_model(trial.to_model(), feeds, threads=ctx.threads))
-            cosines.append(round(float(fid.cosine), 6))
+            cosines.append(round(float(fid.centred_cosine if centred else fid.cosine), 6))
         rows.append({"group": g.label, "channels": g.size, "cosine": cosines})
         ctx.progress("prune: sensitivity", k + 1, len(groups))
-    return {"ratios": list(RATIOS), "samples": len(feeds), "rows": rows}
+    return {"ratios": list(RATIOS), "samples": len(feeds), "rows": rows,
+            "measure": "centred output cosine" if centred else "output cosine"}
 
 
 def pruned_copy(model: onnx.ModelProto, shapes: dict, group: Group, keep: np.ndarray) -> Graph | None:
