@@ -65,7 +65,7 @@ def compare(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Fidelity:
     per: dict[str, OutputFidelity] = {}
     for name, refs, gots in _output_runs(reference, candidate):
         if any(r.shape != g.shape for r, g in zip(refs, gots)):
-            per[name] = OutputFidelity(float("inf"), float("inf"), 0.0, 0.0, 0.0)
+            per[name] = OutputFidelity(float("inf"), float("inf"), 0.0, 0.0, 0.0 if len(refs) >= 2 else None)
             continue
         ref, got = _flat(refs), _flat(gots)
         same_nonfinite = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
@@ -153,7 +153,7 @@ def centred_cosine(reference: Sequence[Feed], candidate: Sequence[Feed]) -> floa
     outputs: list[tuple[float | None, float]] = []
     for _, refs, gots in _output_runs(reference, candidate):
         if any(r.shape != g.shape for r, g in zip(refs, gots)):
-            outputs.append((0.0, 0.0))
+            outputs.append((0.0 if len(refs) >= 2 else None, 0.0))
             continue
         own = _centred_or_lost(refs, gots)
         plain = 0.0

@@ -132,11 +132,11 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     # its own cost a task, two sessions and a warm-up, seconds of a small model's search)
     jobs: dict[str, dict] = {}
     carrier: int | None = None  # the trial timing the control beside its own candidate, until it reports
-    sensitive: list[str] | None = None
-    if space.uses_ranking:
+    # a study keeps the ranking its first scan gave: a resumed or joining search maps protect and
+    # spread to the layers the study's trials were built with
+    sensitive: list[str] | None = studies.stored_ranking(study) if space.uses_ranking else []
+    if sensitive is None:
         runner.start("scan", ranked_layers, after_exact.SerializeToString())
-    else:
-        sensitive = []
     waiting: list[tuple[Any, dict]] = []  # asked trials that need the scan, until it is done
     seen_specs = _measured_specs(study)
     building: dict[str, int] = {}         # spec -> the trial building it now
@@ -221,7 +221,9 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 if what == "job":
                     jobs[key] = result
                     if key == "scan":
-                        sensitive = result.get("layers", [])  # a failed scan: trials protect nothing
+                        layers = result.get("layers")
+                        # a failed scan: trials protect nothing, and the next search scans again
+                        sensitive = studies.keep_ranking(study, layers) if layers is not None and "error" not in result else []
                         while waiting:  # one at a time: an interrupt leaves each trial in one place
                             trial, params = waiting[0]
                             dispatch(trial, params)
@@ -419,7 +421,7 @@ def _exact_prefix(model: onnx.ModelProto, payload: Payload, space: Space) -> tup
 
 def ranked_layers(payload: Payload, after_exact: bytes) -> dict:
     """The prunable layers of the model as the trials' prune will see it (after the exact passes),
-    most sensitive first: the dry-run scan's output cosine with only that group pruned by half."""
+    most sensitive first: the dry-run scan's (centred) output cosine with only that group pruned by half."""
     from ..pipeline.run import Pipeline
     from ..pipeline.spec import parse_spec
     dry = Pipeline(parse_spec("prune:ratio=0.3"), calibration=payload.calibration.feedset(), input_shapes=payload.shapes,

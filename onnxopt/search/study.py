@@ -27,6 +27,7 @@ from ..errors import BadInput, UsageError, first_line
 INTERRUPTED = "interrupted"
 TIMED_ON = "timed_on"  # the study's user attribute: the machine its latency ratios were timed on
 DRIVER = "driver"      # a trial's user attribute: the search that asked it (Driver.name)
+RANKING = "sensitive_layers"  # the study's user attribute: the scan's ranking (stored_ranking)
 BEAT_SECONDS = 30.0    # how often a search says it is alive, while it waits for its trials
 # a search not heard from for this long is gone: its running trials are queued again by the next
 # search resuming the study (long beside the beat: a driver busy racing its last trials or paused
@@ -86,6 +87,23 @@ def open_study(name: str, storage: str, *, resume: bool, seed: int, startup: int
                              f"timed on {timed_on}, and latency ratios of two machines do not compare: "
                              "resume it there, or start anew with another --storage")
     return study
+
+
+def stored_ranking(study: Any) -> list[str] | None:
+    """The layer ranking (most sensitive first) this study's protect and spread choices were mapped
+    with: the first search's scan, kept in the study so that a resumed or joining search maps the
+    same parameters to the same layers (a later onnxopt may scan differently); None before a scan."""
+    value = study.user_attrs.get(RANKING)
+    return [str(v) for v in value] if isinstance(value, list) else None
+
+
+def keep_ranking(study: Any, layers: list[str]) -> list[str]:
+    """Store this search's scan unless another search of the study stored one first; the one stored."""
+    before = stored_ranking(study)
+    if before is not None:
+        return before
+    study.set_user_attr(RANKING, list(layers))
+    return list(layers)
 
 
 class Driver:

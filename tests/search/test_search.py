@@ -74,6 +74,8 @@ def test_the_chosen_spec_reproduces_its_model(tmp_path):
     import optuna
     study = optuna.load_study(study_name=result.report["study"], storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert study.user_attrs["timed_on"] == timed_on()
+    # the study keeps the ranking its protect and spread choices were mapped with, for a resumed search
+    assert study.user_attrs["sensitive_layers"] == result.report["sensitive_layers"]
     assert {t.user_attrs["timed_on"] for t in study.trials} == {timed_on()}
     drop_of = {t.spec: t.drop for t in result.trials}  # repeats of a spec too
     assert [round(t.constraints["drop"], 9) for t in study.trials] == \
@@ -273,7 +275,10 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(tmp_path)
     finished = [t for t in study.trials if t.state.name == "COMPLETE" and "same_as" not in t.user_attrs]
     interrupted = [t for t in study.trials if t.user_attrs.get("error") == "interrupted"]
     assert len(finished) >= 2
+    # as an earlier scan left it (another onnxopt may rank otherwise): the resumed search maps with it
+    study.set_user_attr("sensitive_layers", ["c2"])
     result = _run(tmp_path, metric=metric, trials=6, resume=True)
+    assert result.report["sensitive_layers"] == ["c2"]
     assert result.report["requeued"] == len(interrupted)
     assert len(result.trials) == 6 and all(t.state == "complete" for t in result.trials)
     # the resumed run measured only what was missing (plus the original's metric once)

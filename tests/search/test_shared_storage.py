@@ -73,18 +73,24 @@ def _hold_outside_a_transaction(process, url) -> bool:
     locks the study's row to number a new trial) it would hold up every other search of the study."""
     import sqlalchemy
     engine = sqlalchemy.create_engine(url)
+    busy = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle'")
     try:
         for _ in range(200):
             os.kill(process.pid, signal.SIGSTOP)
-            time.sleep(0.05)  # a statement it sent just before has ended in the server
-            with engine.connect() as connection:
-                busy = connection.execute(sqlalchemy.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND pid <> pg_backend_pid() AND state <> 'idle'")).scalar()
-            if not busy:
+            # idle twice, a while apart: a statement it sent just before it stopped has reached the server
+            idle = True
+            for _ in range(2):
+                time.sleep(0.05)
+                with engine.connect() as connection:
+                    idle = idle and not connection.execute(busy).scalar()
+            if idle:
                 return True
             os.kill(process.pid, signal.SIGCONT)
             time.sleep(0.05)
+    except BaseException:
+        os.kill(process.pid, signal.SIGCONT)
+        raise
     finally:
         engine.dispose()
     raise AssertionError("the first search was never seen outside a transaction")
@@ -107,8 +113,9 @@ def test_two_searches_share_one_study_in_a_real_database(tmp_path, database_url)
         # the first is held while the second starts (as a slow machine would be), so that the study has
         # not reached the second's --trials before the second asks its first trial: the second's start-up
         # (imports, its own Ray) takes longer than the first needs for 20 trials on a busy CI machine
-        first_driver = next(t.user_attrs[studies.DRIVER] for t in _study(database_url).trials
-                            if t.state.name == "COMPLETE")
+        first_driver = next((t.user_attrs.get(studies.DRIVER) for t in _study(database_url).trials
+                             if t.state.name == "COMPLETE"), None)
+        assert first_driver is not None, "the first search finished no trial in time"
         held = _hold_outside_a_transaction(first, database_url)
         second = _search(tmp_path, database_url, JOINED_TRIALS, "--resume")
         while time.monotonic() < deadline and second.poll() is None and not [
