@@ -52,11 +52,12 @@ from onnxopt.measure.sidebyside import Settings, Subject, run_bench
 from onnxopt.measure.timing import interleave, session_runner
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.runtime.fidelity import centred_cosine, compare
-from onnxopt.runtime.sessions import input_specs, random_feeds, resolve_input_shapes, run_model
+from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_model
 
 from . import peer_tools
 from .common import machine, write
-from .scenes import common_share, scenes
+from . import scenes as zoo_scenes
+from .scenes import common_share
 
 THREADS = 1  # 2 threads on this shared 2-core machine measured too noisy (A/A off by 4%)
 AA = "(A/A control)"
@@ -67,8 +68,6 @@ LATENCY_TARGET = 0.6          # D
 LATENCY_TOLERANCE = 0.1       # D: the goal is target ± 10% of it (0.54..0.66)
 HALF_WIDTH_GOAL = 0.05        # A: pruned within 5% of the half-width model's latency
 SAME_LATENCY = 0.03           # D: a uniform model counts as equally fast within 3%
-HELD_BACK_SCENES = 16         # D: the scenes fidelity is measured on
-CALIBRATION_SCENES = 48       # D: the scenes every cut is calibrated on (others than the held-back ones)
 
 
 def log(text: str) -> None:
@@ -433,25 +432,12 @@ def latency_vs(model: onnx.ModelProto, candidate: onnx.ModelProto, feed: dict, b
     return timings[1].median_round_ratio
 
 
-def _image_shape(model: onnx.ModelProto) -> tuple[int, int, int]:
-    (spec,) = input_specs(model)
-    return tuple(resolve_input_shapes(model)[spec.name][1:])
-
-
-def scene_calibration(model: onnx.ModelProto) -> FeedSet:
-    """CALIBRATION_SCENES scenes (seed 0; the held-back ones are seed 7), one a batch."""
-    (spec,) = input_specs(model)
-    return FeedSet({spec.name: scenes(CALIBRATION_SCENES, 0, _image_shape(model))}, 1, None,
-                   f"{CALIBRATION_SCENES} synthetic scenes")
-
-
 def centred_fidelity(reference: onnx.ModelProto, subjects: Sequence[tuple[str, onnx.ModelProto]]) -> tuple[dict, float]:
-    """Each subject's centred output cosine with `reference` on HELD_BACK_SCENES synthetic scenes, and
+    """Each subject's centred output cosine with `reference` on the held-back synthetic scenes, and
     the share of the reference's outputs common to every scene. On the seeded random inputs the
     timings use, these random-weight models answer nearly one vector whatever the input, and a plain
     cosine cannot tell a cut that kept what the input decides from one that did not (benchmarks/scenes.py)."""
-    (spec,) = input_specs(reference)
-    held = [{spec.name: x[None]} for x in scenes(HELD_BACK_SCENES, 7, _image_shape(reference))]
+    held = zoo_scenes.held_back(reference)
     reference_runs = run_model(reference, held, optimization="all")
     cosines = {label: float(centred_cosine(reference_runs, run_model(model, held, optimization="all")))
                for label, model in subjects}
@@ -462,7 +448,7 @@ def section_d_model(name: str, quick: bool) -> dict:
     log(f"D: {name}, target latency {LATENCY_TARGET}")
     original = models.build(name)
     folded, _ = optimize(original, "fold-bn")
-    calib = scene_calibration(original)
+    calib = zoo_scenes.calibration(original)
     last = [""]
 
     def progress(what: str, done: int, total: int) -> None:
@@ -651,14 +637,14 @@ def markdown_c(c: dict) -> list[str]:
 
 def markdown_d(d: list[dict]) -> list[str]:
     lines = [f"## D. Latency-aware ratios: target-latency={LATENCY_TARGET}", "",
-             f"Zoo models at 224x224 with seeded random weights, every cut calibrated on {CALIBRATION_SCENES} "
+             f"Zoo models at 224x224 with seeded random weights, every cut calibrated on {zoo_scenes.CALIBRATION} "
              "synthetic scenes (data-driven importance, least-squares recovery). The pass plans "
              "from per-layer timings and corrects its plan by measuring the pruned model (its attempts below); "
              "then an independent side-by-side run against the original (fold-bn) with the uniform-ratio "
              "models closest to its latency on either side (widths rounded, so latency is a step function of "
              "the ratio; unrounded, the odd widths leave onnxruntime's NCHWc kernels and a uniform cut can be "
              "slower than the original: the closest ratio is timed that way too) and an A/A "
-             f"row. Fidelity: the centred output cosine vs the original on {HELD_BACK_SCENES} synthetic scenes "
+             f"row. Fidelity: the centred output cosine vs the original on {zoo_scenes.HELD_BACK} synthetic scenes "
              "(benchmarks/scenes.py: each output less the original's mean over the scenes, the part common to "
              "every input, before the cosine), which the verdict compares; beside it the plain cosine on 8 seeded "
              "random inputs, which cannot tell: on white noise these random-weight models answer nearly one "

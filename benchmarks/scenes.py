@@ -8,6 +8,13 @@ decides (0.83 to 0.94). The suites feed these scenes and score by the centred co
 from __future__ import annotations
 
 import numpy as np
+import onnx
+
+from onnxopt.data.feeds import FeedSet
+from onnxopt.runtime.sessions import Feed, input_specs, resolve_input_shapes
+
+HELD_BACK = 16    # scenes outputs are compared on (seed 7)
+CALIBRATION = 48  # scenes the optimizations are calibrated on (seed 0: others than the held-back ones)
 
 
 def scenes(count: int, seed: int, shape: tuple[int, int, int]) -> np.ndarray:
@@ -37,3 +44,20 @@ def common_share(runs: list[dict]) -> float:
     common to every input, by sum of squares."""
     out = np.concatenate([next(iter(o.values())) for o in runs])
     return float(1 - np.sum((out - out.mean(0)) ** 2) / np.sum(out ** 2))
+
+
+def held_back(model: onnx.ModelProto) -> list[Feed]:
+    """HELD_BACK scenes for the model's one image input, a feed each."""
+    name, shape = _image_input(model)
+    return [{name: x[None]} for x in scenes(HELD_BACK, 7, shape)]
+
+
+def calibration(model: onnx.ModelProto) -> FeedSet:
+    """CALIBRATION scenes for the model's one image input, one a batch."""
+    name, shape = _image_input(model)
+    return FeedSet({name: scenes(CALIBRATION, 0, shape)}, 1, None, f"{CALIBRATION} synthetic scenes")
+
+
+def _image_input(model: onnx.ModelProto) -> tuple[str, tuple[int, int, int]]:
+    (spec,) = input_specs(model)
+    return spec.name, tuple(resolve_input_shapes(model)[spec.name][1:])

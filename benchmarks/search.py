@@ -58,7 +58,8 @@ from onnxopt.search.run import RACE_MARGIN
 from onnxopt.search.trial import Payload
 
 from .common import machine, results_dir, write
-from .scenes import common_share, scenes
+from . import scenes as zoo_scenes
+from .scenes import common_share
 
 DIGITS = ("digits_resnet", "digits_mobilenetv2", "digits_mobilenet", "digits_repvgg")
 RECIPES = ("fold-bn,reparam", "fold-bn,prune:ratio=0.3", "fold-bn,quantize", "fold-bn,prune:ratio=0.3,quantize")
@@ -338,21 +339,15 @@ def _verdict(agreement: dict) -> str:
             + (f"; outside: {', '.join(f'`{s}`' for s in agreement['outside'])}" if agreement["outside"] else ""))
 
 
-ZOO_HELD_BACK = 16   # held-back scenes the zoo metric compares outputs on
-ZOO_CALIBRATION = 48  # calibration scenes
-
-
 def zoo_run(name: str, quick: bool) -> dict:
-    """A full-size zoo model (random weights), fed synthetic scenes (scenes()), searched for the
-    centred output cosine with the original on ZOO_HELD_BACK held-back scenes: does
+    """A full-size zoo model (random weights), fed synthetic scenes (benchmarks/scenes.py), searched for the
+    centred output cosine with the original on the held-back scenes: does
     the front reach 0.5x the original's latency, and with what centred cosine (metric()) against
     uniform pruning at the same latency (`fold-bn,prune:ratio=r` for r in 0.3..0.7, timed side by side, interpolated)?"""
-    from onnxopt.runtime.sessions import input_specs, resolve_input_shapes, run_model
+    from onnxopt.runtime.sessions import resolve_input_shapes, run_model
     model = models.build(name, seed=0)
     shapes = resolve_input_shapes(model)
-    (spec_in,) = input_specs(model)
-    shape = shapes[spec_in.name]
-    held = [{spec_in.name: x[None]} for x in scenes(ZOO_HELD_BACK, 7, shape[1:])]
+    held = zoo_scenes.held_back(model)
     reference_runs = run_model(model, held, optimization="all")
 
     def metric(candidate):  # self-contained: Ray ships it to the workers by value
@@ -362,8 +357,7 @@ def zoo_run(name: str, quick: bool) -> dict:
         from onnxopt.runtime.fidelity import centred_cosine
         from onnxopt.runtime.sessions import run_model as _run
         return float(centred_cosine(reference_runs, _run(candidate, held, optimization="all")))
-    calib = FeedSet({spec_in.name: scenes(ZOO_CALIBRATION, 0, shape[1:])}, 1, None,
-                    f"{ZOO_CALIBRATION} synthetic scenes")
+    calib = zoo_scenes.calibration(model)
     common = common_share(reference_runs)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -516,7 +510,7 @@ def markdown(data: dict) -> str:
         lines.append("")
     for z in data.get("zoo") or []:
         lines += [f"## Zoo: {z['model']} (random weights, synthetic scenes; metric: centred output cosine on "
-                  f"{ZOO_HELD_BACK} held-back scenes)", "",
+                  f"{zoo_scenes.HELD_BACK} held-back scenes)", "",
                   f"The part of the original's outputs common to every scene: {100 * z['common_share']:.1f}%, "
                   "taken out of both sides before the cosine.", "",
                   f"search: {z['search_seconds']:.0f} s. Front (latency, cosine, spec):", ""]

@@ -113,11 +113,22 @@ def _worst_centred(outputs: list[tuple[float | None, float]]) -> float | None:
 
 def agreement(reference: Sequence[Feed], candidate: Sequence[Feed]) -> tuple[str, float]:
     """(what agreement measures on these outputs, its value), higher is better: top-1 agreement for
-    [N, classes] outputs, else the centred cosine, else the plain one where the reference's outputs
-    do not vary. The default metric of `onnxopt search` and of quantize's max-drop."""
+    [N, classes] outputs, else cosine_agreement(). The default metric of `onnxopt search` and of
+    quantize's max-drop."""
     fid = compare(reference, candidate)
     if fid.top1_agreement is not None:
         return "top-1 agreement", float(fid.top1_agreement)
+    return cosine_agreement(fid)
+
+
+def agreement_measure(reference: Sequence[Feed]) -> str:
+    """What agreement() measures on these outputs of the reference, for a report."""
+    return agreement(reference, reference)[0]
+
+
+def cosine_agreement(fid: Fidelity) -> tuple[str, float]:
+    """(its name, its value): the centred cosine, else the plain one where no output varies over the
+    samples. A continuous measure: it ranks where top-1 on a few samples ties."""
     if fid.centred_cosine is None:
         return "output cosine", float(fid.cosine)
     return "centred output cosine", float(fid.centred_cosine)
@@ -148,21 +159,8 @@ def centred_cosine(reference: Sequence[Feed], candidate: Sequence[Feed]) -> floa
     0.94). An output that cannot be centred (the same for every feed, a shape that changes from feed
     to feed, a non-finite reference) counts by its plain cosine; None where no output can be centred
     (or fewer than two feeds): the caller keeps compare()'s cosine. A changed shape, or a non-finite
-    value where the reference has one, is total disagreement (0). An output it centres is read one
-    run at a time: a large output is not held twice over in float64."""
-    outputs: list[tuple[float | None, float]] = []
-    for _, refs, gots in _output_runs(reference, candidate):
-        if any(r.shape != g.shape for r, g in zip(refs, gots)):
-            outputs.append((0.0 if len(refs) >= 2 else None, 0.0))
-            continue
-        own = _centred_or_lost(refs, gots)
-        plain = 0.0
-        if own is None:  # the plain cosine of this output, as compare() takes it
-            ref, got = _flat(refs), _flat(gots)
-            finite = np.isfinite(ref) & np.isfinite(got)
-            plain = _cosine(ref[finite], got[finite])
-        outputs.append((own, plain))
-    return _worst_centred(outputs)
+    value where the reference has one, is total disagreement (0). compare() carries the same number."""
+    return compare(reference, candidate).centred_cosine
 
 
 def _centred_one(refs: list[np.ndarray], gots: list[np.ndarray]) -> float | None:

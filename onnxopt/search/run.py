@@ -19,9 +19,10 @@ import onnx
 
 from ..data.feeds import FeedSet
 from ..errors import BadData, UsageError
+from ..runtime.fidelity import agreement_measure
 from . import study as studies
 from .space import BISECT_STEPS, Space, decided_by_timing, load_space, spec_safe, to_spec, uses_ranking
-from .trial import Metric, Payload, Samples, agreement_measure, control_ratio
+from .trial import Metric, Payload, Samples, control_ratio
 from .trial import race as trial_race
 
 DEFAULT_STORAGE = "sqlite:///onnxopt-search.db"

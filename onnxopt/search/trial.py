@@ -109,12 +109,6 @@ def score(payload: Payload, model: onnx.ModelProto) -> float:
     return agreement(payload.reference, outs)[1]
 
 
-def agreement_measure(reference: list[Feed]) -> str:
-    """What score() measures as agreement with the original on these outputs of it, for the report."""
-    from ..runtime.fidelity import agreement
-    return agreement(reference, reference)[0]
-
-
 def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool = False) -> dict:
     """The candidate's latency over the original's: both timed in the same interleaved rounds on one
     thread (the median of the per-round ratios); with_control adds the original against itself."""

@@ -14,7 +14,7 @@ from onnxopt.analysis.channels import ChannelAnalysis, Group
 from onnxopt.graph.core import Graph
 from onnxopt.graph.shrink import shrink
 from onnxopt.pipeline.contract import PassContext
-from onnxopt.runtime.fidelity import compare
+from onnxopt.runtime.fidelity import compare, cosine_agreement
 from onnxopt.runtime.sessions import random_feeds, run_model
 
 from . import select
@@ -32,7 +32,6 @@ def sensitivity_table(graph: Graph, groups: list[Group], scores: dict[int, np.nd
     if not feeds:
         feeds = random_feeds(model, shapes, seed=ctx.seed, count=SAMPLES)
     reference = run_model(model, feeds, threads=ctx.threads)
-    centred = compare(reference, reference).centred_cosine is not None
     rows = []
     for k, g in enumerate(groups):
         cosines = []
@@ -45,11 +44,11 @@ def sensitivity_table(graph: Graph, groups: list[Group], scores: dict[int, np.nd
             if trial is None:
                 raise RuntimeError(f"{g.label}: not found again in the model")
             fid = compare(reference, run_model(trial.to_model(), feeds, threads=ctx.threads))
-            cosines.append(round(float(fid.centred_cosine if centred else fid.cosine), 6))
+            cosines.append(round(cosine_agreement(fid)[1], 6))
         rows.append({"group": g.label, "channels": g.size, "cosine": cosines})
         ctx.progress("prune: sensitivity", k + 1, len(groups))
     return {"ratios": list(RATIOS), "samples": len(feeds), "rows": rows,
-            "measure": "centred output cosine" if centred else "output cosine"}
+            "measure": cosine_agreement(compare(reference, reference))[0]}
 
 
 def pruned_copy(model: onnx.ModelProto, shapes: dict, group: Group, keep: np.ndarray) -> Graph | None:

@@ -17,7 +17,7 @@ import onnx
 from onnxopt.errors import BadData
 from onnxopt.graph.core import Graph
 from onnxopt.pipeline.contract import PassContext, PassResult
-from onnxopt.runtime.fidelity import agreement, compare
+from onnxopt.runtime.fidelity import agreement, agreement_measure, compare, cosine_agreement
 from onnxopt.runtime.sessions import Feed, make_session, run_feeds
 
 MAX_RETURNED = 64
@@ -48,8 +48,8 @@ def _metric(p, reference_model: onnx.ModelProto, held: list[Feed], ctx: PassCont
 
     def agreement_with_float(m: onnx.ModelProto) -> float:
         return agreement(reference, _outputs(m, held, ctx.threads))[1]
-    measure = agreement(reference, reference)[0]
-    return agreement_with_float, f"{measure} with the float model on {len(held)} held-back calibration samples"
+    return agreement_with_float, (f"{agreement_measure(reference)} with the float model on {len(held)} held-back "
+                                  "calibration samples")
 
 
 def control(p, builder, reference_model: onnx.ModelProto, float_keys: set[str], held: list[Feed], ctx: PassContext,
@@ -79,9 +79,8 @@ def control(p, builder, reference_model: onnx.ModelProto, float_keys: set[str], 
         ctx.progress("quantize: ranking layers", i, len(candidates))
         key = u.node.outputs[0]
         trial, _, _ = builder.build(float_keys | {key})
-        if reference is not None:  # a continuous measure ranks where top-1 on a few samples ties
-            fid = compare(reference, _outputs(trial, ranking, ctx.threads))
-            sensitivity[key] = fid.cosine if fid.centred_cosine is None else fid.centred_cosine
+        if reference is not None:
+            sensitivity[key] = cosine_agreement(compare(reference, _outputs(trial, ranking, ctx.threads)))[1]
         else:
             sensitivity[key] = metric(trial)
     order = sorted(sensitivity, key=lambda k: -sensitivity[k])

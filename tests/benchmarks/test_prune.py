@@ -111,7 +111,6 @@ def test_section_d_fidelity_is_the_centred_cosine_on_scenes():
     pruned = Pipeline.parse("fold-bn,prune:ratio=0.5").run(build("mobilenetv2-tiny", seed=0)).model
     cosines, common = prune.centred_fidelity(original, [("same", original), ("pruned", pruned)])
     assert cosines["same"] == pytest.approx(1.0, abs=1e-6)
-    name = original.graph.input[0].name
-    held = [{name: x[None]} for x in prune.scenes(prune.HELD_BACK_SCENES, 7, (3, 32, 32))]
+    held = prune.zoo_scenes.held_back(original)
     plain = compare(run_model(original, held, optimization="all"), run_model(pruned, held, optimization="all")).cosine
     assert 0.0 < common < 1.0 and cosines["pruned"] < plain - 0.01, (cosines, plain, common)

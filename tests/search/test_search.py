@@ -434,9 +434,9 @@ def test_a_local_instance_stops_its_idle_autoscaler_monitor_before_ray_stops_the
 
 
 def test_agreement_on_an_output_that_is_not_classes_is_the_cosine_of_what_the_input_decides():
-    from onnxopt.runtime.fidelity import compare
+    from onnxopt.runtime.fidelity import agreement_measure, compare
     from onnxopt.runtime.sessions import run_model
-    from onnxopt.search.trial import agreement_measure, score
+    from onnxopt.search.trial import score
 
     def conv(scale: float, bias: float) -> onnx.ModelProto:  # a feature map over a large common bias
         node, inits = conv_node("x", "y", "c", 3, 4, seed=0)
