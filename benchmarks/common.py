@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 from onnxopt.measure.timing import machine  # noqa: F401 - suites import it from here
@@ -28,9 +29,12 @@ def results_dir(quick: bool = False) -> Path:
     return RESULTS / "quick" if quick else RESULTS
 
 
-def write(name: str, data: dict, markdown: str, quick: bool = False) -> None:
+def write(name: str, data: dict, markdown: str | Callable[[dict], str], quick: bool = False) -> None:
+    """Save the JSON first: a renderer given as a function that trips on an older run's entries loses no measurements."""
     folder = results_dir(quick)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    if callable(markdown):
+        markdown = markdown(data)
     (folder / f"{name}.md").write_text(markdown.rstrip() + "\n")
     print(markdown)
