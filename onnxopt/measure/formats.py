@@ -18,7 +18,8 @@ from .sidebyside import BenchReport, Entry
 
 LATENCY_HEADER = ["model", "batch", "median ms", "p90 ms", "p99 ms", "min ms", "ratio", "round ratio", "interval",
                   "per s"]
-MODEL_HEADER = ["model", "size", "params", "MACs", "memory", "max abs", "max rel", "cosine", "top-1 agr", "accuracy"]
+MODEL_HEADER = ["model", "size", "params", "MACs", "memory", "max abs", "max rel", "cosine", "centred", "top-1 agr",
+                "accuracy"]
 
 
 def _f(x: float | None, fmt: str) -> str:
@@ -49,7 +50,7 @@ def model_rows(report: BenchReport) -> list[list[str]]:
         rows.append([e.name, human_bytes(e.file_bytes), human(e.params), human(e.macs),
                      human_bytes(e.memory_bytes) if e.memory_bytes is not None else "-",
                      "ref" if fid is None else f"{fid.max_abs:.3g}", "ref" if fid is None else f"{fid.max_rel:.3g}",
-                     "ref" if fid is None else f"{fid.cosine:.6f}",
+                     "ref" if fid is None else f"{fid.cosine:.6f}", "ref" if fid is None else _f(fid.centred_cosine, ".6f"),
                      "ref" if fid is None else _f(fid.top1_agreement, ".1%"), _f(e.accuracy, ".2%")])
     return rows
 
@@ -72,7 +73,9 @@ def _per_output_notes(report: BenchReport) -> list[str]:
     notes = []
     for e in report.entries[1:]:
         if e.fidelity is not None and len(e.fidelity.outputs) > 1:
-            parts = [f"{name}: max rel {o.max_rel:.3g}, cosine {o.cosine:.6f}" for name, o in e.fidelity.outputs.items()]
+            parts = [f"{name}: max rel {o.max_rel:.3g}, cosine {o.cosine:.6f}"
+                     + (f" (centred {o.centred_cosine:.6f})" if o.centred_cosine is not None else "")
+                     for name, o in e.fidelity.outputs.items()]
             notes.append(f"{e.name} per output: " + "; ".join(parts))
     return notes
 
@@ -100,12 +103,14 @@ def format_table(report: BenchReport) -> str:
     ref = report.reference.name
     out = [f"reference: {ref}; {setup_line(report)}", data_line(report), "",
            table(latency_rows(report), LATENCY_HEADER, align="lrrrrrrrrr"), "",
-           table(model_rows(report), MODEL_HEADER, align="lrrrrrrrrr")]
+           table(model_rows(report), MODEL_HEADER, align="lrrrrrrrrrr")]
     notes = _per_output_notes(report)
     if notes:
         out += [""] + notes
     out += ["", f"ratio = median / {ref}'s median; round ratio = median over rounds of (time / {ref}'s time in "
-                "the same round); interval = its 95% confidence interval, widened to every set of sessions' own median. Below 1 is faster. Fidelity compares each model's outputs with the reference's."]
+                "the same round); interval = its 95% confidence interval, widened to every set of sessions' own median. Below 1 is faster. Fidelity compares each model's outputs with the reference's; "
+                "centred = the cosine once the reference's mean over the samples is taken out of both (what the input "
+                "decides; a plain cosine hides its loss where most of an output is common to every input)."]
     return "\n".join(out)
 
 
@@ -119,7 +124,7 @@ def _md_table(header: list[str], rows: list[list[str]], align: str) -> str:
 def format_markdown(report: BenchReport) -> str:
     out = [f"Reference: `{report.reference.name}`; {setup_line(report)}.", "", data_line(report) + ".", "",
            _md_table(LATENCY_HEADER, latency_rows(report), "lrrrrrrrrr"), "",
-           _md_table(MODEL_HEADER, model_rows(report), "lrrrrrrrrr")]
+           _md_table(MODEL_HEADER, model_rows(report), "lrrrrrrrrrr")]
     notes = _per_output_notes(report)
     if notes:
         out += [""] + [f"- {n}" for n in notes]
@@ -129,7 +134,7 @@ def format_markdown(report: BenchReport) -> str:
 CSV_HEADER = ["model", "path", "batch", "rounds", "median_ms", "p90_ms", "p99_ms", "min_ms", "ratio_of_medians",
               "median_round_ratio", "throughput_per_s", "file_bytes", "params", "macs", "peak_session_memory_bytes",
               "max_abs", "max_rel", "cosine", "top1_agreement", "accuracy", "threads", "round_ratio_interval_low",
-              "round_ratio_interval_high"]
+              "round_ratio_interval_high", "centred_cosine"]
 
 
 def format_csv(report: BenchReport) -> str:
@@ -139,6 +144,7 @@ def format_csv(report: BenchReport) -> str:
     w.writerow(CSV_HEADER)
     # the reference agrees with itself wherever the others have a top-1 agreement at all
     ref_top1 = 1.0 if any(e.fidelity and e.fidelity.top1_agreement is not None for e in report.entries) else ""
+    ref_centred = 1.0 if any(e.fidelity and e.fidelity.centred_cosine is not None for e in report.entries) else ""
     for e in report.entries:
         fid = e.fidelity
         for batch, t in e.timings.items():
@@ -149,7 +155,8 @@ def format_csv(report: BenchReport) -> str:
                         0.0 if fid is None else fid.max_abs, 0.0 if fid is None else fid.max_rel,
                         1.0 if fid is None else fid.cosine,
                         ref_top1 if fid is None else _blank(fid.top1_agreement), _blank(e.accuracy),
-                        report.settings.threads, *d["median_round_ratio_interval"]])
+                        report.settings.threads, *d["median_round_ratio_interval"],
+                        ref_centred if fid is None else _blank(fid.centred_cosine)])
     return buf.getvalue()
 
 
@@ -172,14 +179,16 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def quality(report: BenchReport) -> tuple[str, list[float]]:
-    """The y axis of the plot: accuracy when labelled, else top-1 agreement, else cosine with the
-    reference (the reference scores 1)."""
+    """The y axis of the plot: accuracy when labelled, else top-1 agreement, else the centred cosine
+    with the reference, else the plain one (the reference scores 1)."""
     entries = report.entries
     if all(e.accuracy is not None for e in entries):
         return "top-1 accuracy", [e.accuracy for e in entries]
     others = [e.fidelity for e in entries[1:]]
     if others and all(f.top1_agreement is not None for f in others):
         return "top-1 agreement with reference", [1.0] + [f.top1_agreement for f in others]
+    if others and all(f.centred_cosine is not None for f in others):
+        return "centred cosine with reference", [1.0] + [f.centred_cosine for f in others]
     return "cosine similarity to reference", [1.0] + [f.cosine for f in others]
 
 

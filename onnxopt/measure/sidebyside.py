@@ -21,7 +21,7 @@ from ..data.feeds import FeedSet
 from ..data.files import load_feeds
 from ..errors import BadData, BadModel, UsageError, first_line
 from ..graph import io as model_io
-from ..runtime.fidelity import Fidelity, compare
+from ..runtime.fidelity import Fidelity, compare, per_sample
 from ..runtime.sessions import (
     Feed,
     InputSpec,
@@ -301,6 +301,13 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
                               lambda done, total, label=f"timing batch {b}": report(label, done, total))
                for b in batches}
 
+    # samples, not batches, are the runs a centred cosine takes its mean over (runtime.fidelity.per_sample)
+    if feedset is not None and feedset.whole:
+        sizes = [feedset.batch] * len(fidelity_feeds)  # an input given whole (a state) says nothing of the batch
+    elif feedset is not None:
+        sizes = [len(next(iter(f.values()))) for f in fidelity_feeds]  # chunks of the data: every input batched
+    else:
+        sizes = [batches[0]] * len(fidelity_feeds)
     entries = []
     for i, sub in enumerate(subjects):
         stats = model_stats(sub.model, shapes[batches[0]])
@@ -308,9 +315,9 @@ def run_bench(subjects: Sequence[Subject], settings: Settings | None = None, *, 
             name=sub.name, path=str(sub.path) if sub.path else None, file_bytes=len(sub.data), params=stats.params,
             macs=stats.macs, nodes=stats.nodes, memory_bytes=memory[i],
             timings={b: timings[b][i] for b in batches},
-            fidelity=compare(outputs[0], outputs[i]) if i else None,
+            fidelity=compare(*per_sample(outputs[0], outputs[i], sizes)) if i else None,
             accuracy=top1_accuracy(outputs[i], labels) if labels is not None else None))
-    fidelity_samples = sum(len(next(iter(f.values()))) for f in fidelity_feeds)
+    fidelity_samples = sum(sizes)
     return BenchReport(settings=settings, machine=machine(), inputs={k: list(v) for k, v in shapes[batches[0]].items()},
                        data=source, fidelity_samples=fidelity_samples,
                        labelled_samples=len(labels) if labels is not None else 0, entries=entries)

@@ -31,7 +31,7 @@ class Fidelity:
     max_rel: float
     cosine: float
     top1_agreement: float | None
-    samples: int
+    samples: int  # runs compared: samples where the caller split batched runs (per_sample), else batches
     outputs: dict[str, OutputFidelity]
     centred_cosine: float | None = None  # as centred_cosine() takes it: None where no output can be centred
 
@@ -132,6 +132,24 @@ def cosine_agreement(fid: Fidelity) -> tuple[str, float]:
     if fid.centred_cosine is None:
         return "output cosine", float(fid.cosine)
     return "centred output cosine", float(fid.centred_cosine)
+
+
+def per_sample(reference: Sequence[Feed], candidate: Sequence[Feed],
+               batches: Sequence[int]) -> tuple[list[Feed], list[Feed]]:
+    """Both sides' batched runs as one run per sample (run i fed batches[i] samples), so that
+    compare() can centre over the samples of a single batched run. Decided once for both: only where
+    every output of every run, on both sides, leads with its batch size; otherwise the runs as they
+    are (an output that is not batched cannot be split, and one side split alone would not match)."""
+    def batched(runs: Sequence[Feed]) -> bool:
+        return len(runs) == len(batches) and all(np.ndim(v) >= 1 and np.shape(v)[0] == b
+                                                 for run, b in zip(runs, batches) for v in run.values())
+
+    def split(runs: Sequence[Feed]) -> list[Feed]:
+        return [{k: np.asarray(v)[i:i + 1] for k, v in run.items()} for run, b in zip(runs, batches) for i in range(b)]
+
+    if batched(reference) and batched(candidate):
+        return split(reference), split(candidate)
+    return list(reference), list(candidate)
 
 
 def _output_runs(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Iterator[tuple[str, list, list]]:

@@ -239,7 +239,14 @@ def test_fidelity_of_a_scaled_weight_is_what_verify_defines(report, data_path):
     assert fid.max_rel == max(logits.max_rel, probs.max_rel)
     assert fid.max_abs == max(logits.max_abs, probs.max_abs)
     assert fid.cosine == min(logits.cosine, probs.cosine)
-    assert fid.samples == 1  # one dynamic-batch chunk holding all 8 samples
+    # one dynamic-batch chunk holding all 8 samples, compared as 8 runs (fidelity.per_sample), so the
+    # centred cosine has a mean to take out: the reference's over the samples, from both sides
+    assert fid.samples == 8
+    for out, ref, got in (("logits", ref_logits, got_logits), ("probs", p_ref, p_got)):
+        mean = ref.astype(np.float64).mean(axis=0)
+        assert fid.outputs[out].centred_cosine == pytest.approx(cosine(ref - mean, got - mean), abs=1e-6)
+    # a scale moves the common part too, which the plain cosine, parallel, cannot see
+    assert logits.centred_cosine < 1 - 1e-4 and fid.centred_cosine == min(logits.centred_cosine, probs.centred_cosine)
 
 
 def test_fidelity_and_accuracy_of_a_permuted_model(report, data_path):
@@ -452,7 +459,7 @@ def test_format_markdown_is_a_valid_pipe_table(report):
     assert len(tables) == 2
     latency, models = tables
     assert len(latency) == 2 + 3 * 2 and len(models) == 2 + 3  # header, separator, rows
-    for t, columns in ((latency, 10), (models, 10)):
+    for t, columns in ((latency, 10), (models, 11)):
         assert _pipes(t[0]) == columns + 1
         assert all(_pipes(line) == _pipes(t[0]) for line in t), t
         assert re.fullmatch(r"\|( -{3,}:? \|)+", t[1]), t[1]
@@ -481,7 +488,9 @@ def test_format_csv(report):
         assert float(r["accuracy"]) == pytest.approx(e.accuracy)
     for r in rows[:2]:
         assert float(r["ratio_of_medians"]) == 1.0 and float(r["median_round_ratio"]) == 1.0
-        assert float(r["max_abs"]) == 0.0 and float(r["cosine"]) == 1.0
+        assert float(r["max_abs"]) == 0.0 and float(r["cosine"]) == 1.0 and float(r["centred_cosine"]) == 1.0
+    for r in rows[2:]:
+        assert float(r["centred_cosine"]) == pytest.approx(report.entries[NAMES.index(r["model"])].fidelity.centred_cosine)
     assert float(rows[2]["max_rel"]) == pytest.approx(0.1, rel=1e-5)
 
 
@@ -503,8 +512,9 @@ def test_as_dict_is_plain_json(report):
         assert set(fid["outputs"]) == {"logits", "probs"}
         assert set(fid["outputs"]["logits"]) == {"max_abs", "max_rel", "cosine", "top1_agreement", "centred_cosine"}
     assert scaled["fidelity_vs_reference"]["outputs"]["logits"]["max_rel"] == pytest.approx(0.1, rel=1e-5)
-    # one batched run a model: nothing to centre over (runtime.fidelity centres over runs)
-    assert scaled["fidelity_vs_reference"]["centred_cosine"] is None
+    # one batched run a model, compared sample by sample: a centred cosine, the worst output's
+    assert scaled["fidelity_vs_reference"]["centred_cosine"] == min(
+        o["centred_cosine"] for o in scaled["fidelity_vs_reference"]["outputs"].values())
     assert scaled["fidelity_vs_reference"]["max_rel"] == max(
         o["max_rel"] for o in scaled["fidelity_vs_reference"]["outputs"].values())
     assert [m["accuracy"] for m in d["models"]][:2] == [0.75, 0.75]
@@ -522,6 +532,12 @@ def test_quality_prefers_accuracy_then_agreement_then_cosine(report):
     assert ys[2] < 1.0
 
     entries[1] = dataclasses.replace(entries[1], fidelity=dataclasses.replace(entries[1].fidelity, top1_agreement=None))
+    label, ys = quality(dataclasses.replace(report, entries=entries))
+    assert label == "centred cosine with reference"
+    assert ys == [1.0] + [e.fidelity.centred_cosine for e in report.entries[1:]]
+    assert ys[1] < report.entries[1].fidelity.cosine  # the scaled model: parallel, but its common part moved
+
+    entries[2] = dataclasses.replace(entries[2], fidelity=dataclasses.replace(entries[2].fidelity, centred_cosine=None))
     label, ys = quality(dataclasses.replace(report, entries=entries))
     assert label == "cosine similarity to reference"
     assert ys == [1.0] + [e.fidelity.cosine for e in report.entries[1:]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.runtime.fidelity import centred_cosine, compare
+from onnxopt.runtime.fidelity import centred_cosine, compare, per_sample
 
 
 def _runs(outputs):
@@ -83,3 +83,38 @@ def test_compare_carries_the_centred_cosine_and_agreement_picks_the_measure_the_
     assert compare(logits, logits).centred_cosine is None
     flat = [{"v": rng.standard_normal(7)}]
     assert agreement(flat, flat)[0] == "output cosine"
+
+
+def test_per_sample_splits_batched_runs_so_one_batch_can_be_centred_and_leaves_unbatched_outputs_whole():
+    rng = np.random.default_rng(3)
+    common = rng.standard_normal((1, 6)) * 10
+    batched = [{"y": common + rng.standard_normal((5, 6)), "z": rng.standard_normal((5, 2))},
+               {"y": common + rng.standard_normal((3, 6)), "z": rng.standard_normal((3, 2))}]
+    split, same = per_sample(batched, batched, [5, 3])
+    assert len(split) == len(same) == 8 and all(run["y"].shape == (1, 6) and run["z"].shape == (1, 2) for run in split)
+    np.testing.assert_array_equal(np.concatenate([run["y"] for run in split]),
+                                  np.concatenate([run["y"] for run in batched]))
+    # a batched run alone cannot be centred; split, it is, and a model that kept only the common part
+    # shows: 0 on y (nothing of what the input decides), z unchanged, the worst output counts
+    constant = [{"y": np.repeat(common, 5, axis=0), "z": batched[0]["z"]}]
+    assert centred_cosine(batched[:1], constant) is None
+    assert abs(centred_cosine(*per_sample(batched[:1], constant, [5]))) < 1e-12
+    assert compare(batched[:1], constant).cosine > 0.95  # what the plain cosine says of it
+    # batch 1 splits into itself
+    ones = [{"y": run["y"][:1]} for run in batched]
+    assert [np.array_equal(a["y"], b["y"]) for a, b in zip(per_sample(ones, ones, [1, 1])[0], ones)] == [True, True]
+
+
+def test_per_sample_leaves_both_sides_whole_where_either_has_an_output_that_is_not_batched():
+    rng = np.random.default_rng(4)
+    reference = [{"y": rng.standard_normal((5, 3))}]
+    # an anchor table or a count beside the batched output: nothing is split
+    anchors = [{"y": reference[0]["y"], "anchors": np.ones((4, 2))}]
+    assert all(a is b for a, b in zip(per_sample(anchors, anchors, [5])[0], anchors))
+    assert all(a is b for a, b in zip(per_sample(reference, reference, [5, 5])[0], reference))  # sizes not the runs'
+    # a candidate that lost the batch axis: neither side is split, and compare() calls it total disagreement
+    squeezed = [{"y": reference[0]["y"][0]}]
+    ref_runs, cand_runs = per_sample(reference, squeezed, [5])
+    assert len(ref_runs) == len(cand_runs) == 1
+    fid = compare(ref_runs, cand_runs)
+    assert fid.max_rel == float("inf") and fid.cosine == 0.0
