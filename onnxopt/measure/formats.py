@@ -50,7 +50,8 @@ def model_rows(report: BenchReport) -> list[list[str]]:
         rows.append([e.name, human_bytes(e.file_bytes), human(e.params), human(e.macs),
                      human_bytes(e.memory_bytes) if e.memory_bytes is not None else "-",
                      "ref" if fid is None else f"{fid.max_abs:.3g}", "ref" if fid is None else f"{fid.max_rel:.3g}",
-                     "ref" if fid is None else f"{fid.cosine:.6f}", "ref" if fid is None else _f(fid.centred_cosine, ".6f"),
+                     "ref" if fid is None else f"{fid.cosine:.6f}",
+                     "ref" if fid is None else _f(fid.centred_cosine, ".6f"),
                      "ref" if fid is None else _f(fid.top1_agreement, ".1%"), _f(e.accuracy, ".2%")])
     return rows
 
@@ -108,7 +109,8 @@ def format_table(report: BenchReport) -> str:
     if notes:
         out += [""] + notes
     out += ["", f"ratio = median / {ref}'s median; round ratio = median over rounds of (time / {ref}'s time in "
-                "the same round); interval = its 95% confidence interval, widened to every set of sessions' own median. Below 1 is faster. Fidelity compares each model's outputs with the reference's; "
+                "the same round); interval = its 95% confidence interval, widened to every set of sessions' own "
+                "median. Below 1 is faster. Fidelity compares each model's outputs with the reference's; "
                 "centred = the cosine once the reference's mean over the samples is taken out of both (what the input "
                 "decides; a plain cosine hides its loss where most of an output is common to every input)."]
     return "\n".join(out)

@@ -490,7 +490,8 @@ def test_format_csv(report):
         assert float(r["ratio_of_medians"]) == 1.0 and float(r["median_round_ratio"]) == 1.0
         assert float(r["max_abs"]) == 0.0 and float(r["cosine"]) == 1.0 and float(r["centred_cosine"]) == 1.0
     for r in rows[2:]:
-        assert float(r["centred_cosine"]) == pytest.approx(report.entries[NAMES.index(r["model"])].fidelity.centred_cosine)
+        fid = report.entries[NAMES.index(r["model"])].fidelity
+        assert float(r["centred_cosine"]) == pytest.approx(fid.centred_cosine)
     assert float(rows[2]["max_rel"]) == pytest.approx(0.1, rel=1e-5)
 
 
