@@ -57,7 +57,6 @@ from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_mod
 from . import peer_tools
 from .common import machine, write
 from . import scenes as zoo_scenes
-from .scenes import common_share
 
 THREADS = 1  # 2 threads on this shared 2-core machine measured too noisy (A/A off by 4%)
 AA = "(A/A control)"
@@ -441,7 +440,7 @@ def centred_fidelity(reference: onnx.ModelProto, subjects: Sequence[tuple[str, o
     reference_runs = run_model(reference, held, optimization="all")
     cosines = {label: float(centred_cosine(reference_runs, run_model(model, held, optimization="all")))
                for label, model in subjects}
-    return cosines, common_share(reference_runs)
+    return cosines, zoo_scenes.common_share(reference_runs)
 
 
 def section_d_model(name: str, quick: bool) -> dict:

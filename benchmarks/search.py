@@ -59,7 +59,6 @@ from onnxopt.search.trial import Payload
 
 from .common import machine, results_dir, write
 from . import scenes as zoo_scenes
-from .scenes import common_share
 
 DIGITS = ("digits_resnet", "digits_mobilenetv2", "digits_mobilenet", "digits_repvgg")
 RECIPES = ("fold-bn,reparam", "fold-bn,prune:ratio=0.3", "fold-bn,quantize", "fold-bn,prune:ratio=0.3,quantize")
@@ -358,7 +357,7 @@ def zoo_run(name: str, quick: bool) -> dict:
         from onnxopt.runtime.sessions import run_model as _run
         return float(centred_cosine(reference_runs, _run(candidate, held, optimization="all")))
     calib = zoo_scenes.calibration(model)
-    common = common_share(reference_runs)
+    common = zoo_scenes.common_share(reference_runs)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = search(model, calib, metric=metric, max_drop=0.5, trials=6 if quick else 16, workers=2,
