@@ -55,7 +55,7 @@ from onnxopt.pipeline.run import Pipeline
 from onnxopt.pipeline.spec import parse_spec
 from onnxopt.search import search
 from onnxopt.search.run import RACE_MARGIN
-from onnxopt.search.trial import QUIET_SHARE, Payload
+from onnxopt.search.trial import Payload
 
 from .common import machine, results_dir, write
 from . import scenes as zoo_scenes
@@ -202,19 +202,14 @@ def workers_run(name: str, quick: bool) -> dict:
                             workers=workers, storage=storage, timing_budget=1.0 if quick else 2.0, resume=workers == 2)
             runs[workers] = {"seconds": time.perf_counter() - started, "control": result.report["control"],
                              "ratios": {t.spec: t.latency_ratio for t in result.trials if t.state == "complete"},
-                             "quiet_ratios": {t.spec: t.quiet_ratio for t in result.trials if t.state == "complete"},
                              "models": {t.spec: t.model_sha256 for t in result.trials if t.state == "complete"},
                              "trial_seconds": sum(t.seconds or 0 for t in result.trials),
                              "timing_seconds": sum(t.timing_seconds or 0 for t in result.trials),
                              "specs": [t.spec for t in result.trials]}
     controls.append(_controls(model, (pruned, int8), calib, repeats - 2 * (repeats // 3), budget))
-    aa = [a[0] for block in controls for a in block]
-    ab = [[a[1] for a in block] for block in controls]
-    ab_int8 = [[a[2] for a in block] for block in controls]
-    # the same, of the quiet ratios: do the models' fastest runs agree where their medians do not?
-    quiet_aa = [a[3] for block in controls for a in block]
-    quiet_ab = [[a[4] for a in block] for block in controls]
-    quiet_ab_int8 = [[a[5] for a in block] for block in controls]
+    aa = [a for block in controls for a, _, _ in block]
+    ab = [[b for _, b, _ in block] for block in controls]
+    ab_int8 = [[b for _, _, b in block] for block in controls]
     # the same spec may build another model in each run where a pass decides by timing (quantize's
     # speed check, prune's latency target): only the same model's two ratios say how well they agree
     both = sorted(set(runs[1]["ratios"]) & set(runs[2]["ratios"]))
@@ -224,13 +219,9 @@ def workers_run(name: str, quick: bool) -> dict:
                  "difference": abs(runs[1]["ratios"][s] - runs[2]["ratios"][s])} for s in common}
     built_apart = {s: {"one_worker": runs[1]["ratios"][s], "two_workers": runs[2]["ratios"][s]}
                    for s in both if s not in common}
-    quiet = {s: {"one_worker": runs[1]["quiet_ratios"][s], "two_workers": runs[2]["quiet_ratios"][s],
-                 "difference": abs(runs[1]["quiet_ratios"][s] - runs[2]["quiet_ratios"][s])} for s in common}
     return {"model": name, "wall_ratio": runs[2]["seconds"] / runs[1]["seconds"], "runs": runs, "a_a_noise": noise,
             "same_specs": runs[1]["specs"] == runs[2]["specs"], "common_specs": agree, "built_apart": built_apart,
-            "a_a_ratios": aa, "a_b_ratios": ab, "a_b_int8_ratios": ab_int8, **_agreements(agree, aa, ab),
-            "quiet": {"common_specs": quiet, "a_a_ratios": quiet_aa, "a_b_ratios": quiet_ab,
-                      "a_b_int8_ratios": quiet_ab_int8, **_agreements(quiet, quiet_aa, quiet_ab)}}
+            "a_a_ratios": aa, "a_b_ratios": ab, "a_b_int8_ratios": ab_int8, **_agreements(agree, aa, ab)}
 
 
 AA_REPEATS = 12   # A/A ratios timed around the searches: the spread of one trial's ratio
@@ -268,10 +259,9 @@ AGREE_SIGMAS = 3  # a same-model difference within 3 standard deviations of a tw
 
 
 def _controls(model: onnx.ModelProto, others: tuple[onnx.ModelProto, onnx.ModelProto], calib: FeedSet,
-              repeats: int, budget: float) -> list[tuple[float, ...]]:
+              repeats: int, budget: float) -> list[tuple[float, float, float]]:
     """`repeats` times, the original against itself (A/A) and a pruned model against the original
-    (A/B), in the same rounds, then an int8 model against the original, median ratios then quiet ones
-    (trial.quiet_ratio): each timed as a search's
+    (A/B), in the same rounds, then an int8 model against the original: each timed as a search's
     trial times a candidate beside its A/A control, in a Ray worker of a 2-CPU local instance, under
     the node's gate, with Ray's own processes running beside it, as they run beside a trial's timing."""
     from onnxopt.search import cluster
@@ -292,8 +282,7 @@ def _controls(model: onnx.ModelProto, others: tuple[onnx.ModelProto, onnx.ModelP
                 if "error" in result:
                     raise RuntimeError(f"A/A and A/B control: {result['error']}")
                 results.append(result)
-            timed.append((results[0]["control_ratio"], results[0]["latency_ratio"], results[1]["latency_ratio"],
-                          results[0]["control_quiet_ratio"], results[0]["quiet_ratio"], results[1]["quiet_ratio"]))
+            timed.append((results[0]["control_ratio"], results[0]["latency_ratio"], results[1]["latency_ratio"]))
     finally:
         cluster.shutdown()
     return timed
@@ -423,17 +412,14 @@ def drift_run(name: str, quick: bool) -> dict:
     rounds = 8 if quick else DRIFT_REPEATS
     span = 20.0 if quick else DRIFT_SECONDS
     series: dict[str, list[tuple[float, float]]] = {"A/A": [], **{kind: [] for kind in candidates}}  # (ratio, ms)
-    quiet: dict[str, list[float]] = {kind: [] for kind in series}
     started = time.perf_counter()
     for i in range(rounds):
         time.sleep(max(0.0, started + i * span / (rounds - 1) - time.perf_counter()))
         for kind in candidates:
             got = latency_ratio(payload, built[kind], with_control=True)
             series[kind].append((got["latency_ratio"], got["control_ms"]))
-            quiet[kind].append(got["quiet_ratio"])
             if kind == "pruned":
                 series["A/A"].append((got["control_ratio"], got["control_ms"]))
-                quiet["A/A"].append(got["control_quiet_ratio"])
     rows = {}
     for kind, pairs in series.items():
         x, ms = np.asarray(pairs).T
@@ -441,11 +427,7 @@ def drift_run(name: str, quick: bool) -> dict:
                       "low": float(x.min()), "high": float(x.max()), "lag1": float(np.corrcoef(x[:-1], x[1:])[0, 1]),
                       # the A/A's numerator is that very time: no correlation of its own to show
                       "with_original_ms": float(np.corrcoef(x, ms)[0, 1]) if kind in candidates else None,
-                      "ratios": x.tolist(),
-                      # the fastest runs' ratio (trial.quiet_ratio): does it wander less with the machine's state?
-                      "quiet": {"mean": float(np.mean(quiet[kind])), "sd": float(np.std(quiet[kind], ddof=1)),
-                                "low": float(np.min(quiet[kind])), "high": float(np.max(quiet[kind])),
-                                "median": float(np.median(quiet[kind])), "ratios": quiet[kind]}}
+                      "ratios": x.tolist()}
     times = [ms for _, ms in series["A/A"]]
     return {"model": name, "rounds": rounds, "seconds": time.perf_counter() - started,
             "original_ms_range": [min(times), max(times)], "kinds": rows}
@@ -520,16 +502,6 @@ def markdown(data: dict) -> str:
             lines += ["", f"The int8 A/B control (`{INT8_CONTROL}` against the original, timed right after each "
                       f"float one), block medians: {_joined(medians)} (standard deviation {sd:.4f}; not in the verdict, "
                       "which the float model's drift widens)"]
-        quiet = w.get("quiet") or {}
-        if quiet.get("agreement") is not None:  # runs before the quiet ratio was recorded have none
-            worst = max(quiet["common_specs"].items(), key=lambda kv: kv[1]["difference"])
-            lines += ["", f"The same on the quiet ratios (each model's fastest {100 * QUIET_SHARE:g}% of runs against "
-                      f"the other's, trial.quiet_ratio): within the A/A noise {'yes' if quiet['agreement']['agrees'] else 'NO'}, "
-                      f"{_verdict(quiet['agreement'])}; with the drift "
-                      f"{'yes' if quiet['agreement_with_drift']['agrees'] else 'NO'} (limit "
-                      f"{quiet['agreement_with_drift']['limit']:.4f}). Largest: `{worst[0]}` {worst[1]['one_worker']:.3f} / "
-                      f"{worst[1]['two_workers']:.3f}; int8 A/B control block medians "
-                      f"{_joined(_block_drift(quiet['a_b_int8_ratios'])[0])}"]
         apart = w.get("built_apart") or {}
         if apart:
             lines += ["", "Specs that built a different model in each run (a pass chose by timing), not compared: "
@@ -571,12 +543,6 @@ def markdown(data: dict) -> str:
             lines.append(f"| {label} | {r['mean']:.4f} | {r['sd']:.4f} | {r['low']:.4f}-{r['high']:.4f} | "
                          f"{r['lag1']:+.2f} | " + (f"{r['with_original_ms']:+.2f} |" if r["with_original_ms"] is not None
                                                    else "- |"))
-        quiet = {kind: r["quiet"] for kind, r in d["kinds"].items() if r.get("quiet")}
-        if quiet:
-            lines += ["", f"Quiet ratios of the same rounds (each model's fastest {100 * QUIET_SHARE:g}% of runs against "
-                      "the other's):", "", "| model | mean | median | standard deviation | range |", "|---|---|---|---|---|"]
-            lines += [f"| {kind} | {q['mean']:.4f} | {q['median']:.4f} | {q['sd']:.4f} | {q['low']:.4f}-{q['high']:.4f} |"
-                      for kind, q in quiet.items()]
         lines.append("")
     lines += ["", f"Took {data['seconds']:.0f} s (the sections rerun this time)."]
     return "\n".join(lines)

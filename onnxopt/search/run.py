@@ -234,12 +234,12 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 if key == carrier:  # a trial that failed before timing leaves it to a job of its own
                     carrier = None
                     if "control_ratio" in result:
-                        jobs["control"] = {k: result.pop(k) for k in ("control_ratio", "control_quiet_ratio") if k in result}
+                        jobs["control"] = {"control_ratio": result.pop("control_ratio")}
                     else:
                         runner.start("control", control_ratio)
                 # a trial another search failed and queued again (it took this one for gone) is its now
                 with contextlib.suppress(_taken()):
-                    for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "quiet_ratio", "timing_seconds",
+                    for k in ("node", "seconds", "size", "params", "macs", "original_ms", "rounds", "timing_seconds",
                               "gate_wait_seconds", "timings_cut", "model_sha256", "started_at", "timed_on"):
                         if result.get(k) is not None:
                             trial.set_user_attr(k, result[k])

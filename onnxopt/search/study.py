@@ -232,7 +232,6 @@ class TrialRecord:
     model_sha256: str | None = None      # of the model it built (passes that time may build another next time)
     timings_cut: int = 0                 # timings longer than the gate's MAX_HOLD: builds ran beside their end
     origin: str = "sampler"              # who asked for it: "recipe", "ladder" (latency targets, bisected) or "sampler"
-    quiet_ratio: float | None = None     # of the two models' fastest runs (trial.quiet_ratio): less moved by a neighbour's load
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -251,8 +250,7 @@ def records(study: Any, base_metric: float) -> list[TrialRecord]:
             out.append(TrialRecord(t.number, a.get("spec", ""), "complete", metric, base_metric - metric, latency,
                                    a.get("size"), a.get("params"), a.get("macs"), a.get("node"), a.get("seconds"),
                                    timing_seconds=a.get("timing_seconds"), model_sha256=a.get("model_sha256"),
-                                   timings_cut=a.get("timings_cut") or 0, origin=origin,
-                                   quiet_ratio=a.get("quiet_ratio")))
+                                   timings_cut=a.get("timings_cut") or 0, origin=origin))
         elif t.state == optuna.trial.TrialState.FAIL and a.get("error") != INTERRUPTED:
             out.append(TrialRecord(t.number, a.get("spec", ""), "failed", error=a.get("error"),
                                    seconds=a.get("seconds"), origin=origin))

@@ -21,11 +21,6 @@ from ..runtime.sessions import Feed
 Metric = Callable[[onnx.ModelProto], float]
 SETTLE = 0.01  # a trial's latency ratio is known well enough once its 95% interval is within ±1%
 RACE_SESSION_SETS = 3  # sets of sessions a race pools its rounds over (see race)
-# the quiet ratio: each model's fastest runs, this share of them, against each other. A neighbour
-# the node's gate cannot stop (another VM on the host) slows some kernels more than others: on an
-# AVX2 EPYC VM the same int8 model's median ratio ranged 0.77-0.94 in three minutes while its fastest
-# 1-2% of runs gave 0.71-0.76 (benchmarks/results/notes/int8-load-x86-avx2.md)
-QUIET_SHARE = 0.02
 
 
 @dataclasses.dataclass
@@ -125,20 +120,12 @@ def latency_ratio(payload: Payload, model: onnx.ModelProto, with_control: bool =
     # at most the time budget; a fast model stops once its ratio is known to within a percent
     timings = interleave(runners, warmup=5, rounds=20000, budget_seconds=payload.timing_budget, seed=payload.seed,
                          settle=SETTLE)
-    out = {"latency_ratio": timings[1].median_round_ratio, "quiet_ratio": quiet_ratio(timings[1], timings[0]),
-           "original_ms": timings[0].median * 1e3, "rounds": len(timings[0].seconds), "timed_on": timed_on()}
+    out = {"latency_ratio": timings[1].median_round_ratio, "original_ms": timings[0].median * 1e3,
+           "rounds": len(timings[0].seconds), "timed_on": timed_on()}
     if with_control:
         out["control_ratio"] = timings[2].median_round_ratio
-        out["control_quiet_ratio"] = quiet_ratio(timings[2], timings[0])
         out["control_ms"] = timings[2].median * 1e3  # the original's time, apart from the ratios' denominator
     return out
-
-
-def quiet_ratio(candidate, original) -> float:
-    """The ratio of the two models' fastest runs (QUIET_SHARE of each): what the candidate saves on
-    a core nothing else disturbs, beside the median ratio, which is what it saves under the load the
-    machine had while it was timed."""
-    return candidate.quantile(QUIET_SHARE) / original.quantile(QUIET_SHARE)
 
 
 def control_ratio(payload: Payload) -> dict:
