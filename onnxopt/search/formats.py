@@ -8,7 +8,7 @@ from ..text import human, human_bytes, table
 from .cluster import MAX_HOLD
 from .run import RACE_MARGIN, SearchResult
 from .space import decided_by_timing
-from .study import within_budget
+from .study import load_moved, within_budget
 
 
 def _pct(x: float | None) -> str:
@@ -60,6 +60,10 @@ def format_front(result: SearchResult) -> str:
         lines += [f"warning: {len(cut)} trial(s) timed for longer than {MAX_HOLD:.0f} s at once, and the node's other "
                   f"builds went on before the timing ended; their ratios may be off: "
                   + ", ".join(f"#{t.number}" for t in cut[:8])]
+    for node, (fastest, slowest) in sorted(load_moved(result.trials).items()):
+        lines += [f"warning: the original's median run took {fastest:.3g} to {slowest:.3g} ms across the trials on node "
+                  f"{node}: its load moved while they were timed, and ratios timed at different loads compare "
+                  "loosely (int8's most); a race, where the choice has one, times its entrants again in the same rounds"]
     lines.append("")
     if result.best is not None:
         best = next(t for t in result.trials if t.spec == result.spec and t.state == "complete")

@@ -316,6 +316,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         "best": best.as_dict() if best else None, "closest": closest.as_dict() if closest else None,
         "best_decided_by_timing": decided_by_timing(best.spec) if best else None, "best_is_measured_model": measured,
         "race": race or None,
+        # nodes where the original's median run moved by more than studies.LOAD_SPREAD between trials
+        "load_moved": {node: list(span) for node, span in studies.load_moved(records).items()},
         "front": [r.as_dict() for r in front], "trials": [r.as_dict() for r in records],
     }
     from ..measure.timing import machine

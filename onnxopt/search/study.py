@@ -232,6 +232,7 @@ class TrialRecord:
     model_sha256: str | None = None      # of the model it built (passes that time may build another next time)
     timings_cut: int = 0                 # timings longer than the gate's MAX_HOLD: builds ran beside their end
     origin: str = "sampler"              # who asked for it: "recipe", "ladder" (latency targets, bisected) or "sampler"
+    original_ms: float | None = None     # the original's median run in this trial's timing: the node's load then
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -250,7 +251,8 @@ def records(study: Any, base_metric: float) -> list[TrialRecord]:
             out.append(TrialRecord(t.number, a.get("spec", ""), "complete", metric, base_metric - metric, latency,
                                    a.get("size"), a.get("params"), a.get("macs"), a.get("node"), a.get("seconds"),
                                    timing_seconds=a.get("timing_seconds"), model_sha256=a.get("model_sha256"),
-                                   timings_cut=a.get("timings_cut") or 0, origin=origin))
+                                   timings_cut=a.get("timings_cut") or 0, origin=origin,
+                                   original_ms=a.get("original_ms")))
         elif t.state == optuna.trial.TrialState.FAIL and a.get("error") != INTERRUPTED:
             out.append(TrialRecord(t.number, a.get("spec", ""), "failed", error=a.get("error"),
                                    seconds=a.get("seconds"), origin=origin))
@@ -258,6 +260,24 @@ def records(study: Any, base_metric: float) -> list[TrialRecord]:
     for r in front:
         r.on_front = True
     return out
+
+
+# how far the original's median run may differ between one node's trials before the report says the
+# node's load moved: between trials in separate processes it differs by a few percent where its
+# sessions land; a neighbour's load moved it 19% in ten trials on an AVX2 EPYC VM, and moved an
+# int8 model's ratio from 0.77 to 0.93 (benchmarks/results/notes/int8-load-x86-avx2.md)
+LOAD_SPREAD = 0.10
+
+
+def load_moved(done: list[TrialRecord]) -> dict[str, tuple[float, float]]:
+    """node -> (fastest, slowest) median run of the original over that node's trials, for the
+    nodes where they differ by more than LOAD_SPREAD: the load a trial met moved its ratio there,
+    and ratios timed at two loads compare loosely (an int8 model's most)."""
+    by_node: dict[str, list[float]] = {}
+    for r in done:
+        if r.state == "complete" and r.original_ms:
+            by_node.setdefault(r.node or "?", []).append(r.original_ms)
+    return {node: (min(ms), max(ms)) for node, ms in by_node.items() if max(ms) > (1 + LOAD_SPREAD) * min(ms)}
 
 
 def pareto(done: list[TrialRecord]) -> list[TrialRecord]:

@@ -14,9 +14,9 @@ def _result(trials: list[TrialRecord]) -> SearchResult:
     return SearchResult(object(), best.spec, [best], trials, None, report)  # best: any model
 
 
-def _trial(number: int, spec: str, cut: int) -> TrialRecord:
-    return TrialRecord(number, spec, "complete", 0.9, 0.0, 0.5, 100, 10, 1000, "n", 10.0, timing_seconds=4.0,
-                       timings_cut=cut)
+def _trial(number: int, spec: str, cut: int, original_ms: float | None = None, node: str = "n") -> TrialRecord:
+    return TrialRecord(number, spec, "complete", 0.9, 0.0, 0.5, 100, 10, 1000, node, 10.0, timing_seconds=4.0,
+                       timings_cut=cut, original_ms=original_ms)
 
 
 def test_a_trial_whose_timing_outlasted_the_gate_is_named():
@@ -48,3 +48,19 @@ def test_the_latency_targets_tried_say_where_the_budget_breaks():
         "  #4 target 0.725: failed",
         "  #2 target 0.8: x0.810, drop 0.50 points, within the budget"]
     assert "latency targets" not in format_front(_result([_trial(0, "fold-bn", 0)]))
+
+
+def test_a_node_whose_load_moved_between_trials_is_named_with_the_originals_times():
+    # the AVX2 EPYC VM of notes/int8-load-x86-avx2.md: 0.60 to 0.72 ms over ten trials on one node;
+    # a second node within 10% of itself (0.50 to 0.54 ms) is not named, nor is a failed trial
+    trials = [_trial(0, "fold-bn", 0, 0.60, "a"), _trial(1, "fold-bn,quantize", 0, 0.72, "a"),
+              _trial(2, "fold-bn,prune:ratio=0.3", 0, 0.50, "b"), _trial(3, "prune:ratio=0.5", 0, 0.54, "b"),
+              TrialRecord(4, "prune:ratio=0.9", "failed", error="RuntimeError: x")]
+    warnings = [line for line in format_front(_result(trials)).splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "0.6 to 0.72 ms" in warnings[0] and "node a:" in warnings[0]
+
+
+def test_a_load_within_a_tenth_gives_no_warning():
+    trials = [_trial(0, "fold-bn", 0, 0.60), _trial(1, "fold-bn,quantize", 0, 0.659), _trial(2, "prune:ratio=0.5", 0)]
+    assert "warning" not in format_front(_result(trials))

@@ -70,6 +70,11 @@ def test_the_chosen_spec_reproduces_its_model(tmp_path):
     # the scan ran beside the recipes (the space spreads ratios by it), and every trial timed alone
     assert sorted(result.report["sensitive_layers"]) == ["c1", "c2"] and result.report["scan_error"] is None
     assert all(0 < t.timing_seconds < t.seconds for t in result.trials)
+    # each trial keeps the original's median run it was timed beside (the node's load then); the
+    # report names the nodes where that moved by more than a tenth (this machine's load decides which)
+    assert all(t.original_ms > 0 for t in result.trials)
+    spans = [max(t.original_ms for t in result.trials), min(t.original_ms for t in result.trials)]
+    assert (result.report["load_moved"] != {}) == (spans[0] > 1.1 * spans[1])
     # the sampler knows each trial's overrun of the budget (feasible at <= 0), from its drop
     import optuna
     study = optuna.load_study(study_name=result.report["study"], storage=f"sqlite:///{tmp_path / 'study.db'}")
