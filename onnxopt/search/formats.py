@@ -1,6 +1,7 @@
 """A search's results for people (the front as a table, one line on the choice) and as a plot."""
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def format_front(result: SearchResult) -> str:
                   f"builds went on before the timing ended; their ratios may be off: "
                   + ", ".join(f"#{t.number}" for t in cut[:8])]
     for node, (fastest, slowest) in sorted(load_moved(result.trials).items()):
-        lines += [f"warning: the original's median run took {fastest:.3g} to {slowest:.3g} ms across the trials on node "
+        places = max(0, 2 - math.floor(math.log10(slowest)))  # three significant digits, alike on both
+        lines += [f"warning: the original's median run took {fastest:.{places}f} to {slowest:.{places}f} ms across the trials on node "
                   f"{node}: its load moved while they were timed, and ratios timed at different loads compare "
                   "loosely (int8's most); a race, where the choice has one, times its entrants again in the same rounds"]
     lines.append("")

@@ -58,7 +58,7 @@ def test_a_node_whose_load_moved_between_trials_is_named_with_the_originals_time
               TrialRecord(4, "prune:ratio=0.9", "failed", error="RuntimeError: x")]
     warnings = [line for line in format_front(_result(trials)).splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1
-    assert "0.6 to 0.72 ms" in warnings[0] and "node a:" in warnings[0]
+    assert "0.600 to 0.720 ms" in warnings[0] and "node a:" in warnings[0]
 
 
 def test_a_load_within_a_tenth_gives_no_warning():
