@@ -9,7 +9,7 @@ from ..text import human, human_bytes, table
 from .cluster import MAX_HOLD
 from .run import RACE_MARGIN, SearchResult
 from .space import decided_by_timing
-from .study import load_moved, within_budget
+from .study import within_budget
 
 
 def _pct(x: float | None) -> str:
@@ -61,8 +61,8 @@ def format_front(result: SearchResult) -> str:
         lines += [f"warning: {len(cut)} trial(s) timed for longer than {MAX_HOLD:.0f} s at once, and the node's other "
                   f"builds went on before the timing ended; their ratios may be off: "
                   + ", ".join(f"#{t.number}" for t in cut[:8])]
-    for node, (fastest, slowest) in sorted(load_moved(result.trials).items()):
-        places = max(0, 2 - math.floor(math.log10(slowest)))  # three significant digits, alike on both
+    for node, (fastest, slowest) in sorted((r.get("load_moved") or {}).items()):
+        places = max(0, 2 - math.floor(math.log10(slowest)))  # the slower to three significant digits, the faster alike
         lines += [f"warning: the original's median run took {fastest:.{places}f} to {slowest:.{places}f} ms across the trials on node "
                   f"{node}: its load moved while they were timed, and ratios timed at different loads compare "
                   "loosely (int8's most); a race, where the choice has one, times its entrants again in the same rounds"]

@@ -264,17 +264,17 @@ def records(study: Any, base_metric: float) -> list[TrialRecord]:
 
 # how far the original's median run may differ between one node's trials before the report says the
 # node's load moved: between trials in separate processes it differs by a few percent where its
-# sessions land; a neighbour's load moved it 19% in ten trials on an AVX2 EPYC VM, and moved an
-# int8 model's ratio from 0.77 to 0.93 (benchmarks/results/notes/int8-load-x86-avx2.md)
+# sessions land; a neighbour's load moved it 19% over ten trials on an AVX2 EPYC VM, where such load
+# moved an int8 model's ratio from 0.77 to 0.93 (benchmarks/results/notes/int8-load-x86-avx2.md)
 LOAD_SPREAD = 0.10
 
 
-def load_moved(done: list[TrialRecord]) -> dict[str, tuple[float, float]]:
+def load_moved(trials: list[TrialRecord]) -> dict[str, tuple[float, float]]:
     """node -> (fastest, slowest) median run of the original over that node's trials, for the
     nodes where they differ by more than LOAD_SPREAD: the load a trial met moved its ratio there,
     and ratios timed at two loads compare loosely (an int8 model's most)."""
     by_node: dict[str, list[float]] = {}
-    for r in done:
+    for r in trials:
         if r.state == "complete" and r.original_ms:
             by_node.setdefault(r.node or "?", []).append(r.original_ms)
     return {node: (min(ms), max(ms)) for node, ms in by_node.items() if max(ms) > (1 + LOAD_SPREAD) * min(ms)}
