@@ -459,7 +459,8 @@ def markdown(data: dict) -> str:
                          + (f"{100 * seen:.2f} |" if seen is not None else "- |"))
         race = (d.get("race") or {}).get("entrants")
         if race:  # the search's own side-by-side rerun of its closest candidates, before it chose
-            lines += ["", f"raced before the choice ({len(race)} within the budget and {RACE_MARGIN:.0%} of the fastest; "
+            margin = d["race"].get("margin", RACE_MARGIN)  # wider where the load moved (runs before had none)
+            lines += ["", f"raced before the choice ({len(race)} within the budget and {margin:.0%} of the fastest; "
                       "trial ratio -> "
                       "race ratio): " + ", ".join(f"#{e['number']} {e['trial_ratio']:.3f} -> {e['race_ratio']:.3f}"
                                                   for e in race)]

@@ -65,7 +65,8 @@ def format_front(result: SearchResult) -> str:
         places = max(0, 2 - math.floor(math.log10(slowest)))  # the slower to three significant digits, the faster alike
         lines += [f"warning: the original's median run took {fastest:.{places}f} to {slowest:.{places}f} ms across the trials on node "
                   f"{node}: its load moved while they were timed, and ratios timed at different loads compare "
-                  "loosely (int8's most); a race, where the choice has one, times its entrants again in the same rounds"]
+                  "loosely (int8's most); the choice races the trials within that spread of the fastest (a quarter at "
+                  "most) in the same rounds"]
     lines.append("")
     if result.best is not None:
         best = next(t for t in result.trials if t.spec == result.spec and t.state == "complete")
@@ -76,7 +77,8 @@ def format_front(result: SearchResult) -> str:
         lines.append(f"chosen: {result.spec} ({latency}, drop {best.drop * 100:.2f} points); "
                      f"reproduce with: onnxopt run MODEL --passes {shlex.quote(result.spec)} --calib CALIB")
         if raced is not None:
-            lines.append(f"  raced side by side: {len(race['entrants'])} trials within the budget and {RACE_MARGIN:.0%} of "
+            lines.append(f"  raced side by side: {len(race['entrants'])} trials within the budget and "
+                         f"{race.get('margin', RACE_MARGIN):.0%} of "
                          "the fastest (trial -> race): "
                          + ", ".join(f"#{e['number']} x{e['trial_ratio']:.3f} -> x{e['race_ratio']:.3f}"
                                      for e in race["entrants"])

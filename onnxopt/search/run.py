@@ -35,6 +35,9 @@ REPEATS_PER_TRIAL = 3  # specs asked again (cheap: no build) before a search tha
 # recipes). Those within RACE_MARGIN of the fastest trial's ratio race, RACE_SIZE at most.
 RACE_MARGIN = 0.05
 RACE_SIZE = 4
+# the margin where a node's load moved between trials (studies.race_margin): models within it are
+# kept while the search runs, in case the load moved
+RACE_WIDEST = 0.25
 OTHERS_POLL_SECONDS = 2.0  # how often a search whose last trials other searches build looks for their results
 
 
@@ -256,7 +259,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                         kept[key] = (studies.choice_order(result["latency_ratio"], result["metric"], result["size"]),
                                      result["model"])
                         kept = {n: kept[n] for n in studies.closest_to_fastest(
-                            {n: order for n, (order, _) in kept.items()}, RACE_MARGIN, RACE_SIZE)}
+                            {n: order for n, (order, _) in kept.items()}, max(RACE_MARGIN, RACE_WIDEST), RACE_SIZE)}
                 told = study._storage.get_trial(trial._trial_id)
                 if told.state.name == "COMPLETE":
                     seen_specs[result["spec"]] = told
@@ -345,9 +348,10 @@ def _race_the_closest(runner: Any, records: list[studies.TrialRecord], best: stu
                       sources: dict[int, bytes], max_drop: float,
                       racing: Callable[[int], None]) -> tuple[studies.TrialRecord | None, dict]:
     """(the choice, the race for the report): the trials within the budget closest to the fastest
-    (studies.contenders) whose models are at hand race (see RACE_MARGIN), and the fastest there is
-    chosen; with fewer than two, `best` stands."""
-    close = studies.contenders(records, max_drop, RACE_MARGIN, RACE_SIZE)
+    (studies.contenders) whose models are at hand race (see RACE_MARGIN, wider where a node's load
+    moved: studies.race_margin), and the fastest there is chosen; with fewer than two, `best` stands."""
+    margin = studies.race_margin(records, RACE_MARGIN, RACE_WIDEST)
+    close = studies.contenders(records, max_drop, margin, RACE_SIZE)
     entrants = [r for r in close if r.number in sources]
     race: dict = {}
     if len(entrants) > 1:
@@ -356,6 +360,8 @@ def _race_the_closest(runner: Any, records: list[studies.TrialRecord], best: stu
         best = _race_winner(entrants, race)
     if len(entrants) < len(close):  # measured by an earlier or another search: their models are not here
         race["left_out"] = [r.number for r in close if r.number not in sources]
+    if race:
+        race["margin"] = margin
     return best, race
 
 

@@ -185,6 +185,23 @@ def test_the_choice_is_the_fastest_of_the_close_trials_timed_again_side_by_side(
     assert f"in its trial, x{entrants[-1]['race_ratio']:.3f} in the race" in text and "(trial -> race)" in text
 
 
+def test_where_a_nodes_load_moved_the_race_takes_trials_as_far_from_the_fastest_as_it_moved(tmp_path, monkeypatch):
+    import onnxopt.search.run as search_run
+    import onnxopt.search.study as studies
+    from onnxopt.search.formats import format_front
+    # the original ran 11 times slower in one trial than in another: every trial within the budget may be the fastest
+    monkeypatch.setattr(studies, "load_moved", lambda trials: {"n": (1.0, 11.0)})
+    monkeypatch.setattr(search_run, "RACE_WIDEST", 20.0)
+    result = _run(tmp_path, trials=4)
+    race = result.report["race"]
+    within = sorted((t for t in result.trials if t.state == "complete" and t.drop <= 0.5),
+                    key=lambda t: (t.latency_ratio, -t.metric, t.size))
+    assert race["margin"] == 10.0 and len(within) > 1
+    assert [e["number"] for e in race["entrants"]] == [t.number for t in within[:4]]
+    assert "trials within the budget and 1000% of the fastest" in format_front(result)
+    assert result.report["load_moved"] == {"n": [1.0, 11.0]}
+
+
 def test_a_failed_race_leaves_the_choice_to_the_trials_timings(tmp_path, monkeypatch):
     import onnxopt.search.run as search_run
     from onnxopt.search.formats import format_front
