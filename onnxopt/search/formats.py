@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..text import human, human_bytes, table
 from .cluster import MAX_HOLD
-from .run import RACE_MARGIN, SearchResult
+from .run import RACE_MARGIN, RACE_WIDEST, SearchResult
 from .space import decided_by_timing
 from .study import within_budget
 
@@ -65,8 +65,8 @@ def format_front(result: SearchResult) -> str:
         places = max(0, 2 - math.floor(math.log10(slowest)))  # the slower to three significant digits, the faster alike
         lines += [f"warning: the original's median run took {fastest:.{places}f} to {slowest:.{places}f} ms across the trials on node "
                   f"{node}: its load moved while they were timed, and ratios timed at different loads compare "
-                  "loosely (int8's most); the choice races the trials within that spread of the fastest (a quarter at "
-                  "most) in the same rounds"]
+                  f"loosely (int8's most); a race before the choice, where there is one, takes the trials within the largest "
+                  f"such spread of the fastest ({RACE_WIDEST:.0%} at most) and times them in the same rounds"]
     lines.append("")
     if result.best is not None:
         best = next(t for t in result.trials if t.spec == result.spec and t.state == "complete")

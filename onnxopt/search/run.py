@@ -35,8 +35,10 @@ REPEATS_PER_TRIAL = 3  # specs asked again (cheap: no build) before a search tha
 # recipes). Those within RACE_MARGIN of the fastest trial's ratio race, RACE_SIZE at most.
 RACE_MARGIN = 0.05
 RACE_SIZE = 4
-# the margin where a node's load moved between trials (studies.race_margin): models within it are
-# kept while the search runs, in case the load moved
+# the widest margin, where a node's load moved between trials (studies.race_margin: the original's
+# spread there): a ratio timed at the slow moment may be that much too high (on an AVX2 EPYC VM the
+# original's time moved 19% and an int8 ratio 21%), but a race of trials further apart than a
+# quarter would mostly time models that cannot win. Models within it are kept while the search runs.
 RACE_WIDEST = 0.25
 OTHERS_POLL_SECONDS = 2.0  # how often a search whose last trials other searches build looks for their results
 
@@ -128,7 +130,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         raise
     runner = cluster.Runner(payload, timed_on)
     driver = cluster.driver_gate()
-    kept: dict[int, tuple[tuple, bytes]] = {}  # trial number -> (its choice order, model): the race's entrants
+    kept: dict[int, tuple[tuple, bytes]] = {}  # trial number -> (its choice order, model): those that may race
     asked: dict[int, Any] = {}
     # the sensitivity scan runs beside the first trials (the recipes need no scan unless the space
     # leaves no 0 for protect or spread); a trial that needs it waits for it. The A/A control rides
@@ -253,8 +255,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                         over_budget(trial, result["metric"])
                         study.tell(trial, [result["latency_ratio"], result["metric"]])
                 if "error" not in result:
-                    # keep the bytes of the race's entrants so far only (a full-size model per trial would
-                    # not fit in memory); a choice not kept is built again below
+                    # keep the bytes of those that may race only (RACE_SIZE closest within the widest margin:
+                    # a full-size model per trial would not fit in memory); a choice not kept is built again below
                     if studies.within_budget(base_metric - result["metric"], max_drop):
                         kept[key] = (studies.choice_order(result["latency_ratio"], result["metric"], result["size"]),
                                      result["model"])

@@ -70,6 +70,7 @@ def test_the_table_warns_of_each_node_the_report_says_its_load_moved():
     warnings = [line for line in format_front(result).splitlines() if line.startswith("warning:")]
     assert [w.split("took ")[1].split(" ms")[0] for w in warnings] == ["0.600 to 0.717", "12.3 to 15.0"]
     assert "node a:" in warnings[0] and "node b:" in warnings[1]
+    assert "takes the trials within the largest such spread of the fastest (25% at most)" in warnings[0]
 
 
 def test_the_race_margin_widens_with_the_largest_spread_a_node_saw_within_its_bounds():
