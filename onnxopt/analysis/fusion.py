@@ -7,6 +7,11 @@ level that runs the QDQ fusions, before layout changes blur op names), reads the
 (SessionOptions.optimized_model_filepath) and lists every float op still fed by a DequantizeLinear:
 an island when what it computes goes on to a QuantizeLinear, the model's float tail (a Softmax
 after the last layer) when it only reaches graph outputs.
+
+Which units fuse depends on the platform onnxruntime was built for: units with int8 activations
+fuse on ARM builds only (on x86 their integer kernels would saturate), so an int8-activation model
+audited on x86 shows islands that ARM does not run. An audit for another platform sets that
+platform's rule (`int8_fused`), the session option onnxruntime offers for exporting to one.
 """
 from __future__ import annotations
 
@@ -67,7 +72,9 @@ class FusionAudit:
                 f"{self.quantize} Q / {self.dequantize} DQ left{tail}")
 
 
-def audit(model: onnx.ModelProto | bytes, *, threads: int = 1) -> FusionAudit:
+def audit(model: onnx.ModelProto | bytes, *, threads: int = 1, int8_fused: bool | None = None) -> FusionAudit:
+    """The audit as onnxruntime on this CPU runs the model, or, with `int8_fused`, as it runs it on a
+    platform that does (ARM) or does not (x86) fuse QDQ units with int8 activations."""
     data = model if isinstance(model, bytes) else model.SerializeToString()
     with tempfile.TemporaryDirectory(prefix="onnxopt-audit-") as tmp:
         path = os.path.join(tmp, "optimized.onnx")
@@ -76,6 +83,8 @@ def audit(model: onnx.ModelProto | bytes, *, threads: int = 1) -> FusionAudit:
         so.optimized_model_filepath = path
         so.intra_op_num_threads = threads
         so.log_severity_level = 3
+        if int8_fused is not None:
+            so.add_session_config_entry("session.qdqisint8allowed", "1" if int8_fused else "0")
         try:
             ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT's own exception types

@@ -64,7 +64,7 @@ def _arch() -> str:
 
 def parse_cpuinfo(text: str, arch: str) -> CpuInfo:
     """A CpuInfo from the text of /proc/cpuinfo (the first processor's entry)."""
-    model, flags = "", set()
+    model, flags, ids = "", set(), {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
@@ -72,6 +72,12 @@ def parse_cpuinfo(text: str, arch: str) -> CpuInfo:
             model = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = set(value.split())
+        elif key in ("cpu implementer", "cpu part"):
+            ids.setdefault(key, value.strip())
+    if not model and ids:
+        # ARM Linux names no model: its implementer and part tell one core from another (0x41 0xd0c,
+        # Neoverse N1; 0x41 0xd40, V1), whose ratios do not compare even where their flags are alike
+        model = f"implementer {ids.get('cpu implementer', '?')} part {ids.get('cpu part', '?')}"
     wanted = X86_FLAGS if arch == "x86_64" else ARM_FLAGS
     return CpuInfo(arch, model or platform.processor() or arch, frozenset(f for f in wanted if f in flags))
 

@@ -306,7 +306,7 @@ def quantize_graph(p, graph: Graph, ctx: PassContext, result: PassResult) -> Pas
         result.notes.append(f"warning: force=true keeps int8 on a CPU where it does not pay: {timing.ratio:.3f}x the "
                             f"float model's latency{moved}")
     if o.audit:
-        _audit(result, model, ctx, _kept_float_names(builder, final_plan, float_keys))
+        _audit(result, model, ctx, _kept_float_names(builder, final_plan, float_keys), target)
     return result
 
 
@@ -410,11 +410,13 @@ def _agreement(result: PassResult, float_model: onnx.ModelProto, model: onnx.Mod
                             f"max abs error {v['max_abs']:.3g}{top1}")
 
 
-def _audit(result: PassResult, model: onnx.ModelProto, ctx: PassContext, kept_float: dict[str, str]) -> None:
+def _audit(result: PassResult, model: onnx.ModelProto, ctx: PassContext, kept_float: dict[str, str],
+           target: Target) -> None:
     """The fusion audit, and the ops kept float that onnxruntime runs as integer kernels anyway: an op
     between quantized neighbours still reads a DequantizeLinear and feeds a QuantizeLinear, the very
-    unit onnxruntime fuses (a float-weight Conv there gets its weights quantized by onnxruntime)."""
-    found = audit(model, threads=ctx.threads)
+    unit onnxruntime fuses (a float-weight Conv there gets its weights quantized by onnxruntime).
+    Audited as the target's platform fuses: int8 activations made for ARM fuse there, not on x86."""
+    found = audit(model, threads=ctx.threads, int8_fused=target.int8_fused)
     result.details["fusion"] = found.as_dict()
     anyway = {name: found.integer_nodes[name] for name in kept_float if name in found.integer_nodes}
     result.details["fusion"]["fused_anyway"] = anyway

@@ -22,6 +22,14 @@ class Target:
     about: str
 
     @property
+    def int8_fused(self) -> bool | None:
+        """Whether onnxruntime on this target fuses QDQ units with int8 activations into integer
+        kernels: on ARM builds only (analysis.fusion); None for a CPU kind not named here."""
+        if self.name == "arm64":
+            return True
+        return False if self.name.startswith("x86") else None
+
+    @property
     def weights(self) -> str:
         return "int8, pair-bounded (no int16 saturation)" if self.pair_bound else "int8"
 

@@ -454,3 +454,12 @@ def test_a_speed_comparison_stops_once_its_ratio_is_known(monkeypatch):
     monkeypatch.setattr(timing.time, "perf_counter", lambda: ticks[0])  # the time module both use
     assert speed.ratio("a", "b", {}, 1) == pytest.approx(0.9)
     assert calls == {"a": 1 + 2 + 50, "b": 1 + 2 + 50}  # the round that sets the budget, the warm-up, 50 timed
+
+
+def test_an_arm_cpu_without_a_model_name_is_named_by_its_implementer_and_part():
+    # ARM's /proc/cpuinfo has no "model name": two cores alike in flags must still read apart (timed_on)
+    n1 = cpu.parse_cpuinfo(GRAVITON + "CPU part\t: 0xd0c\n", "arm64")
+    v1 = cpu.parse_cpuinfo(GRAVITON + "CPU part\t: 0xd40\n", "arm64")
+    assert n1.model == "implementer 0x41 part 0xd0c" and v1.model == "implementer 0x41 part 0xd40"
+    assert n1.describe() != v1.describe() and n1.kind == v1.kind == "arm64"
+    assert cpu.parse_cpuinfo(AVX2_EPYC, "x86_64").model == "AMD EPYC 7B13"  # a model name still wins
