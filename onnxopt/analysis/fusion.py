@@ -8,9 +8,10 @@ level that runs the QDQ fusions, before layout changes blur op names), reads the
 an island when what it computes goes on to a QuantizeLinear, the model's float tail (a Softmax
 after the last layer) when it only reaches graph outputs.
 
-Which units fuse depends on the platform onnxruntime was built for: units with int8 activations
-fuse on ARM builds only (on x86 their integer kernels would saturate), so an int8-activation model
-audited on x86 shows islands that ARM does not run. An audit for another platform sets that
+Which units fuse depends on the platform onnxruntime was built for: ARM builds fuse units with
+int8 activations; x86 builds rewrite the int8 pairs they can to uint8 (a QuantizeLinear with one
+reader) and leave the rest in float, such as a residual branch read twice. So an int8-activation
+model audited on x86 shows islands that ARM does not run. An audit for another platform sets that
 platform's rule (`int8_fused`), the session option onnxruntime offers for exporting to one.
 """
 from __future__ import annotations

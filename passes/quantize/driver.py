@@ -432,6 +432,6 @@ def _audit(result: PassResult, model: onnx.ModelProto, ctx: PassContext, kept_fl
                             f"{here}; they saturate on x86 without VNNI (AVX2, AVX-512 without VNNI), where "
                             "target=x86-avx2 makes a model that is right on both")
     result.count("float islands", len(found.islands))
-    result.notes.append(f"fusion audit (onnxruntime's optimized graph): {found.summary()}")
+    result.notes.append(f"fusion audit (onnxruntime's optimized graph, as on {target.name}): {found.summary()}")
     for island in found.islands:
         result.skip(island.name or island.op, f"{island.op} runs in float in onnxruntime ({island.inputs_from})")
