@@ -275,6 +275,9 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 if progress is not None:
                     progress(_progress_state(study, base_metric, max_drop, total))
         records = studies.records(study, base_metric)
+        # nodes where the original's median run moved by more than studies.LOAD_SPREAD between trials:
+        # the report names them, and the race widens by them
+        moved = studies.load_moved(records)
         best, closest = studies.choose(records, max_drop)
         sources = {n: data for n, (_, data) in kept.items()}
         if best is not None and best.number not in sources:
@@ -285,7 +288,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         def racing(count: int) -> None:
             if progress is not None:
                 progress(_progress_state(study, base_metric, max_drop, total) | {"racing": count})
-        best, race = _race_the_closest(runner, records, best, sources, max_drop, racing)
+        best, race = _race_the_closest(runner, records, moved, best, sources, max_drop, racing)
     except BaseException as exc:
         cut = {t.number: t for t in [asked.get(n) for n in runner.cancel()] + [t for t, _ in waiting]
                + [t for ts in twins.values() for t in ts] if t is not None}
@@ -321,8 +324,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         "best": best.as_dict() if best else None, "closest": closest.as_dict() if closest else None,
         "best_decided_by_timing": decided_by_timing(best.spec) if best else None, "best_is_measured_model": measured,
         "race": race or None,
-        # nodes where the original's median run moved by more than studies.LOAD_SPREAD between trials
-        "load_moved": {node: list(span) for node, span in studies.load_moved(records).items()},
+        "load_moved": {node: list(span) for node, span in moved.items()},
         "front": [r.as_dict() for r in front], "trials": [r.as_dict() for r in records],
     }
     from ..measure.timing import machine
@@ -346,13 +348,14 @@ def _fail():
     return optuna.trial.TrialState.FAIL
 
 
-def _race_the_closest(runner: Any, records: list[studies.TrialRecord], best: studies.TrialRecord | None,
+def _race_the_closest(runner: Any, records: list[studies.TrialRecord], moved: dict[str, tuple[float, float]],
+                      best: studies.TrialRecord | None,
                       sources: dict[int, bytes], max_drop: float,
                       racing: Callable[[int], None]) -> tuple[studies.TrialRecord | None, dict]:
     """(the choice, the race for the report): the trials within the budget closest to the fastest
     (studies.contenders) whose models are at hand race (see RACE_MARGIN, wider where a node's load
     moved: studies.race_margin), and the fastest there is chosen; with fewer than two, `best` stands."""
-    margin = studies.race_margin(records, RACE_MARGIN, RACE_WIDEST)
+    margin = studies.race_margin(moved, RACE_MARGIN, RACE_WIDEST)
     close = studies.contenders(records, max_drop, margin, RACE_SIZE)
     entrants = [r for r in close if r.number in sources]
     race: dict = {}

@@ -280,12 +280,12 @@ def load_moved(trials: list[TrialRecord]) -> dict[str, tuple[float, float]]:
     return {node: (min(ms), max(ms)) for node, ms in by_node.items() if max(ms) > (1 + LOAD_SPREAD) * min(ms)}
 
 
-def race_margin(trials: list[TrialRecord], quiet: float, widest: float) -> float:
+def race_margin(moved: dict[str, tuple[float, float]], quiet: float, widest: float) -> float:
     """How close to the fastest trial's ratio a trial must be to race: `quiet` where every node's
-    load held (load_moved), else the largest share the original's median run moved by on a node,
-    `widest` at most. A trial timed at a slow moment may run as fast as one timed at a quiet
-    moment, and the race times both at the same moment."""
-    spreads = [slowest / fastest - 1 for fastest, slowest in load_moved(trials).values()]
+    load held (`moved`, from load_moved, is empty), else the largest share the original's median
+    run moved by on a node, `widest` at most. A trial timed at a slow moment may run as fast as one
+    timed at a quiet moment, and the race times both at the same moment."""
+    spreads = [slowest / fastest - 1 for fastest, slowest in moved.values()]
     return max(quiet, min(widest, max(spreads))) if spreads else quiet
 
 

@@ -75,8 +75,8 @@ def test_the_table_warns_of_each_node_the_report_says_its_load_moved():
 
 def test_the_race_margin_widens_with_the_largest_spread_a_node_saw_within_its_bounds():
     quiet = [_trial(0, "fold-bn", 0, 0.60, "a"), _trial(1, "fold-bn,quantize", 0, 0.65, "a")]
-    assert race_margin(quiet, 0.05, 0.25) == 0.05
+    assert race_margin(load_moved(quiet), 0.05, 0.25) == 0.05
     moved = quiet + [_trial(2, "cleanup", 0, 0.50, "b"), _trial(3, "prune:ratio=0.5", 0, 0.595, "b")]
-    assert abs(race_margin(moved, 0.05, 0.25) - 0.19) < 1e-9   # node b: 0.595 / 0.50 - 1
-    assert race_margin(moved + [_trial(4, "prune:ratio=0.6", 0, 1.0, "b")], 0.05, 0.25) == 0.25
-    assert race_margin(moved, 0.30, 0.25) == 0.30   # never narrower than the quiet margin
+    assert abs(race_margin(load_moved(moved), 0.05, 0.25) - 0.19) < 1e-9   # node b: 0.595 / 0.50 - 1
+    assert race_margin(load_moved(moved + [_trial(4, "prune:ratio=0.6", 0, 1.0, "b")]), 0.05, 0.25) == 0.25
+    assert race_margin(load_moved(moved), 0.30, 0.25) == 0.30   # never narrower than the quiet margin
