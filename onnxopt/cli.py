@@ -343,13 +343,17 @@ _RESULT_SUFFIXES = {"json": (".json",), "markdown": (".md", ".markdown"), "csv":
 @input_shape_option
 @click.option("--fusion", is_flag=True, help="Also audit a quantized model: what onnxruntime runs in integer "
               "kernels and every op it leaves in float between DequantizeLinear and QuantizeLinear.")
+@click.option("--target", default="auto", show_default=True, metavar="CPU",
+              help="With --fusion: audit as onnxruntime runs the model on this kind of CPU, named as quantize:target "
+                   "names them (x86-vnni, x86-avx512, x86-avx2, arm64); auto = this CPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def inspect(model: Path, input_shapes: tuple[str, ...], fusion: bool, as_json: bool) -> None:
+def inspect(model: Path, input_shapes: tuple[str, ...], fusion: bool, target: str, as_json: bool) -> None:
     """Show opset, inputs/outputs, op histogram, params, MACs and weight bytes of MODEL."""
     from .graph import io as model_io
     from .pipeline.report import format_fusion, format_inspect, inspect_model
     from .runtime.cpu import cpu_summary
     from .text import to_json
+    audited_as = _fusion_target(target, fusion)
     source, data = model_io.load_model_and_bytes(model)
     info = inspect_model(source, _shapes(input_shapes))
     info["file_bytes"] = model.stat().st_size
@@ -357,13 +361,30 @@ def inspect(model: Path, input_shapes: tuple[str, ...], fusion: bool, as_json: b
     if fusion:
         from .analysis.fusion import audit
 
-        info["fusion"] = audit(data if data is not None else model_io.serialize(source, model)).as_dict()
+        info["fusion"] = audit(data if data is not None else model_io.serialize(source, model),
+                               int8_fused=audited_as.int8_fused if audited_as else None).as_dict()
+        if audited_as:
+            # what the audit followed of that CPU (x86 leaves int8 pairs in float, ARM fuses them) and
+            # whether its u8 x s8 products saturate, in place of this CPU's
+            info["fusion"]["target"] = {"name": audited_as.name, "u8s8_saturates": audited_as.pair_bound}
     if as_json:
         click.echo(to_json(info), nl=False)
     else:
         click.echo(f"{model}\n{format_inspect(info)}")
         if fusion:
             click.echo(format_fusion(info["fusion"], info["cpu"]))
+
+
+def _fusion_target(name: str, fusion: bool):
+    """The quantize target `inspect --fusion --target` audits as, or None for this CPU."""
+    if name == "auto":
+        return None
+    if not fusion:
+        raise UsageError("--target goes with --fusion")
+    from .passes.quantize.target import TARGETS
+    if name not in TARGETS:
+        raise UsageError(f"--target: unknown CPU kind '{name}'; choose one of auto, {', '.join(TARGETS)}")
+    return TARGETS[name]
 
 
 @cli.command("list-passes")

@@ -181,7 +181,8 @@ def format_fusion(fusion: dict, cpu: dict | None = None) -> str:
     """The fusion audit of `inspect --fusion`: integer kernels, then every float island."""
     ints = fusion["integer_ops"]
     islands = fusion["float_islands"]
-    lines = ["fusion (onnxruntime's optimized graph):"]
+    target = fusion.get("target")
+    lines = [f"fusion (onnxruntime's optimized graph{', as on ' + target['name'] if target else ''}):"]
     if not ints and not fusion["dequantize_linear"]:
         lines.append("  not a quantized model: no integer kernels, no DequantizeLinear")
         return "\n".join(lines)
@@ -196,8 +197,12 @@ def format_fusion(fusion: dict, cpu: dict | None = None) -> str:
     hot = fusion.get("saturating") or []
     if hot:
         shown = ", ".join(hot[:5]) + (f" and {len(hot) - 5} more" if len(hot) > 5 else "")
-        sat = cpu.get("u8s8_saturates") if cpu else None
-        here = f"; this CPU ({cpu['kind']}) {'saturates' if sat else 'does not' if sat is False else 'may'}" if cpu else ""
+        if target:
+            sat = target["u8s8_saturates"]
+            here = f"; {target['name']} {'saturates' if sat else 'does not'}"
+        else:
+            sat = cpu.get("u8s8_saturates") if cpu else None
+            here = f"; this CPU ({cpu['kind']}) {'saturates' if sat else 'does not' if sat is False else 'may'}" if cpu else ""
         lines.append(f"  weight pairs beyond int16 in {len(hot)} integer kernel(s) ({shown}): u8 x s8 products saturate "
                      f"on x86 without VNNI{here} (quantize:target=x86-avx2 bounds them)")
     elif ints:

@@ -482,6 +482,33 @@ def test_inspect_fusion_prints_and_reports_the_islands(capsys, tmp_path, ort_def
     assert "float islands: 0 (every quantized op runs in an integer kernel)" in out
 
 
+def test_inspect_fusion_audits_as_the_target_cpu_runs_it(capsys, tmp_path, ort_default_q):
+    # int8 activations: an x86 build leaves units in float that an ARM build fuses; --target says
+    # which one to audit as, whichever CPU runs inspect
+    path = tmp_path / "ort.onnx"
+    path.write_bytes(ort_default_q.SerializeToString())
+    as_x86 = audit(ort_default_q, int8_fused=False)
+    for name, expected in (("x86-avx2", as_x86.islands), ("x86-vnni", as_x86.islands), ("arm64", [])):
+        code, out, err = run_cli(capsys, "inspect", "--fusion", "--target", name, "--json", path)
+        assert code == 0, err
+        fusion = json.loads(out)["fusion"]
+        assert [(i["op"], i["name"]) for i in fusion["float_islands"]] == [(i.op, i.name) for i in expected], name
+        assert fusion["target"]["name"] == name
+    assert len(as_x86.islands) >= 16  # the two answers differ: the test can tell them apart
+    code, out, err = run_cli(capsys, "inspect", "--fusion", "--target", "arm64", path)
+    assert code == 0, err
+    assert "fusion (onnxruntime's optimized graph, as on arm64):" in out
+    assert "float islands: 0 (every quantized op runs in an integer kernel)" in out
+
+
+def test_inspect_target_errors_are_one_line(capsys, tmp_path, ort_default_q):
+    path = tmp_path / "ort.onnx"
+    path.write_bytes(ort_default_q.SerializeToString())
+    assert_one_line_error(*run_cli(capsys, "inspect", "--fusion", "--target", "x86-sse", path), 2,
+                          "--target", "x86-sse", "x86-avx2", "arm64")
+    assert_one_line_error(*run_cli(capsys, "inspect", "--target", "arm64", path), 2, "--target", "--fusion")
+
+
 # ---------------------------------------------------------------------------------------------
 # the CLI
 

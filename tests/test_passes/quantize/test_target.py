@@ -285,6 +285,12 @@ def test_inspect_fusion_names_saturating_kernels(capsys, tmp_path):
     code, text, err = run_cli(capsys, "inspect", "--fusion", "--json", tmp_path / "x86-vnni.onnx")
     doc = json.loads(text)
     assert doc["fusion"]["saturating"] == ["conv"] and doc["cpu"]["kind"] == cpu.this_cpu().kind
+    # as on a named CPU instead of this one: whether its products saturate is that CPU's
+    code, text, err = run_cli(capsys, "inspect", "--fusion", "--target", "x86-avx2", tmp_path / "x86-vnni.onnx")
+    assert code == 0, err
+    assert "(conv): u8 x s8 products saturate on x86 without VNNI; x86-avx2 saturates" in text
+    code, text, err = run_cli(capsys, "inspect", "--fusion", "--target", "x86-vnni", tmp_path / "x86-vnni.onnx")
+    assert "; x86-vnni does not" in text and "this CPU (" not in text
 
 
 # -- int8 only where it pays: the decisions, with latencies made up so they hold on any CPU --------
