@@ -254,17 +254,19 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                     else:
                         over_budget(trial, result["metric"])
                         study.tell(trial, [result["latency_ratio"], result["metric"]])
-                if "error" not in result:
-                    # keep the bytes of those that may race only (RACE_SIZE closest within the widest margin:
-                    # a full-size model per trial would not fit in memory); a choice not kept is built again below
-                    if studies.within_budget(base_metric - result["metric"], max_drop):
-                        kept[key] = (studies.choice_order(result["latency_ratio"], result["metric"], result["size"]),
-                                     result["model"])
-                        kept = {n: kept[n] for n in studies.closest_to_fastest(
-                            {n: order for n, (order, _) in kept.items()}, max(RACE_MARGIN, RACE_WIDEST), RACE_SIZE)}
                 told = study._storage.get_trial(trial._trial_id)
                 if told.state.name == "COMPLETE":
                     seen_specs[result["spec"]] = told
+                # keep the bytes of those that may race only (RACE_SIZE closest within the widest margin:
+                # a full-size model per trial would not fit in memory); a choice not kept is built again below.
+                # Only a trial told here: one another search took for gone is failed in the study, cannot
+                # race, and would hold a place a contender needs
+                if ("error" not in result and told.state.name == "COMPLETE"
+                        and studies.within_budget(base_metric - result["metric"], max_drop)):
+                    kept[key] = (studies.choice_order(result["latency_ratio"], result["metric"], result["size"]),
+                                 result["model"])
+                    kept = {n: kept[n] for n in studies.closest_to_fastest(
+                        {n: order for n, (order, _) in kept.items()}, max(RACE_MARGIN, RACE_WIDEST), RACE_SIZE)}
                 for spec in [s for s, n in building.items() if n == key]:
                     del building[spec]
                 for twin in twins.pop(key, []):

@@ -202,6 +202,37 @@ def test_where_a_nodes_load_moved_the_race_takes_trials_as_far_from_the_fastest_
     assert result.report["load_moved"] == {"n": [1.0, 11.0]}
 
 
+def test_a_trial_another_search_took_for_gone_holds_no_place_in_the_race(tmp_path, monkeypatch):
+    import optuna
+
+    import onnxopt.search.cluster as cluster
+    import onnxopt.search.run as search_run
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    real_next, taken = cluster.Runner.next, []
+
+    def next_after_another_search_failed_one(self, timeout=None):
+        # the first measured trial: another search sharing the study took this one for gone and failed
+        # it just before its result came back; it would have been the fastest of all
+        got = real_next(self, timeout)
+        if got and got[0] == "trial" and "error" not in got[2] and not taken:
+            storage = optuna.storages.get_storage(url)
+            (summary,) = optuna.get_all_study_summaries(storage)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(summary._study_id, got[1])
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            taken.append(got[1])
+            got = (got[0], got[1], got[2] | {"latency_ratio": 0.01})
+        return got
+    monkeypatch.setattr(cluster.Runner, "next", next_after_another_search_failed_one)
+    monkeypatch.setattr(search_run, "RACE_MARGIN", 10.0)  # every trial within the budget may race
+    monkeypatch.setattr(search_run, "RACE_SIZE", 2)
+    result = _run(tmp_path, trials=5, storage=url)
+    race = result.report["race"]
+    assert taken and next(t for t in result.trials if t.number == taken[0]).state == "failed"
+    # both places went to trials this search told: none left out, none of them the taken one
+    assert "left_out" not in race and len(race["entrants"]) == 2, race
+    assert taken[0] not in [e["number"] for e in race["entrants"]]
+
+
 def test_a_failed_race_leaves_the_choice_to_the_trials_timings(tmp_path, monkeypatch):
     import onnxopt.search.run as search_run
     from onnxopt.search.formats import format_front
