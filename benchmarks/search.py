@@ -451,8 +451,12 @@ def _judged_on_validation(d: dict) -> str:
               and rows[k]["validation_drop"] <= 0.01 + 1e-9]
     chosen = rows.get("search")
     faster = bool(chosen) and all(chosen["ratio"] < rows[k]["ratio"] for k in within)
+    # a lead whose 95% intervals overlap the recipe's is about the noise: said, not counted as a miss
+    close = [k for k in within if chosen and chosen["interval"][1] >= rows[k]["interval"][0]
+             and rows[k]["interval"][1] >= chosen["interval"][0]]
+    noise = f" ({', '.join(close)}: the intervals overlap, about the noise)" if faster and close else ""
     return (f"the recipes held to the search's own budget instead (one point on validation): within it "
-            f"{', '.join(within) or 'none'}; the chosen model faster than each: {'yes' if faster else 'NO'}")
+            f"{', '.join(within) or 'none'}; the chosen model faster than each: {'yes' if faster else 'NO'}{noise}")
 
 
 def markdown(data: dict) -> str:

@@ -364,7 +364,7 @@ def inspect(model: Path, input_shapes: tuple[str, ...], fusion: bool, target: st
         info["fusion"] = audit(data if data is not None else model_io.serialize(source, model),
                                int8_fused=audited_as.int8_fused if audited_as else None).as_dict()
         if audited_as:
-            # what the audit followed of that CPU (x86 leaves int8 pairs in float, ARM fuses them) and
+            # what the audit followed of that CPU (x86 leaves int8-activation QDQ units in float, ARM fuses them) and
             # whether its u8 x s8 products saturate, in place of this CPU's
             info["fusion"]["target"] = {"name": audited_as.name, "u8s8_saturates": audited_as.pair_bound}
     if as_json:

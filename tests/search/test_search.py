@@ -225,7 +225,8 @@ def test_a_trial_another_search_took_for_gone_holds_no_place_in_the_race(tmp_pat
     monkeypatch.setattr(cluster.Runner, "next", next_after_another_search_failed_one)
     monkeypatch.setattr(search_run, "RACE_MARGIN", 10.0)  # every trial within the budget may race
     monkeypatch.setattr(search_run, "RACE_SIZE", 2)
-    result = _run(tmp_path, trials=5, storage=url)
+    # every trial within the budget: the taken one would race, and at least two others can
+    result = _run(tmp_path, trials=5, storage=url, metric=lambda model: 1.0)
     race = result.report["race"]
     assert taken and next(t for t in result.trials if t.number == taken[0]).state == "failed"
     # both places went to trials this search told: none left out, none of them the taken one
