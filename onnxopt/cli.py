@@ -381,9 +381,9 @@ def _fusion_target(name: str, fusion: bool):
         return None
     if not fusion:
         raise UsageError("--target goes with --fusion")
-    from .passes.quantize.target import TARGETS
+    from .passes.quantize.target import NAMES, TARGETS
     if name not in TARGETS:
-        raise UsageError(f"--target: unknown CPU kind '{name}'; choose one of auto, {', '.join(TARGETS)}")
+        raise UsageError(f"--target: unknown CPU kind '{name}'; choose one of {', '.join(NAMES)}")
     return TARGETS[name]
 
 

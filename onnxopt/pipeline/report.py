@@ -197,12 +197,10 @@ def format_fusion(fusion: dict, cpu: dict | None = None) -> str:
     hot = fusion.get("saturating") or []
     if hot:
         shown = ", ".join(hot[:5]) + (f" and {len(hot) - 5} more" if len(hot) > 5 else "")
-        if target:
-            sat = target["u8s8_saturates"]
-            here = f"; {target['name']} {'saturates' if sat else 'does not'}"
-        else:
-            sat = cpu.get("u8s8_saturates") if cpu else None
-            here = f"; this CPU ({cpu['kind']}) {'saturates' if sat else 'does not' if sat is False else 'may'}" if cpu else ""
+        # the CPU `inspect --fusion --target` audited as, else this one (whose probe may not have answered)
+        who, sat = ((target["name"], target["u8s8_saturates"]) if target else
+                    (f"this CPU ({cpu['kind']})", cpu.get("u8s8_saturates")) if cpu else (None, None))
+        here = f"; {who} {'saturates' if sat else 'does not' if sat is False else 'may'}" if who else ""
         lines.append(f"  weight pairs beyond int16 in {len(hot)} integer kernel(s) ({shown}): u8 x s8 products saturate "
                      f"on x86 without VNNI{here} (quantize:target=x86-avx2 bounds them)")
     elif ints:
