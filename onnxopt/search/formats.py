@@ -31,7 +31,13 @@ def format_front(result: SearchResult) -> str:
              f"({r['cluster']['cpus']} CPUs); timed on {r['timed_on']}",
              f"metric: {metric['kind']}{measure} {metric['original'] * 100:.2f} for the original; budget: drop <= "
              f"{metric['max_drop'] * 100:.2f} points; A/A control of a trial ratio: "
-             f"{r['control'].get('control_ratio', float('nan')):.3f}", ""]
+             f"{r['control'].get('control_ratio', float('nan')):.3f}"]
+    resumed = r.get("resumed")
+    if resumed is not None:
+        lines.append(f"resumed: {resumed['finished_before']} trial(s) finished earlier kept, {resumed['requeued']} "
+                     "interrupted one(s) queued again" if resumed["finished_before"] or resumed["requeued"] else
+                     f"--resume: {r['storage']} held no search of this model, space and metric; this one started anew")
+    lines.append("")
     rows = [[str(t.number), f"{t.latency_ratio:.3f}", _pct(t.metric), _pct(t.drop), human_bytes(t.size or 0),
              human(t.macs), ("*" if result.best is not None and t.spec == result.spec else ""), t.spec]
             for t in result.front]

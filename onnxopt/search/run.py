@@ -119,6 +119,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         name = f"onnxopt-{hashlib.sha256(payload.model).hexdigest()[:12]}-{space.fingerprint}-{study_kind}"
         study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)),
                                    timed_on=timed_on)
+        # what a resumed search found: the user learns whether --resume met the study they meant
+        kept_before = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)) if resume else 0
         requeued = studies.recover_unfinished(study) if resume else 0
         if not study.get_trials(deepcopy=False):
             for params in space.recipes():
@@ -322,7 +324,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                    "measure": agreement_measure(payload.reference) if holdback else None},
         "space": dataclasses.asdict(space), "exact": exact, "exact_passes": exact_report,
         "sensitive_layers": sensitive, "scan_error": jobs.get("scan", {}).get("error"), "control": control,
-        "requeued": requeued, "trials_asked": trials, "repeats": studies.done_count(study)[1],
+        "requeued": requeued, "resumed": {"finished_before": kept_before, "requeued": requeued} if resume else None,
+        "trials_asked": trials, "repeats": studies.done_count(study)[1],
         "best": best.as_dict() if best else None, "closest": closest.as_dict() if closest else None,
         "best_decided_by_timing": decided_by_timing(best.spec) if best else None, "best_is_measured_model": measured,
         "race": race or None,

@@ -18,6 +18,7 @@ from onnxopt.data.feeds import FeedSet
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.pipeline.spec import parse_spec
 from onnxopt.search import search
+from onnxopt.search.formats import format_front
 from onnxopt.search.space import Space
 from onnxopt.search.study import LOAD_SPREAD
 from onnxopt.search.trial import Payload, Samples
@@ -331,18 +332,29 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(tmp_path)
                               .study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
     finished = [t for t in study.trials if t.state.name == "COMPLETE" and "same_as" not in t.user_attrs]
     interrupted = [t for t in study.trials if t.user_attrs.get("error") == "interrupted"]
+    complete = sum(t.state.name == "COMPLETE" for t in study.trials)
     assert len(finished) >= 2
     # as an earlier scan left it (another onnxopt may rank otherwise): the resumed search maps with it
     study.set_user_attr("sensitive_layers", ["c2"])
     result = _run(tmp_path, metric=metric, trials=6, resume=True)
     assert result.report["sensitive_layers"] == ["c2"]
     assert result.report["requeued"] == len(interrupted)
+    # the user is told what --resume met: the trials kept and those queued again
+    assert result.report["resumed"] == {"finished_before": complete, "requeued": len(interrupted)}
+    assert (f"resumed: {complete} trial(s) finished earlier kept, {len(interrupted)} interrupted one(s) queued again"
+            in format_front(result))
     assert len(result.trials) == 6 and all(t.state == "complete" for t in result.trials)
     # the resumed run measured only what was missing (plus the original's metric once)
     new_calls = len(calls.read_text().split()) - first
     assert new_calls <= 1 + (6 - len(finished)), (new_calls, len(finished))
     with pytest.raises(Exception, match="--resume continues it"):
         _run(tmp_path, metric=metric, trials=6)
+    # --resume where nothing is stored (a mistyped --storage, say) starts anew, and says so
+    fresh = tmp_path / "elsewhere"
+    fresh.mkdir()
+    anew = _run(fresh, metric=metric, trials=1, resume=True)
+    assert anew.report["resumed"] == {"finished_before": 0, "requeued": 0}
+    assert "held no search of this model, space and metric; this one started anew" in format_front(anew)
 
 
 def test_the_cli_writes_the_choice_report_and_plot(capsys, tmp_path):
