@@ -20,5 +20,13 @@ class _CallableModule(types.ModuleType):
         from .run import search
         return search(*args, **kwargs)
 
+    @property
+    def __signature__(self):
+        """search()'s own, for inspect.signature, notebooks' call tips and help() (not *args, **kwargs)."""
+        import inspect
+
+        from .run import search
+        return inspect.signature(search)
+
 
 sys.modules[__name__].__class__ = _CallableModule
