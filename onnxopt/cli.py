@@ -64,6 +64,25 @@ def _end_progress(enabled: bool) -> None:
         click.echo("\r" + " " * 79 + "\r", nl=False, err=True)
 
 
+class Duration(click.ParamType):
+    """Seconds, or a number with s, m or h: how long a user would write it."""
+    name = "duration"
+    UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        number, unit = (text[:-1], text[-1]) if text and text[-1] in "smh" else (text, "")
+        try:
+            seconds = float(number) * self.UNITS[unit]
+        except ValueError:
+            self.fail(f"{value!r} is not a duration (90, 90s, 30m or 2h)", param, ctx)
+        if not seconds > 0:
+            self.fail(f"{value!r}: a duration above zero", param, ctx)
+        return seconds
+
+
 input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,..",
     help="Static shape for an input with dynamic dims (repeatable), e.g. input:1,3,224,224.")
@@ -483,6 +502,9 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
               "the default (see onnxopt.search.space).")
 @click.option("--timing-budget", type=click.FloatRange(0.2, 600), default=2.0, show_default=True,
               help="Seconds of interleaved timing per trial.")
+@click.option("--max-time", type=Duration(), metavar="DURATION",
+              help="Ask no trial after this long (90, 90s, 30m, 2h): those running finish, the choice is made "
+              "from the trials done, and --resume continues the study later.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler and of the passes.")
 @input_shape_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the chosen model here.")
@@ -492,8 +514,8 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
               help="Latency vs metric drop with the Pareto front (needs matplotlib).")
 def search(model: Path, calib: Path, eval_data: Path | None, max_drop: float, trials: int, workers: int,
            ray_address: str | None, storage: str | None, resume: bool, space: Path | None, timing_budget: float,
-           seed: int, input_shapes: tuple[str, ...], output: Path | None, report_path: Path | None,
-           plot: Path | None) -> None:
+           max_time: float | None, seed: int, input_shapes: tuple[str, ...], output: Path | None,
+           report_path: Path | None, plot: Path | None) -> None:
     """Find the fastest model within an accuracy budget: a Pareto front of pipeline specs.
 
     Each trial is a spec that `onnxopt run --passes SPEC` reproduces (exact passes first, then prune
@@ -526,7 +548,8 @@ def search(model: Path, calib: Path, eval_data: Path | None, max_drop: float, tr
                    nl=False, err=True)
     result = run_search(source, calibration, evaluation=evaluation, max_drop=max_drop, trials=trials, workers=workers,
                         ray_address=ray_address, storage=storage, space=str(space) if space else None, resume=resume,
-                        seed=seed, input_shapes=_shapes(input_shapes), timing_budget=timing_budget, progress=progress)
+                        seed=seed, input_shapes=_shapes(input_shapes), timing_budget=timing_budget, progress=progress,
+                        max_time=max_time)
     _end_progress(show)
     click.echo(format_front(result))
     if report_path is not None:

@@ -32,6 +32,10 @@ def format_front(result: SearchResult) -> str:
              f"metric: {metric['kind']}{measure} {metric['original'] * 100:.2f} for the original; budget: drop <= "
              f"{metric['max_drop'] * 100:.2f} points; A/A control of a trial ratio: "
              f"{r['control'].get('control_ratio', float('nan')):.3f}"]
+    limit = r.get("time_limit")
+    if limit and limit["reached"]:
+        lines.append(f"time limit: no trial was asked after {limit['seconds']:g} s; {len(result.trials)} of the "
+                     f"{r['trials_asked']} trials asked for are done, and --resume continues the study")
     resumed = r.get("resumed")
     if resumed is not None:
         lines.append(f"resumed: {resumed['finished_before']} trial(s) finished earlier kept, {resumed['requeued']} "

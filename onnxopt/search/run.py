@@ -57,10 +57,14 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
            evaluation: FeedSet | None = None, max_drop: float = 0.01, trials: int = 32, workers: int = 1,
            ray_address: str | None = None, storage: str | None = None, space: Space | str | None = None,
            resume: bool = False, seed: int = 0, input_shapes: dict[str, tuple[int, ...]] | None = None,
-           timing_budget: float = 2.0, progress: Callable[[dict], None] | None = None) -> SearchResult:
+           timing_budget: float = 2.0, progress: Callable[[dict], None] | None = None,
+           max_time: float | None = None) -> SearchResult:
     """Search `space` for `model` (see the module docstring). `metric(model) -> float` (higher is
     better) or `evaluation` (labelled: top-1) or, without either, agreement with the original on
-    held-back calibration samples."""
+    held-back calibration samples. `max_time` (seconds from the call): no trial is asked after it
+    (those running finish, and the first `workers` are always asked); the choice is made from the
+    trials done, and --resume continues the study later."""
+    started = time.monotonic()
     from ..pipeline.run import Pipeline
     from ..pipeline.spec import parse_spec
     from ..runtime.sessions import resolve_input_shapes, run_model
@@ -74,6 +78,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
             raise UsageError(f"onnxopt search needs {engine}: pip install 'onnxopt[search]'") from None
     if trials < 1 or workers < 1:
         raise UsageError("--trials and --workers take a positive count")
+    if max_time is not None and not max_time > 0:
+        raise UsageError(f"--max-time {max_time:g}: a positive number of seconds")
     if not 0 <= max_drop < 1:
         raise UsageError(f"--max-drop {max_drop:g}: a share of the metric in [0, 1), e.g. 0.01")
     space = load_space(space) if isinstance(space, str) else (space or Space())
@@ -193,6 +199,17 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
 
     me = studies.Driver(study)  # says this search is alive to others sharing the study
     me.start()
+    asked_here = 0
+    timed_out = False
+
+    def time_left() -> bool:
+        """May another trial be asked? Always for the first round (a search that measured nothing
+        could choose nothing), then until max_time."""
+        nonlocal timed_out
+        if max_time is not None and asked_here >= workers and time.monotonic() - started >= max_time:
+            timed_out = True
+        return not timed_out
+
     try:
         total = trials
         while True:
@@ -205,8 +222,10 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 # keeps repeating (a space with few specs) is not asked forever
                 while (len(runner.pending) < workers
                        and finished + len(runner.pending) + len(waiting) + elsewhere < total
-                       and repeats + sum(map(len, twins.values())) < REPEATS_PER_TRIAL * total):
+                       and repeats + sum(map(len, twins.values())) < REPEATS_PER_TRIAL * total
+                       and time_left()):
                     trial = study.ask()
+                    asked_here += 1
                     try:
                         me.asked(trial)
                     except _taken():  # failed by a search that took this one for gone: its trial now
@@ -216,7 +235,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                         waiting.append((trial, params))
                     elif dispatch(trial, params):
                         repeats += 1
-            if not runner.pending and not runner.jobs and elsewhere and finished < total:
+            if not runner.pending and not runner.jobs and elsewhere and finished < total and time_left():
                 # the rest of --trials is being built by other searches: their results, not more
                 # trials (until they end, or their searches are gone: live_drivers)
                 time.sleep(OTHERS_POLL_SECONDS)
@@ -324,6 +343,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                    "measure": agreement_measure(payload.reference) if holdback else None},
         "space": dataclasses.asdict(space), "exact": exact, "exact_passes": exact_report,
         "sensitive_layers": sensitive, "scan_error": jobs.get("scan", {}).get("error"), "control": control,
+        "time_limit": {"seconds": max_time, "reached": timed_out} if max_time is not None else None,
         "requeued": requeued, "resumed": {"finished_before": kept_before, "requeued": requeued} if resume else None,
         "trials_asked": trials, "repeats": studies.done_count(study)[1],
         "best": best.as_dict() if best else None, "closest": closest.as_dict() if closest else None,

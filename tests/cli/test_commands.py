@@ -847,3 +847,15 @@ def test_process_unknown_pass_and_success(tmp_path):
     assert "Traceback" not in p.stderr
     assert json.loads(p.stdout)["schema"] == "onnxopt.run/1"
     assert listing(tmp_path) == ["m.onnx", "out.onnx"]
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("30m", 1800.0), ("2h", 7200.0), (" 1.5M ", 90.0)])
+def test_search_max_time_reads_a_duration_as_people_write_it(text, seconds):
+    from onnxopt.cli import Duration
+    assert Duration().convert(text, None, None) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1x", "abc", "0", "-5m", "nan"])
+def test_search_max_time_refuses_what_is_no_duration_in_one_line(capsys, tmp_path, text):
+    assert_one_line_error(*invoke(capsys, "search", tmp_path / "m.onnx", "--calib", tmp_path / "c.npz",
+                                  "--max-time", text), 2, "--max-time")

@@ -15,6 +15,7 @@ import pytest
 from onnx import helper
 
 from onnxopt.data.feeds import FeedSet
+from onnxopt.errors import UsageError
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.pipeline.spec import parse_spec
 from onnxopt.search import search
@@ -355,6 +356,22 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(tmp_path)
     anew = _run(fresh, metric=metric, trials=1, resume=True)
     assert anew.report["resumed"] == {"finished_before": 0, "requeued": 0}
     assert "held no search of this model, space and metric; this one started anew" in format_front(anew)
+
+
+def test_a_time_limit_stops_asking_and_resume_goes_on(tmp_path):
+    # a limit passed before the first trial still lets the first round run: a search that measured
+    # nothing could choose nothing
+    cut = _run(tmp_path, trials=5, workers=1, max_time=1e-3)
+    assert cut.report["time_limit"] == {"seconds": 1e-3, "reached": True}
+    assert len(cut.trials) == 1 and cut.trials[0].state == "complete" and cut.best is not None
+    assert ("time limit: no trial was asked after 0.001 s; 1 of the 5 trials asked for are done, "
+            "and --resume continues the study") in format_front(cut)
+    rest = _run(tmp_path, trials=5, workers=1, resume=True, max_time=600)
+    assert rest.report["time_limit"] == {"seconds": 600, "reached": False}
+    assert len(rest.trials) == 5 and rest.report["resumed"]["finished_before"] == 1
+    assert "time limit" not in format_front(rest)
+    with pytest.raises(UsageError, match="--max-time"):
+        _run(tmp_path, max_time=0)
 
 
 def test_the_cli_writes_the_choice_report_and_plot(capsys, tmp_path):
