@@ -52,6 +52,7 @@ from onnxopt.measure.sidebyside import Settings, Subject, run_bench
 from onnxopt.measure.timing import interleave, session_runner
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.runtime.fidelity import centred_cosine, compare
+from onnxopt.runtime.fidelity import top1 as accuracy
 from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_model
 
 from . import peer_tools
@@ -281,10 +282,6 @@ def digits(name: str) -> tuple[onnx.ModelProto, FeedSet]:
 
 def outputs_on(model: onnx.ModelProto, test: FeedSet) -> list[dict]:
     return run_model(model, [test.arrays], optimization="all", threads=THREADS)
-
-
-def accuracy(outputs: list[dict], labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(next(iter(outputs[0].values())), axis=1) == labels))
 
 
 # -- A: pruned 50% vs built at half width ----------------------------------------------------------

@@ -46,7 +46,7 @@ from onnxopt.errors import one_line
 from onnxopt.measure.sidebyside import Settings, Subject, run_bench
 from onnxopt.pipeline.run import Pipeline
 from onnxopt.pipeline.spec import parse_spec
-from onnxopt.runtime.fidelity import compare
+from onnxopt.runtime.fidelity import compare, top1
 from onnxopt.runtime.sessions import random_feeds, resolve_input_shapes, run_model
 
 from . import peer_tools
@@ -167,10 +167,6 @@ def same_graph_floor(rows: dict[str, dict], a: str, b: str) -> float | None:
         return None
     return max(abs(rows[b]["ratio_of_medians"] / rows[a]["ratio_of_medians"] - 1),
                abs(rows[b]["median_round_ratio"] / rows[a]["median_round_ratio"] - 1))
-
-
-def top1(outputs: list[dict], labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(next(iter(outputs[0].values())), axis=1) == labels))
 
 
 # -- running the quantizers ----------------------------------------------------------------------

@@ -116,9 +116,8 @@ def _warped(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _top1_on(model: onnx.ModelProto, data: FeedSet) -> float:
     from onnxopt.runtime.sessions import run_model
-    outs = run_model(model, list(data), optimization="all")
-    predictions = np.concatenate([np.asarray(next(iter(o.values()))).argmax(1) for o in outs])
-    return float(np.mean(predictions == data.labels))
+    from onnxopt.runtime.fidelity import top1
+    return top1(run_model(model, list(data), optimization="all"), data.labels)
 
 
 def digits_run(name: str, quick: bool) -> dict:

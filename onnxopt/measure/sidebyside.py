@@ -21,7 +21,7 @@ from ..data.feeds import FeedSet
 from ..data.files import load_feeds
 from ..errors import BadData, BadModel, UsageError, first_line
 from ..graph import io as model_io
-from ..runtime.fidelity import Fidelity, compare, per_sample
+from ..runtime.fidelity import Fidelity, compare, per_sample, top1_accuracy
 from ..runtime.sessions import (
     Feed,
     InputSpec,
@@ -218,20 +218,6 @@ def _labelled_chunks(feeds: FeedSet, fixed: int | None) -> tuple[list[Feed], str
     source = f"{feeds.source} ({used} samples)" if used == feeds.samples else \
         f"{feeds.source} ({used} of {feeds.samples} samples: whole batches of {fixed})"
     return chunks, source, feeds.labels[:used] if feeds.labels is not None else None
-
-
-def top1_accuracy(outputs: Sequence[Feed], labels: np.ndarray) -> float | None:
-    """Top-1 accuracy of the first output shaped [N, classes]; None if no output has that shape."""
-    if not outputs:
-        return None
-    for k in range(len(outputs[0])):
-        first = np.asarray(list(outputs[0].values())[k])
-        if first.ndim == 2 and first.shape[1] > 1:
-            predicted = np.concatenate([np.argmax(np.asarray(list(o.values())[k]), axis=1) for o in outputs])
-            if len(predicted) != len(labels):
-                return None
-            return float(np.mean(predicted == np.asarray(labels).reshape(-1)))
-    return None
 
 
 def _runnable(subject: Subject) -> Subject:

@@ -47,6 +47,37 @@ class Fidelity:
         return dataclasses.asdict(self)
 
 
+def top1(outputs: Sequence[Feed], labels: np.ndarray, fed: int | None = None) -> float:
+    """Top-1 accuracy of the first output shaped [N, classes] over runs of a model, against one label
+    per sample fed (`fed`: the samples the runs took, when labels hold more). Raises ValueError,
+    saying why, where it means nothing: no such output (a detector's boxes, a segmentation map:
+    an argmax over them is no class), or other than one prediction per sample."""
+    if not outputs:
+        raise ValueError("no runs to score")
+    names = list(outputs[0])
+    for name in names:
+        first = np.asarray(outputs[0][name])
+        # [N, classes], or with unit dims about the classes ([N, classes, 1, 1] of a 1x1-conv head)
+        if first.ndim >= 2 and sorted(first.shape[1:])[-1] > 1 and np.prod(first.shape[1:]) == max(first.shape[1:]):
+            predicted = np.concatenate([np.asarray(o[name]).reshape(len(o[name]), -1).argmax(1) for o in outputs])
+            labels = np.asarray(labels).reshape(-1)
+            wanted = len(labels) if fed is None else fed
+            if len(predicted) != wanted or wanted > len(labels):
+                raise ValueError(f"output {name!r} gave {len(predicted)} predictions for {wanted} samples "
+                                 f"({len(labels)} labels): top-1 needs one [classes] row per sample")
+            return float(np.mean(predicted == labels[:wanted]))
+    shapes = ", ".join(f"{k} {list(np.shape(outputs[0][k]))}" for k in names)
+    raise ValueError(f"top-1 needs an output shaped [N, classes]; the model gives {shapes}")
+
+
+def top1_accuracy(outputs: Sequence[Feed], labels: np.ndarray) -> float | None:
+    """top1(), or None where it means nothing (a side-by-side table shows no accuracy there)."""
+    try:
+        return top1(outputs, labels)
+    except ValueError:
+        return None
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 and nb == 0.0:

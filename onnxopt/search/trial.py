@@ -99,11 +99,14 @@ def score(payload: Payload, model: onnx.ModelProto) -> float:
     if payload.metric_kind == "metric":
         return float(payload.metric(model))
     if payload.metric_kind == "top-1":
+        from ..errors import BadData
+        from ..runtime.fidelity import top1
         data = payload.evaluation.feedset()
-        outs = run_model(model, list(data), optimization="all")
-        predictions = np.concatenate([np.asarray(next(iter(o.values()))).reshape(len(next(iter(o.values()))), -1)
-                                      .argmax(1) for o in outs])
-        return float(np.mean(predictions == data.labels[:len(predictions)]))
+        feeds = list(data)
+        try:
+            return top1(run_model(model, feeds, optimization="all"), data.labels, fed=len(feeds) * data.batch)
+        except ValueError as exc:  # on the original, before any trial: the search stops with it
+            raise BadData(f"--eval {data.source}: {exc} (without --eval the search scores agreement with the original, or give metric= in Python)") from None
     from ..runtime.fidelity import agreement
     outs = run_model(model, list(payload.holdback.feedset()), optimization="all")
     return agreement(payload.reference, outs)[1]

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import onnx
 
 from onnxopt.errors import BadData
 from onnxopt.graph.core import Graph
 from onnxopt.pipeline.contract import PassContext, PassResult
-from onnxopt.runtime.fidelity import agreement, agreement_measure, compare, cosine_agreement
+from onnxopt.runtime.fidelity import agreement, agreement_measure, compare, cosine_agreement, top1
 from onnxopt.runtime.sessions import Feed, make_session, run_feeds
 
 MAX_RETURNED = 64
@@ -33,13 +32,12 @@ def _metric(p, reference_model: onnx.ModelProto, held: list[Feed], ctx: PassCont
     data = ctx.evaluation
     if data is not None and getattr(data, "labels", None) is not None:
         feeds = list(data)
-        labels = data.labels[: len(feeds) * data.batch]
 
         def accuracy(m: onnx.ModelProto) -> float:
-            out = _outputs(m, feeds, ctx.threads)
-            preds = np.concatenate([np.asarray(next(iter(o.values()))).reshape(len(f[next(iter(f))]), -1).argmax(1)
-                                    for o, f in zip(out, feeds)])
-            return float((preds == labels[: len(preds)]).mean())
+            try:
+                return top1(_outputs(m, feeds, ctx.threads), data.labels, fed=len(feeds) * data.batch)
+            except ValueError as exc:
+                raise BadData(f"quantize: max-drop on --eval {data.source}: {exc} (without --eval it judges by agreement with float on held-back calibration samples)") from None
         return accuracy, f"top-1 accuracy on {data.samples} labelled --eval samples"
     if not held:
         raise BadData("quantize: max-drop needs held-back calibration samples (holdback > 0, and --calib) "

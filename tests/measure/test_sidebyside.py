@@ -28,7 +28,6 @@ from onnxopt.measure.sidebyside import (
     Subject,
     check_same_interface,
     run_bench,
-    top1_accuracy,
     unique_names,
 )
 
@@ -74,32 +73,6 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-# -- top1_accuracy ---------------------------------------------------------------------------
-def test_top1_accuracy_on_known_logits():
-    logits = np.array([[0.1, 0.9, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 3.0], [1.0, 5.0, 2.0]], np.float32)
-    # argmax: 1, 0, 2, 1
-    assert top1_accuracy([{"y": logits}], np.array([1, 0, 2, 1])) == 1.0
-    assert top1_accuracy([{"y": logits}], np.array([1, 0, 0, 0])) == 0.5
-    assert top1_accuracy([{"y": logits}], np.array([[1], [2], [0], [0]])) == 0.25  # labels [N, 1]
-    # several batches are concatenated in order
-    assert top1_accuracy([{"y": logits[:1]}, {"y": logits[1:3]}, {"y": logits[3:]}], np.array([1, 0, 2, 0])) == 0.75
-
-
-def test_top1_accuracy_picks_the_first_classification_output():
-    logits = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
-    outputs = [{"feature": np.zeros((2, 8, 4), np.float32), "score": np.zeros((2, 1), np.float32), "logits": logits}]
-    assert top1_accuracy(outputs, np.array([1, 1])) == 0.5
-
-
-def test_top1_accuracy_is_none_without_a_classification_output():
-    assert top1_accuracy([{"y": np.zeros((2, 3, 4), np.float32)}], np.array([0, 1])) is None
-    assert top1_accuracy([{"y": np.zeros((2, 1), np.float32)}], np.array([0, 1])) is None  # one class
-    assert top1_accuracy([{"y": np.zeros(2, np.float32)}], np.array([0, 1])) is None
-    assert top1_accuracy([], np.array([0, 1])) is None
-    # as many predictions as labels, or no number at all
-    assert top1_accuracy([{"y": np.eye(3, dtype=np.float32)}], np.array([0, 1])) is None
 
 
 # -- pareto_front ----------------------------------------------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.runtime.fidelity import centred_cosine, compare, per_sample
+import pytest
+
+from onnxopt.runtime.fidelity import centred_cosine, compare, per_sample, top1, top1_accuracy
 
 
 def _runs(outputs):
@@ -118,3 +120,49 @@ def test_per_sample_leaves_both_sides_whole_where_either_has_an_output_that_is_n
     assert len(ref_runs) == len(cand_runs) == 1
     fid = compare(ref_runs, cand_runs)
     assert fid.max_rel == float("inf") and fid.cosine == 0.0
+
+
+# -- top1_accuracy ---------------------------------------------------------------------------
+def test_top1_accuracy_on_known_logits():
+    logits = np.array([[0.1, 0.9, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 3.0], [1.0, 5.0, 2.0]], np.float32)
+    # argmax: 1, 0, 2, 1
+    assert top1_accuracy([{"y": logits}], np.array([1, 0, 2, 1])) == 1.0
+    assert top1_accuracy([{"y": logits}], np.array([1, 0, 0, 0])) == 0.5
+    assert top1_accuracy([{"y": logits}], np.array([[1], [2], [0], [0]])) == 0.25  # labels [N, 1]
+    # several batches are concatenated in order
+    assert top1_accuracy([{"y": logits[:1]}, {"y": logits[1:3]}, {"y": logits[3:]}], np.array([1, 0, 2, 0])) == 0.75
+
+
+def test_top1_accuracy_picks_the_first_classification_output():
+    logits = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    outputs = [{"feature": np.zeros((2, 8, 4), np.float32), "score": np.zeros((2, 1), np.float32), "logits": logits}]
+    assert top1_accuracy(outputs, np.array([1, 1])) == 0.5
+
+
+def test_top1_accuracy_is_none_without_a_classification_output():
+    assert top1_accuracy([{"y": np.zeros((2, 3, 4), np.float32)}], np.array([0, 1])) is None
+    assert top1_accuracy([{"y": np.zeros((2, 1), np.float32)}], np.array([0, 1])) is None  # one class
+    assert top1_accuracy([{"y": np.zeros(2, np.float32)}], np.array([0, 1])) is None
+    assert top1_accuracy([], np.array([0, 1])) is None
+    # as many predictions as labels, or no number at all
+    assert top1_accuracy([{"y": np.eye(3, dtype=np.float32)}], np.array([0, 1])) is None
+
+
+def test_top1_says_why_it_means_nothing_where_a_search_or_quantize_would_score_garbage():
+    boxes = [{"boxes": np.zeros((1, 25200, 85), np.float32), "mask": np.zeros((1, 2, 8, 8), np.float32)}]
+    with pytest.raises(ValueError, match=r"needs an output shaped \[N, classes\]; the model gives boxes \[1, 25200, 85\], "
+                                         r"mask \[1, 2, 8, 8\]"):
+        top1(boxes, np.array([3]))
+    logits = [{"y": np.eye(3, dtype=np.float32)}]
+    # one [classes] row per sample fed: three rows for two samples (a model that batches otherwise) is refused
+    with pytest.raises(ValueError, match="3 predictions for 2 samples"):
+        top1(logits, np.array([0, 1, 2, 0]), fed=2)
+    assert top1(logits, np.array([0, 1, 0, 7]), fed=3) == pytest.approx(2 / 3)  # labels beyond those fed unused
+    with pytest.raises(ValueError, match="3 predictions for 4 samples"):
+        top1(logits, np.array([0, 1, 2, 0]))
+
+
+def test_top1_reads_a_1x1_conv_heads_classes_with_their_unit_dims():
+    logits = np.array([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]], np.float32)
+    assert top1([{"y": logits[:, :, None, None]}], np.array([1, 2])) == 0.5  # SqueezeNet's [N, classes, 1, 1]
+    assert top1([{"y": logits[:, None, :]}], np.array([1, 0])) == 1.0

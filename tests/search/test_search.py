@@ -425,6 +425,20 @@ def test_on_the_cli_no_trial_within_the_budget_is_exit_4(capsys, tmp_path, monke
     assert not Path(tmp_path / "best.onnx").exists()
 
 
+def test_eval_on_a_model_without_a_classes_output_is_a_one_line_error_before_any_trial(capsys, tmp_path):
+    # top-1 over a feature map's argmax would be a number that means nothing; the search refuses it
+    model = _model()
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, None))
+    model_path, labelled, calib = tmp_path / "m.onnx", tmp_path / "val.npz", tmp_path / "calib.npz"
+    onnx.save(model, model_path)
+    np.savez(calib, x=_data().arrays["x"])
+    np.savez(labelled, x=_data(12).arrays["x"], labels=np.arange(12) % 10)
+    got = run_cli(capsys, "search", model_path, "--calib", calib, "--eval", labelled, "--trials", "2",
+                  "--storage", f"sqlite:///{tmp_path / 's.db'}", "-o", tmp_path / "best.onnx")
+    assert_one_line_error(*got, 3, "--eval", "top-1 needs an output shaped [N, classes]; the model gives s [1, 64, 16, 16]")
+    assert not (tmp_path / "best.onnx").exists()
+
+
 def test_without_the_search_extra_the_error_says_what_to_install(monkeypatch):
     import sys
 

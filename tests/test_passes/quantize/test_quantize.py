@@ -527,6 +527,19 @@ def _cli_error(capsys, tmp_path, code, words, *args) -> str:
     return line
 
 
+def test_cli_max_drop_on_eval_labels_for_a_model_without_a_classes_output(capsys, tmp_path):
+    # top-1 over a detector's boxes would be a number that means nothing: refused, with the way out
+    model_path, calib, labelled = tmp_path / "det.onnx", tmp_path / "calib.npz", tmp_path / "val.npz"
+    onnx.save(_detector_head(), model_path)
+    x = np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(F32)
+    np.savez(calib, x=x)
+    np.savez(labelled, x=x[:10], labels=np.arange(10) % 3)
+    _cli_error(capsys, tmp_path, 3, ("quantize: max-drop on --eval", "top-1 needs an output shaped [N, classes]",
+                                     "boxes [1, 4, 8, 8], scores [1, 2, 8, 8]", "without --eval"),
+               "run", model_path, "--passes", "quantize:max-drop=0.01,speed=false", "--calib", calib,
+               "--eval", labelled, "-o", tmp_path / "out.onnx")
+
+
 def test_cli_without_calibration_data(capsys, tmp_path, cli_model):
     _cli_error(capsys, tmp_path, 3, ("quantize needs calibration data", "--calib"),
                "run", cli_model, "--passes", "fold-bn,quantize", "-o", tmp_path / "out.onnx")
