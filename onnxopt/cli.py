@@ -503,8 +503,8 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 @click.option("--timing-budget", type=click.FloatRange(0.2, 600), default=2.0, show_default=True,
               help="Seconds of interleaved timing per trial.")
 @click.option("--max-time", type=Duration(), metavar="DURATION",
-              help="Ask no trial after this long (90, 90s, 30m, 2h): those running finish, the choice is made "
-              "from the trials done, and --resume continues the study later.")
+              help="Ask no trial once this long has passed (90, 90s, 30m, 2h): those running finish, the choice "
+              "is made from the trials done (at least one), and --resume continues the study later.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler and of the passes.")
 @input_shape_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the chosen model here.")

@@ -48,24 +48,34 @@ class Fidelity:
 
 
 def top1(outputs: Sequence[Feed], labels: np.ndarray, fed: int | None = None) -> float:
-    """Top-1 accuracy of the first output shaped [N, classes] over runs of a model, against one label
-    per sample fed (`fed`: the samples the runs took, when labels hold more). Raises ValueError,
-    saying why, where it means nothing: no such output (a detector's boxes, a segmentation map:
-    an argmax over them is no class), or other than one prediction per sample."""
+    """Top-1 accuracy over runs of a model against one integer label per sample fed (`fed`: the
+    samples the runs took, when labels hold more), read from the first output shaped [N, classes]
+    ([N, classes, 1, 1] of a 1x1-conv head too, or [classes] where each run took one sample): name
+    the logits first where another output has that shape. Raises ValueError, saying why, where the
+    number would mean nothing: no such output (a detector's boxes, a segmentation map: an argmax over
+    them is no class), other than one prediction per sample, labels other than [N] or [N, 1]."""
     if not outputs:
         raise ValueError("no runs to score")
+    labels = np.asarray(labels)
+    if labels.ndim > 2 or (labels.ndim == 2 and labels.shape[1] != 1):
+        raise ValueError(f"labels shaped {list(labels.shape)}: top-1 needs one class index per sample "
+                         "(for one-hot rows, their argmax)")
+    labels = labels.reshape(-1)
     names = list(outputs[0])
     for name in names:
         first = np.asarray(outputs[0][name])
+        if first.ndim == 1 and first.size > 1:  # a batch-1 model's squeezed [classes]: a sample per run
+            predicted = np.array([int(np.argmax(o[name])) for o in outputs])
         # [N, classes], or with unit dims about the classes ([N, classes, 1, 1] of a 1x1-conv head)
-        if first.ndim >= 2 and sorted(first.shape[1:])[-1] > 1 and np.prod(first.shape[1:]) == max(first.shape[1:]):
+        elif first.ndim >= 2 and max(first.shape[1:]) > 1 and np.prod(first.shape[1:]) == max(first.shape[1:]):
             predicted = np.concatenate([np.asarray(o[name]).reshape(len(o[name]), -1).argmax(1) for o in outputs])
-            labels = np.asarray(labels).reshape(-1)
-            wanted = len(labels) if fed is None else fed
-            if len(predicted) != wanted or wanted > len(labels):
-                raise ValueError(f"output {name!r} gave {len(predicted)} predictions for {wanted} samples "
-                                 f"({len(labels)} labels): top-1 needs one [classes] row per sample")
-            return float(np.mean(predicted == labels[:wanted]))
+        else:
+            continue
+        wanted = len(labels) if fed is None else fed
+        if len(predicted) != wanted or wanted > len(labels):
+            raise ValueError(f"output {name!r} gave {len(predicted)} predictions for {wanted} samples "
+                             f"({len(labels)} labels): top-1 needs one [classes] row per sample")
+        return float(np.mean(predicted == labels[:wanted]))
     shapes = ", ".join(f"{k} {list(np.shape(outputs[0][k]))}" for k in names)
     raise ValueError(f"top-1 needs an output shaped [N, classes]; the model gives {shapes}")
 

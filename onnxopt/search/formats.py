@@ -38,9 +38,9 @@ def format_front(result: SearchResult) -> str:
                      f"{r['trials_asked']} trials asked for are done, and --resume continues the study")
     resumed = r.get("resumed")
     if resumed is not None:
-        lines.append(f"resumed: {resumed['finished_before']} trial(s) finished earlier kept, {resumed['requeued']} "
-                     "interrupted one(s) queued again" if resumed["finished_before"] or resumed["requeued"] else
-                     f"--resume: {r['storage']} held no search of this model, space and metric; this one started anew")
+        lines.append(f"--resume: {r['storage']} held no search of this model, space and metric; this one started anew"
+                     if resumed.get("new") else f"resumed: {resumed['finished_before']} trial(s) done earlier, not "
+                     f"redone; {resumed['requeued']} interrupted one(s) queued again")
     lines.append("")
     rows = [[str(t.number), f"{t.latency_ratio:.3f}", _pct(t.metric), _pct(t.drop), human_bytes(t.size or 0),
              human(t.macs), ("*" if result.best is not None and t.spec == result.spec else ""), t.spec]

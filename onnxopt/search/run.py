@@ -61,9 +61,9 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
            max_time: float | None = None) -> SearchResult:
     """Search `space` for `model` (see the module docstring). `metric(model) -> float` (higher is
     better) or `evaluation` (labelled: top-1) or, without either, agreement with the original on
-    held-back calibration samples. `max_time` (seconds from the call): no trial is asked after it
-    (those running finish, and the first `workers` are always asked); the choice is made from the
-    trials done, and --resume continues the study later."""
+    held-back calibration samples. `max_time` (seconds from the call): no trial is asked or started
+    after it (those running finish; a study with none done goes on until one is), the choice is made
+    from the trials done, and --resume continues the study later."""
     started = time.monotonic()
     from ..pipeline.run import Pipeline
     from ..pipeline.spec import parse_spec
@@ -126,7 +126,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)),
                                    timed_on=timed_on)
         # what a resumed search found: the user learns whether --resume met the study they meant
-        kept_before = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)) if resume else 0
+        stored = len(study.get_trials(deepcopy=False))
+        kept_before = studies.done_count(study)[0]
         requeued = studies.recover_unfinished(study) if resume else 0
         if not study.get_trials(deepcopy=False):
             for params in space.recipes():
@@ -199,16 +200,24 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
 
     me = studies.Driver(study)  # says this search is alive to others sharing the study
     me.start()
-    asked_here = 0
     timed_out = False
 
-    def time_left() -> bool:
-        """May another trial be asked? Always for the first round (a search that measured nothing
-        could choose nothing), then until max_time."""
+    def past_deadline() -> bool:
+        return max_time is not None and time.monotonic() - started >= max_time
+
+    def out_of_time() -> bool:
+        """Past max_time with a trial to choose from: no trial is asked or started after it, but a
+        study with no finished trial yet (a search that measured nothing could choose nothing) goes
+        on until one is."""
         nonlocal timed_out
-        if max_time is not None and asked_here >= workers and time.monotonic() - started >= max_time:
-            timed_out = True
-        return not timed_out
+        if not timed_out and past_deadline():
+            timed_out = any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+        return timed_out
+
+    def interrupted(trial: Any) -> None:
+        """An asked trial not started for the time limit: queued again on --resume, as an interrupt's."""
+        trial.set_user_attr("error", studies.INTERRUPTED)
+        study.tell(trial, state=_fail())
 
     try:
         total = trials
@@ -223,9 +232,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                 while (len(runner.pending) < workers
                        and finished + len(runner.pending) + len(waiting) + elsewhere < total
                        and repeats + sum(map(len, twins.values())) < REPEATS_PER_TRIAL * total
-                       and time_left()):
+                       and not out_of_time()):
                     trial = study.ask()
-                    asked_here += 1
                     try:
                         me.asked(trial)
                     except _taken():  # failed by a search that took this one for gone: its trial now
@@ -235,7 +243,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                         waiting.append((trial, params))
                     elif dispatch(trial, params):
                         repeats += 1
-            if not runner.pending and not runner.jobs and elsewhere and finished < total and time_left():
+            if not runner.pending and not runner.jobs and elsewhere and finished < total and not out_of_time():
                 # the rest of --trials is being built by other searches: their results, not more
                 # trials (until they end, or their searches are gone: live_drivers)
                 time.sleep(OTHERS_POLL_SECONDS)
@@ -253,7 +261,12 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
                         sensitive = studies.keep_ranking(study, layers) if layers is not None and "error" not in result else []
                         while waiting:  # one at a time: an interrupt leaves each trial in one place
                             trial, params = waiting[0]
-                            dispatch(trial, params)
+                            # past the time limit a trial that waited starts only to fill the workers
+                            # while nothing is finished yet; the rest wait for --resume
+                            if past_deadline() and (out_of_time() or len(runner.pending) >= workers):
+                                interrupted(trial)
+                            else:
+                                dispatch(trial, params)
                             waiting.pop(0)
                     continue
                 trial = asked.pop(key)
@@ -344,7 +357,8 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         "space": dataclasses.asdict(space), "exact": exact, "exact_passes": exact_report,
         "sensitive_layers": sensitive, "scan_error": jobs.get("scan", {}).get("error"), "control": control,
         "time_limit": {"seconds": max_time, "reached": timed_out} if max_time is not None else None,
-        "requeued": requeued, "resumed": {"finished_before": kept_before, "requeued": requeued} if resume else None,
+        "requeued": requeued,
+        "resumed": {"finished_before": kept_before, "requeued": requeued, "new": not stored} if resume else None,
         "trials_asked": trials, "repeats": studies.done_count(study)[1],
         "best": best.as_dict() if best else None, "closest": closest.as_dict() if closest else None,
         "best_decided_by_timing": decided_by_timing(best.spec) if best else None, "best_is_measured_model": measured,

@@ -103,8 +103,9 @@ def score(payload: Payload, model: onnx.ModelProto) -> float:
         from ..runtime.fidelity import top1
         data = payload.evaluation.feedset()
         feeds = list(data)
+        outputs = run_model(model, feeds, optimization="all")  # its errors are the model's, not top-1's
         try:
-            return top1(run_model(model, feeds, optimization="all"), data.labels, fed=len(feeds) * data.batch)
+            return top1(outputs, data.labels, fed=len(feeds) * data.batch)
         except ValueError as exc:  # on the original, before any trial: the search stops with it
             raise BadData(f"--eval {data.source}: {exc} (without --eval the search scores agreement with the original, or give metric= in Python)") from None
     from ..runtime.fidelity import agreement

@@ -34,8 +34,9 @@ def _metric(p, reference_model: onnx.ModelProto, held: list[Feed], ctx: PassCont
         feeds = list(data)
 
         def accuracy(m: onnx.ModelProto) -> float:
+            outputs = _outputs(m, feeds, ctx.threads)  # its errors are the model's, not top-1's
             try:
-                return top1(_outputs(m, feeds, ctx.threads), data.labels, fed=len(feeds) * data.batch)
+                return top1(outputs, data.labels, fed=len(feeds) * data.batch)
             except ValueError as exc:
                 raise BadData(f"quantize: max-drop on --eval {data.source}: {exc} (without --eval it judges by agreement with float on held-back calibration samples)") from None
         return accuracy, f"top-1 accuracy on {data.samples} labelled --eval samples"

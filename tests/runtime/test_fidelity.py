@@ -166,3 +166,13 @@ def test_top1_reads_a_1x1_conv_heads_classes_with_their_unit_dims():
     logits = np.array([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]], np.float32)
     assert top1([{"y": logits[:, :, None, None]}], np.array([1, 2])) == 0.5  # SqueezeNet's [N, classes, 1, 1]
     assert top1([{"y": logits[:, None, :]}], np.array([1, 0])) == 1.0
+
+
+def test_top1_takes_a_squeezed_batch_1_output_as_one_sample_a_run_and_refuses_one_hot_labels():
+    runs = [{"y": np.array([0.1, 0.7, 0.2], np.float32)}, {"y": np.array([0.9, 0.0, 0.1], np.float32)}]
+    assert top1(runs, np.array([1, 2]), fed=2) == 0.5  # a batch-1 model whose output lost its batch dim
+    with pytest.raises(ValueError, match=r"labels shaped \[2, 3\]: top-1 needs one class index per sample"):
+        top1(runs, np.eye(3)[[1, 0]])
+    # a [N] score per sample of a batch-6 run is no class: one argmax per run is not one per sample
+    with pytest.raises(ValueError, match="1 predictions for 6 samples"):
+        top1([{"score": np.arange(6, dtype=np.float32)}], np.zeros(6, int), fed=6)

@@ -4,6 +4,7 @@ retried, an interrupted search resumes without redoing finished trials, and no t
 budget is exit 4 naming the closest."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -333,7 +334,7 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(tmp_path)
                               .study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
     finished = [t for t in study.trials if t.state.name == "COMPLETE" and "same_as" not in t.user_attrs]
     interrupted = [t for t in study.trials if t.user_attrs.get("error") == "interrupted"]
-    complete = sum(t.state.name == "COMPLETE" for t in study.trials)
+    failed_own = [t for t in study.trials if t.state.name == "FAIL" and t.user_attrs.get("error") != "interrupted"]
     assert len(finished) >= 2
     # as an earlier scan left it (another onnxopt may rank otherwise): the resumed search maps with it
     study.set_user_attr("sensitive_layers", ["c2"])
@@ -341,8 +342,9 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(tmp_path)
     assert result.report["sensitive_layers"] == ["c2"]
     assert result.report["requeued"] == len(interrupted)
     # the user is told what --resume met: the trials kept and those queued again
-    assert result.report["resumed"] == {"finished_before": complete, "requeued": len(interrupted)}
-    assert (f"resumed: {complete} trial(s) finished earlier kept, {len(interrupted)} interrupted one(s) queued again"
+    done = len(finished) + len(failed_own)  # what counts toward --trials: repeats of a spec do not
+    assert result.report["resumed"] == {"finished_before": done, "requeued": len(interrupted), "new": False}
+    assert (f"resumed: {done} trial(s) done earlier, not redone; {len(interrupted)} interrupted one(s) queued again"
             in format_front(result))
     assert len(result.trials) == 6 and all(t.state == "complete" for t in result.trials)
     # the resumed run measured only what was missing (plus the original's metric once)
@@ -354,24 +356,42 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(tmp_path)
     fresh = tmp_path / "elsewhere"
     fresh.mkdir()
     anew = _run(fresh, metric=metric, trials=1, resume=True)
-    assert anew.report["resumed"] == {"finished_before": 0, "requeued": 0}
+    assert anew.report["resumed"] == {"finished_before": 0, "requeued": 0, "new": True}
     assert "held no search of this model, space and metric; this one started anew" in format_front(anew)
 
 
 def test_a_time_limit_stops_asking_and_resume_goes_on(tmp_path):
-    # a limit passed before the first trial still lets the first round run: a search that measured
-    # nothing could choose nothing
+    # a limit passed before the first trial still lets the search run until one trial is done: a
+    # search that measured nothing could choose nothing
     cut = _run(tmp_path, trials=5, workers=1, max_time=1e-3)
     assert cut.report["time_limit"] == {"seconds": 1e-3, "reached": True}
     assert len(cut.trials) == 1 and cut.trials[0].state == "complete" and cut.best is not None
     assert ("time limit: no trial was asked after 0.001 s; 1 of the 5 trials asked for are done, "
             "and --resume continues the study") in format_front(cut)
+    # a search resumed past its limit with a trial done asks none: it chooses from what the study holds
+    again = _run(tmp_path, trials=5, workers=1, resume=True, max_time=1e-3)
+    assert len(again.trials) == 1 and again.report["time_limit"]["reached"] and again.best is not None
     rest = _run(tmp_path, trials=5, workers=1, resume=True, max_time=600)
     assert rest.report["time_limit"] == {"seconds": 600, "reached": False}
     assert len(rest.trials) == 5 and rest.report["resumed"]["finished_before"] == 1
     assert "time limit" not in format_front(rest)
     with pytest.raises(UsageError, match="--max-time"):
         _run(tmp_path, max_time=0)
+
+
+def test_past_the_time_limit_trials_that_waited_for_the_scan_start_only_to_fill_the_workers(tmp_path):
+    # every trial of this space protects a layer, so all wait for the sensitivity scan: the search
+    # asks the four before the scan is back, and past the limit starts two (its workers) of them
+    import optuna
+    space = dataclasses.replace(SPACE, protect=(0.5,))
+    cut = _run(tmp_path, trials=4, workers=2, space=space, max_time=1e-3)
+    assert cut.report["time_limit"]["reached"] and len(cut.trials) == 2
+    assert all(t.state == "complete" for t in cut.trials)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.load_study(study_name=cut.report["study"], storage=storage)
+    assert sum(t.user_attrs.get("error") == "interrupted" for t in study.trials) == 2
+    rest = _run(tmp_path, trials=4, workers=2, space=space, resume=True)
+    assert rest.report["requeued"] == 2 and len(rest.trials) == 4
 
 
 def test_the_cli_writes_the_choice_report_and_plot(capsys, tmp_path):
