@@ -534,6 +534,7 @@ def search(model: Path, calib: Path, eval_data: Path | None, max_drop: float, tr
     calibration = load_feeds(calib, source)
     evaluation = load_feeds(eval_data, source) if eval_data is not None else None
     show = sys.stderr.isatty()
+    started = time.monotonic()  # about when search() starts its own --max-time clock
 
     def progress(state: dict) -> None:
         if not show:
@@ -541,6 +542,10 @@ def search(model: Path, calib: Path, eval_data: Path | None, max_drop: float, tr
         best = state["best"]
         tail = (f"fastest within budget x{best['latency_ratio']:.3f} (drop {best['drop'] * 100:.2f})"
                 if best else "none within budget yet")
+        if max_time is not None and not state.get("racing"):
+            left = max_time - (time.monotonic() - started)
+            tail += f"; {left / 60:.0f} min left" if left >= 60 else f"; {left:.0f} s left" if left > 0 else \
+                "; time is up, the running trials finish"
         if state.get("racing"):
             tail = f"timing the {state['racing']} fastest within budget again, side by side"
         bar = "#" * int(30 * state["done"] / max(1, state["total"]))

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -457,6 +458,28 @@ def test_eval_on_a_model_without_a_classes_output_is_a_one_line_error_before_any
                   "--storage", f"sqlite:///{tmp_path / 's.db'}", "-o", tmp_path / "best.onnx")
     assert_one_line_error(*got, 3, "--eval", "top-1 needs an output shaped [N, classes]; the model gives s [1, 64, 16, 16]")
     assert not (tmp_path / "best.onnx").exists()
+
+
+def test_the_progress_bar_counts_trials_and_the_time_left(capsys, tmp_path, monkeypatch):
+    from onnxopt.search import run as search_run
+    from onnxopt.search.study import TrialRecord
+    done = TrialRecord(0, "cleanup", "complete", 1.0, 0.0, 0.95, 1000)
+
+    def two_moments(model, calibration, **kwargs):
+        kwargs["progress"]({"done": 1, "total": 4, "failed": 0, "best": None})
+        kwargs["progress"]({"done": 2, "total": 4, "failed": 1, "best": {"latency_ratio": 0.95, "drop": 0.0}})
+        report = {"study": "s", "cluster": {"nodes": 1, "cpus": 1}, "timed_on": "test", "control": {},
+                  "metric": {"kind": "agreement", "original": 1.0, "max_drop": kwargs["max_drop"]}}
+        return search_run.SearchResult(_model(), "cleanup", [done], [done], None, report)
+    monkeypatch.setattr(search_run, "search", two_moments)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # pytest's capture stands in for a terminal
+    model_path, calib = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(_model(), model_path)
+    np.savez(calib, x=_data().arrays["x"])
+    code, _, err = run_cli(capsys, "search", model_path, "--calib", calib, "--max-time", "10m")
+    assert code == 0, err
+    assert "1/4 trials, 0 failed; none within budget yet; 10 min left" in err
+    assert "2/4 trials, 1 failed; fastest within budget x0.950 (drop 0.00); 10 min left" in err
 
 
 def test_without_the_search_extra_the_error_says_what_to_install(monkeypatch):
