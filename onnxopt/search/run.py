@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,14 +54,15 @@ class SearchResult:
     report: dict                          # everything, for --report
 
 
-def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | None = None,
-           evaluation: FeedSet | None = None, max_drop: float = 0.01, trials: int = 32, workers: int = 1,
+def search(model: onnx.ModelProto | str | os.PathLike, calibration: FeedSet | str | os.PathLike, *,
+           metric: Metric | None = None, evaluation: FeedSet | str | os.PathLike | None = None, max_drop: float = 0.01, trials: int = 32, workers: int = 1,
            ray_address: str | None = None, storage: str | None = None, space: Space | str | None = None,
            resume: bool = False, seed: int = 0, input_shapes: dict[str, tuple[int, ...]] | None = None,
            timing_budget: float = 2.0, progress: Callable[[dict], None] | None = None,
            max_time: float | None = None) -> SearchResult:
-    """Search `space` for `model` (see the module docstring). `metric(model) -> float` (higher is
-    better) or `evaluation` (labelled: top-1) or, without either, agreement with the original on
+    """Search `space` for `model` (see the module docstring). `model` and the data may be given as
+    files, as on the command line. `metric(model) -> float` (higher is better) or `evaluation`
+    (labelled: top-1) or, without either, agreement with the original on
     held-back calibration samples. `max_time` (seconds from the call): no trial is asked or started
     after it (those running finish; a study with none done goes on until one is), the choice is made
     from the trials done, and --resume continues the study later."""
@@ -84,6 +86,7 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
         raise UsageError(f"--max-drop {max_drop:g}: a share of the metric in [0, 1), e.g. 0.01")
     space = load_space(space) if isinstance(space, str) else (space or Space())
     storage = storage or DEFAULT_STORAGE
+    model, calibration, evaluation = _as_inputs(model, calibration, evaluation)
     first = next(iter(calibration), None)
     if first is None:
         raise BadData(f"{calibration.source}: no calibration samples")
@@ -369,6 +372,28 @@ def search(model: onnx.ModelProto, calibration: FeedSet, *, metric: Metric | Non
     from ..measure.timing import machine
     report["machine"] = machine()
     return SearchResult(best_model, best.spec if best else None, front, records, closest, report)
+
+
+def _as_inputs(model: Any, calibration: Any, evaluation: Any) -> tuple[onnx.ModelProto, FeedSet, FeedSet | None]:
+    """The model and data as search() works on them: files are read as the CLI reads them; any
+    other type is a one-line usage error, not an AttributeError from deep inside."""
+    from ..data.files import load_feeds
+    from ..graph.io import load_model
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    elif not isinstance(model, onnx.ModelProto):
+        raise UsageError(f"search(model=...): an onnx.ModelProto or a path, not {type(model).__name__}")
+
+    def feeds(data: Any, what: str) -> FeedSet | None:
+        if data is None or isinstance(data, FeedSet):
+            return data
+        if isinstance(data, (str, os.PathLike)):
+            return load_feeds(data, model)
+        raise UsageError(f"search({what}=...): a FeedSet (onnxopt.data.files.load_feeds) or a path, "
+                         f"not {type(data).__name__}")
+    if calibration is None:
+        raise UsageError("search(calibration=...): calibration data is required (a FeedSet or a path)")
+    return model, feeds(calibration, "calibration"), feeds(evaluation, "evaluation")
 
 
 def _measured_specs(study: Any) -> dict[str, Any]:

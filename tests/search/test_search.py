@@ -460,6 +460,19 @@ def test_eval_on_a_model_without_a_classes_output_is_a_one_line_error_before_any
     assert not (tmp_path / "best.onnx").exists()
 
 
+def test_in_python_the_model_and_data_may_be_files_and_other_types_are_a_usage_error(tmp_path):
+    model_path, calib = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(_model(), model_path)
+    np.savez(calib, x=_data().arrays["x"])
+    result = search(str(model_path), calib, trials=1, workers=1, storage=f"sqlite:///{tmp_path / 's.db'}",
+                    space=SPACE, timing_budget=0.2, max_drop=0.5)
+    assert result.best is not None and result.trials[0].state == "complete"
+    with pytest.raises(UsageError, match=r"search\(calibration=...\): a FeedSet .* or a path, not dict"):
+        search(_model(), {"x": _data().arrays["x"]}, storage=f"sqlite:///{tmp_path / 't.db'}")
+    with pytest.raises(UsageError, match=r"search\(model=...\): an onnx.ModelProto or a path, not bytes"):
+        search(_model().SerializeToString(), _data(), storage=f"sqlite:///{tmp_path / 't.db'}")
+
+
 def test_the_progress_bar_counts_trials_and_the_time_left(capsys, tmp_path, monkeypatch):
     from onnxopt.search import run as search_run
     from onnxopt.search.study import TrialRecord
