@@ -89,8 +89,9 @@ def format_front(result: SearchResult) -> str:
         if raced is not None:
             lines.append(f"  raced side by side: {len(race['entrants'])} trials within the budget and "
                          f"{race.get('margin', RACE_MARGIN):.0%} of "
-                         "the fastest (trial -> race): "
-                         + ", ".join(f"#{e['number']} x{e['trial_ratio']:.3f} -> x{e['race_ratio']:.3f}"
+                         "the fastest (trial -> race [95% interval]; chosen: the lowest upper end): "
+                         + ", ".join(f"#{e['number']} x{e['trial_ratio']:.3f} -> x{e['race_ratio']:.3f} "
+                                     f"[{e['interval'][0]:.3f}-{e['interval'][1]:.3f}]"
                                      for e in race["entrants"])
                          + ("" if best.on_front else "; the trials' own timings had put it off the front"))
         elif race.get("error"):
