@@ -78,7 +78,7 @@ class Duration(click.ParamType):
             seconds = float(number) * self.UNITS[unit]
         except ValueError:
             self.fail(f"{value!r} is not a duration (90, 90s, 30m or 2h)", param, ctx)
-        if not seconds > 0:
+        if not 0 < seconds < float("inf"):
             self.fail(f"{value!r}: a duration above zero", param, ctx)
         return seconds
 
@@ -486,6 +486,8 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
               help="Sample inputs (.npz/.npy or a folder): passes calibrate on them and, without --eval, the "
                    "metric is agreement with the original on the last fifth of them (top-1 agreement for a "
                    "classifier's [N, classes] output, else the output cosine less the part common to every input).")
+@click.option("--preprocess", metavar="SPEC", help="How --calib images become inputs, as for `onnxopt run` "
+              "(e.g. resize=256,size=224,scale=255,mean=0.5|0.5|0.5; see onnxopt.data.images).")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), metavar="LABELLED",
               help="Labelled data (.npz with `labels`): the metric is top-1 accuracy on it.")
 @click.option("--max-drop", type=float, default=0.01, show_default=True,
@@ -512,7 +514,7 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
               help="Write every trial, the front and the choice as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
               help="Latency vs metric drop with the Pareto front (needs matplotlib).")
-def search(model: Path, calib: Path, eval_data: Path | None, max_drop: float, trials: int, workers: int,
+def search(model: Path, calib: Path, preprocess: str | None, eval_data: Path | None, max_drop: float, trials: int, workers: int,
            ray_address: str | None, storage: str | None, resume: bool, space: Path | None, timing_budget: float,
            max_time: float | None, seed: int, input_shapes: tuple[str, ...], output: Path | None,
            report_path: Path | None, plot: Path | None) -> None:
@@ -531,7 +533,7 @@ def search(model: Path, calib: Path, eval_data: Path | None, max_drop: float, tr
         if path is not None:
             model_io.check_output_path(model, path, False, what=what)
     source = model_io.load_model(model)
-    calibration = load_feeds(calib, source)
+    calibration = load_feeds(calib, source, preprocess=preprocess)
     evaluation = load_feeds(eval_data, source) if eval_data is not None else None
     show = sys.stderr.isatty()
     started = time.monotonic()  # about when search() starts its own --max-time clock
@@ -544,8 +546,9 @@ def search(model: Path, calib: Path, eval_data: Path | None, max_drop: float, tr
                 if best else "none within budget yet")
         if max_time is not None and not state.get("racing"):
             left = max_time - (time.monotonic() - started)
-            tail += f"; {left / 60:.0f} min left" if left >= 60 else f"; {left:.0f} s left" if left > 0 else \
-                "; time is up, the running trials finish"
+            tail += (f"; {left / 3600:.1f} h left" if left >= 3600 else f"; {left / 60:.0f} min left" if left >= 60
+                     else f"; {left:.0f} s left" if left > 0 else "; time is up, the running trials finish"
+                     if state["done"] > state["failed"] else "; time is up, going on until a trial is done")
         if state.get("racing"):
             tail = f"timing the {state['racing']} fastest within budget again, side by side"
         bar = "#" * int(30 * state["done"] / max(1, state["total"]))
@@ -556,6 +559,8 @@ def search(model: Path, calib: Path, eval_data: Path | None, max_drop: float, tr
                         seed=seed, input_shapes=_shapes(input_shapes), timing_budget=timing_budget, progress=progress,
                         max_time=max_time)
     _end_progress(show)
+    if preprocess is not None:  # the reproduce line calibrates on the same images, read the same way
+        result.report["calibration_preprocess"] = preprocess
     click.echo(format_front(result))
     if report_path is not None:
         model_io.atomic_write_bytes(report_path, to_json(result.report).encode())

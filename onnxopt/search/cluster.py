@@ -40,7 +40,9 @@ def connect(address: str | None, workers: int) -> dict:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UsageError(f"--ray {address}: cannot join the cluster: {first_line(exc, 200)}") from None
     else:
-        ray.init(num_cpus=workers, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
+        # "local": a new instance even where `ray start` left one on this machine (or RAY_ADDRESS names
+        # one), which a plain init would join, without the CPUs asked for; --ray is for joining
+        ray.init(address="local", num_cpus=workers, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return {"address": address or "local", "nodes": len(nodes),

@@ -34,8 +34,9 @@ def format_front(result: SearchResult) -> str:
              f"{r['control'].get('control_ratio', float('nan')):.3f}"]
     limit = r.get("time_limit")
     if limit and limit["reached"]:
-        lines.append(f"time limit: no trial was asked after {limit['seconds']:g} s; {len(result.trials)} of the "
-                     f"{r['trials_asked']} trials asked for are done, and --resume continues the study")
+        lines.append(f"time limit: no trial was asked once {limit['seconds']:g} s had passed and a trial was done; "
+                     f"{len(result.trials)} of the {r['trials_asked']} trials asked for are done, and --resume "
+                     "continues the study")
     resumed = r.get("resumed")
     if resumed is not None:
         lines.append(f"--resume: {r['storage']} held no search of this model, space and metric; this one started anew"
@@ -85,7 +86,9 @@ def format_front(result: SearchResult) -> str:
         latency = (f"latency x{best.latency_ratio:.3f}" if raced is None else
                    f"latency x{best.latency_ratio:.3f} in its trial, x{raced['race_ratio']:.3f} in the race")
         lines.append(f"chosen: {result.spec} ({latency}, drop {best.drop * 100:.2f} points); "
-                     f"reproduce with: onnxopt run MODEL --passes {shlex.quote(result.spec)} --calib CALIB")
+                     f"reproduce with: onnxopt run MODEL --passes {shlex.quote(result.spec)} --calib CALIB"
+                     + (f" --preprocess {shlex.quote(r['calibration_preprocess'])}" if r.get("calibration_preprocess")
+                        else ""))
         if raced is not None:
             lines.append(f"  raced side by side: {len(race['entrants'])} trials within the budget and "
                          f"{race.get('margin', RACE_MARGIN):.0%} of "

@@ -418,7 +418,8 @@ def _race_the_closest(runner: Any, records: list[studies.TrialRecord], moved: di
                       racing: Callable[[int], None]) -> tuple[studies.TrialRecord | None, dict]:
     """(the choice, the race for the report): the trials within the budget closest to the fastest
     (studies.contenders) whose models are at hand race (see RACE_MARGIN, wider where a node's load
-    moved: studies.race_margin), and the fastest there is chosen; with fewer than two, `best` stands."""
+    moved: studies.race_margin), and the best worst case there is chosen (_race_winner); with fewer than
+    two, `best` stands."""
     margin = studies.race_margin(moved, RACE_MARGIN, RACE_WIDEST)
     close = studies.contenders(records, max_drop, margin, RACE_SIZE)
     entrants = [r for r in close if r.number in sources]
@@ -448,8 +449,8 @@ def _race(runner: Any, entrants: list[studies.TrialRecord], sources: dict[int, b
 
 
 def _race_winner(entrants: list[studies.TrialRecord], race: dict) -> studies.TrialRecord:
-    """The entrant surely fastest in the race (all are within the budget): the lowest upper end of
-    its ratio's 95% interval, then the lowest ratio. The entrants shared the race's rounds, so a wider
+    """The entrant with the best worst case in the race (all are within the budget): the lowest upper
+    end of its ratio's 95% interval, then the lowest ratio. The entrants shared the race's rounds, so a wider
     interval is a ratio that moved more with the moment, as int8's does with a loaded AVX2 machine's
     load (its ratio there went from 0.784 in the race to 0.861 beside the recipes, where a float
     model's holds): of two nearly as fast, the one whose speed holds. Where the race failed, the

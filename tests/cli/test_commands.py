@@ -855,7 +855,7 @@ def test_search_max_time_reads_a_duration_as_people_write_it(text, seconds):
     assert Duration().convert(text, None, None) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "1x", "abc", "0", "-5m", "nan"])
+@pytest.mark.parametrize("text", ["", "1x", "abc", "0", "-5m", "nan", "inf", "1e999"])
 def test_search_max_time_refuses_what_is_no_duration_in_one_line(capsys, tmp_path, text):
     assert_one_line_error(*invoke(capsys, "search", tmp_path / "m.onnx", "--calib", tmp_path / "c.npz",
                                   "--max-time", text), 2, "--max-time")

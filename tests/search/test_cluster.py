@@ -76,3 +76,15 @@ def test_a_search_runs_its_trials_on_both_nodes(two_node_cluster, tmp_path):
         assert len(gates) == 2 and len(ray.nodes()) == 2
     finally:
         ray.shutdown()
+
+
+@pytest.mark.skipif(shutil.which(RAY) is None and not Path(RAY).exists(), reason="the ray CLI is not installed")
+def test_without_ray_address_a_search_starts_its_own_instance_beside_a_ray_start_cluster(two_node_cluster, tmp_path):
+    # `ray start` left a cluster on this machine: a plain ray.init() would join it (and refuse the CPUs
+    # asked for); the search's default is a local instance of its own, with the workers asked for
+    data = FeedSet({"x": np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32)}, 1)
+    space = Space(exact=("cleanup",), prune_modes=("off",), protect=(0.0,), quantize_modes=("off",))
+    result = search(_model(), data, trials=1, workers=2, space=space, storage=f"sqlite:///{tmp_path / 's.db'}",
+                    timing_budget=0.2, max_drop=0.5)
+    assert result.report["cluster"] == {"address": "local", "nodes": 1, "cpus": 2}
+    assert result.trials[0].state == "complete", result.trials[0].error

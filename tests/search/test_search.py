@@ -390,8 +390,8 @@ def test_a_time_limit_stops_asking_and_resume_goes_on(tmp_path):
     cut = _run(tmp_path, trials=5, workers=1, max_time=1e-3)
     assert cut.report["time_limit"] == {"seconds": 1e-3, "reached": True}
     assert len(cut.trials) == 1 and cut.trials[0].state == "complete" and cut.best is not None
-    assert ("time limit: no trial was asked after 0.001 s; 1 of the 5 trials asked for are done, "
-            "and --resume continues the study") in format_front(cut)
+    assert ("time limit: no trial was asked once 0.001 s had passed and a trial was done; 1 of the 5 trials "
+            "asked for are done, and --resume continues the study") in format_front(cut)
     # a search resumed past its limit with a trial done asks none: it chooses from what the study holds
     again = _run(tmp_path, trials=5, workers=1, resume=True, max_time=1e-3)
     assert len(again.trials) == 1 and again.report["time_limit"]["reached"] and again.best is not None
@@ -404,10 +404,11 @@ def test_a_time_limit_stops_asking_and_resume_goes_on(tmp_path):
 
 
 def test_past_the_time_limit_trials_that_waited_for_the_scan_start_only_to_fill_the_workers(tmp_path):
-    # every trial of this space protects a layer, so all wait for the sensitivity scan: the search
-    # asks the four before the scan is back, and past the limit starts two (its workers) of them
+    # every trial of this space prunes and protects a layer (no prune-off recipe), so all wait for the
+    # sensitivity scan: the search asks the four before the scan is back, and past the limit starts
+    # two (its workers) of them
     import optuna
-    space = dataclasses.replace(SPACE, protect=(0.5,))
+    space = dataclasses.replace(SPACE, protect=(0.5,), prune_modes=("ratio",))
     cut = _run(tmp_path, trials=4, workers=2, space=space, max_time=1e-3)
     assert cut.report["time_limit"]["reached"] and len(cut.trials) == 2
     assert all(t.state == "complete" for t in cut.trials)
@@ -435,6 +436,23 @@ def test_the_cli_writes_the_choice_report_and_plot(capsys, tmp_path):
     assert doc["metric"]["kind"] == "agreement" and doc["machine"]["cpu_kind"]
     assert doc["metric"]["measure"] == "top-1 agreement" and "metric: agreement (top-1 agreement) 100.00" in text
     assert onnx.load(str(out)).graph.node and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_cli_calibrates_on_an_image_folder_and_says_how_to_reproduce_with_it(capsys, tmp_path):
+    from PIL import Image
+    model_path, images = tmp_path / "m.onnx", tmp_path / "imgs"
+    onnx.save(_model(), model_path)
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(25):  # agreement holds back a fifth and needs 20 runs
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    space = tmp_path / "space.yaml"
+    space.write_text("exact: [cleanup]\nprune: {modes: [off]}\nquantize: {modes: [off]}\n")
+    spec = "resize=16,size=16,scale=255"
+    code, text, err = run_cli(capsys, "search", model_path, "--calib", images, "--preprocess", spec, "--trials", "1",
+                              "--space", space, "--storage", f"sqlite:///{tmp_path / 's.db'}", "--timing-budget", "0.2")
+    assert code == 0, err
+    assert f"reproduce with: onnxopt run MODEL --passes cleanup --calib CALIB --preprocess {spec}" in text
 
 
 def test_no_trial_within_the_budget_names_the_closest(tmp_path):
