@@ -481,16 +481,12 @@ def markdown(data: dict) -> str:
         race = (d.get("race") or {}).get("entrants")
         if race:  # the search's own side-by-side rerun of its closest candidates, before it chose
             margin = d["race"].get("margin", RACE_MARGIN)  # wider where the load moved (runs before had none)
-            if d["race"].get("chosen_by"):  # runs before chose the lowest race ratio, and said no more
-                lines += ["", f"raced before the choice ({len(race)} within the budget and {margin:.0%} of the fastest; "
-                          f"trial ratio -> race ratio [95% interval]; chosen: {d['race']['chosen_by']}): "
-                          + ", ".join(f"#{e['number']} {e['trial_ratio']:.3f} -> {e['race_ratio']:.3f} "
-                                      f"[{e['interval'][0]:.3f}-{e['interval'][1]:.3f}]" for e in race)]
-            else:
-                lines += ["", f"raced before the choice ({len(race)} within the budget and {margin:.0%} of the fastest; "
-                          "trial ratio -> "
-                          "race ratio): " + ", ".join(f"#{e['number']} {e['trial_ratio']:.3f} -> {e['race_ratio']:.3f}"
-                                                      for e in race)]
+            rule = d["race"].get("chosen_by")  # runs before chose the lowest race ratio, and said no more
+            how = f"race ratio [95% interval]; chosen: {rule}" if rule else "race ratio"
+            lines += ["", f"raced before the choice ({len(race)} within the budget and {margin:.0%} of the fastest; "
+                      f"trial ratio -> {how}): "
+                      + ", ".join(f"#{e['number']} {e['trial_ratio']:.3f} -> {e['race_ratio']:.3f}"
+                                  + (f" [{e['interval'][0]:.3f}-{e['interval'][1]:.3f}]" if rule else "") for e in race)]
         lines += ["", f"within one point on test: {'yes' if d['chosen_within_one_point'] else 'NO'}; faster than every "
                   f"recipe within one point ({', '.join(d['recipes_within']) or 'none'}): "
                   f"{'yes' if d['faster_than_every_recipe_within'] else 'NO'}", _judged_on_validation(d), ""]

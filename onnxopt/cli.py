@@ -83,6 +83,17 @@ class Duration(click.ParamType):
         return seconds
 
 
+def _time_left(left: float, one_done: bool) -> str:
+    """What --max-time leaves, for the search's progress bar."""
+    if left >= 3600:
+        return f"{left / 3600:.1f} h left"
+    if left >= 60:
+        return f"{left / 60:.0f} min left"
+    if left > 0:
+        return f"{left:.0f} s left"
+    return "time is up, the running trials finish" if one_done else "time is up, going on until a trial is done"
+
+
 input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,..",
     help="Static shape for an input with dynamic dims (repeatable), e.g. input:1,3,224,224.")
@@ -545,10 +556,7 @@ def search(model: Path, calib: Path, preprocess: str | None, eval_data: Path | N
         tail = (f"fastest within budget x{best['latency_ratio']:.3f} (drop {best['drop'] * 100:.2f})"
                 if best else "none within budget yet")
         if max_time is not None and not state.get("racing"):
-            left = max_time - (time.monotonic() - started)
-            tail += (f"; {left / 3600:.1f} h left" if left >= 3600 else f"; {left / 60:.0f} min left" if left >= 60
-                     else f"; {left:.0f} s left" if left > 0 else "; time is up, the running trials finish"
-                     if state["done"] > state["failed"] else "; time is up, going on until a trial is done")
+            tail += "; " + _time_left(max_time - (time.monotonic() - started), state["done"] > state["failed"])
         if state.get("racing"):
             tail = f"timing the {state['racing']} fastest within budget again, side by side"
         bar = "#" * int(30 * state["done"] / max(1, state["total"]))

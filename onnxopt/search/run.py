@@ -128,11 +128,12 @@ def search(model: onnx.ModelProto | str | os.PathLike, calibration: FeedSet | st
         name = f"onnxopt-{hashlib.sha256(payload.model).hexdigest()[:12]}-{space.fingerprint}-{study_kind}"
         study = studies.open_study(name, storage, resume=resume, seed=seed, startup=max(4, min(10, trials // 3)),
                                    timed_on=timed_on)
-        # what a resumed search found: the user learns whether --resume met the study they meant
+        # a new study gets the recipes and the ladder; a resumed one says what it met (whether --resume
+        # found the study the user meant): the trials that count toward --trials, and those queued again
         stored = len(study.get_trials(deepcopy=False))
-        kept_before = studies.done_count(study)[0]
-        requeued = studies.recover_unfinished(study) if resume else 0
-        if not study.get_trials(deepcopy=False):
+        kept_before = studies.done_count(study)[0] if resume else 0
+        requeued = studies.recover_unfinished(study) if resume else 0  # queues again only where trials were
+        if not stored:
             for params in space.recipes():
                 study.enqueue_trial(params, user_attrs={"recipe": True})
             for params in space.ladder():
